@@ -1,0 +1,196 @@
+"""The `covidxr` command: thin over the library; parses, calls, prints (CONTRACTS.md § Command line).
+
+Exit codes: 0 done; 1 failed or found what it checks for; 2 usage error; 3 done, some named inputs failed.
+Results go to stdout; progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from covidxr import __version__
+from covidxr.errors import CovidxrError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+stdout = Console(soft_wrap=True)
+
+
+def _views(text: str) -> tuple[str, ...]:
+    views = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not views:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of views such as PA,AP")
+    return views
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    from covidxr.data.split import parse_fractions
+
+    try:
+        return parse_fractions(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {value}")
+    return value
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    for line in lines:
+        stdout.print(line, highlight=False, markup=False)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from covidxr import data
+
+    if args.layout == "cohen":
+        result = data.import_cohen(args.dir, views=args.views)
+    elif args.layout == "csv":
+        result = data.import_csv(args.file, image_col=args.image_col, label_col=args.label_col,
+                                 patient_col=args.patient_col, root=args.root, source=args.source)
+    else:
+        result = data.import_folders(args.dir, source=args.source)
+    out = result.save(args.out)
+    _print_lines(result.report() + [f"wrote {out} ({len(result.manifest)} rows) and its dropped rows beside it"])
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from covidxr import data
+
+    result = data.build(
+        args.manifests, task=args.task, balance=args.balance, split=args.split, folds=args.folds, seed=args.seed,
+        labels=args.labels, exclude_license=args.exclude_license, max_distance=args.max_distance,
+        min_correlation=args.min_correlation,
+    )
+    out = result.save(args.out)
+    kept = result.manifest
+    _print_lines([f"kept    {len(kept):>5}  images of {kept['patient_id'].nunique()} patients"] + result.lines)
+    _print_lines([f"wrote {out} ({len(kept)} rows) and its dropped rows beside it; leak check passed"])
+    return EXIT_OK
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from covidxr.data.summary import print_summary, summarize_file
+
+    summary, manifest = summarize_file(args.manifest)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, manifest, stdout)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from covidxr.data import find_leaks, load_manifest
+
+    manifest = load_manifest(args.manifest)
+    if (manifest["split"] == "").all():
+        raise UsageError(f"{args.manifest}: has no split column values; check a manifest made by `data build`")
+    leaks = find_leaks(manifest)
+    missing = int((~manifest["path"].map(lambda p: Path(p).is_file())).sum())
+    if missing:
+        _print_lines([f"warning: {missing} listed file(s) are missing on this machine"])
+    if len(leaks):
+        _print_lines([f"LEAK: {len(leaks)} patient unit(s) cross splits or folds:", leaks.to_string(index=False)])
+        return EXIT_FAILED
+    _print_lines([f"ok: {len(manifest)} images, {manifest['patient_id'].nunique()} patients; "
+                  "no patient or duplicate group crosses a split or fold"])
+    return EXIT_OK
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    from covidxr.data import TASKS
+    from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+    from covidxr.data.sources import DEFAULT_VIEWS
+
+    data = commands.add_parser("data", help="import, build, summarize and check datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    imports = data_commands.add_parser("import", help="import a published dataset layout into a manifest")
+    layouts = imports.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
+    cohen = layouts.add_parser("cohen", help="Cohen's covid-chestxray-dataset (metadata.csv + images/)")
+    cohen.add_argument("dir", type=Path)
+    cohen.add_argument("--views", type=_views, default=DEFAULT_VIEWS,
+                       help=f"views to keep, comma-separated (default: {','.join(DEFAULT_VIEWS)})")
+    table = layouts.add_parser("csv", help="a table with an image column and a finding column")
+    table.add_argument("file", type=Path)
+    table.add_argument("--image-col", required=True)
+    table.add_argument("--label-col", required=True, help="the column of findings as published")
+    table.add_argument("--patient-col", help="without it, each image is its own patient")
+    table.add_argument("--root", type=Path, help="folder the image paths are relative to (default: the table's)")
+    table.add_argument("--source", help="dataset name (default: the table's folder name)")
+    folders = layouts.add_parser("folders", help="class folders of images and DICOM files, recursive")
+    folders.add_argument("dir", type=Path)
+    folders.add_argument("--source", help="dataset name (default: the folder's name)")
+    for layout in (cohen, table, folders):
+        layout.add_argument("-o", "--out", type=Path, required=True, help="manifest to write (.csv or .parquet)")
+        layout.set_defaults(handler=cmd_import)
+
+    build = data_commands.add_parser("build", help="label, filter, deduplicate, balance and split manifests")
+    build.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
+    build.add_argument("--task", required=True, choices=TASKS)
+    build.add_argument("--balance", nargs="?", type=_positive, const=True, default=False, metavar="N",
+                       help="keep N images per class (default N: the smallest class), whole patients, seeded")
+    build.add_argument("--split", type=_fractions, default=(0.7, 0.15, 0.15), metavar="TRAIN,VAL,TEST")
+    build.add_argument("--folds", type=_positive, help="grouped stratified folds over train and val rows")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--labels", type=Path, metavar="MAP.yaml", help="replace the label table")
+    build.add_argument("--exclude-license", metavar="PAT", help="case-insensitive regular expression, e.g. 'NC|ND'")
+    build.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE,
+                       help=f"pHash bits for a near-duplicate candidate (default {DEFAULT_MAX_DISTANCE})")
+    build.add_argument("--min-correlation", type=float, default=DEFAULT_MIN_CORRELATION,
+                       help=f"64x64 grey Pearson r to join a candidate (default {DEFAULT_MIN_CORRELATION})")
+    build.add_argument("-o", "--out", type=Path, required=True)
+    build.set_defaults(handler=cmd_build)
+
+    summary = data_commands.add_parser("summary", help="images, patients, labels, sources, splits, drops")
+    summary.add_argument("manifest", type=Path)
+    summary.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    summary.set_defaults(handler=cmd_summary)
+
+    check = data_commands.add_parser("check", help="fail (exit 1) when a patient or duplicate group crosses splits")
+    check.add_argument("manifest", type=Path)
+    check.set_defaults(handler=cmd_check)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="covidxr",
+        description="Build, honestly evaluate, explain and serve chest X-ray classifiers. "
+                    "Research and teaching only; not for clinical use.",
+    )
+    root.add_argument("--version", action="version", version=f"covidxr {__version__}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(commands)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    errors = Console(stderr=True, soft_wrap=True)
+    try:
+        return handler(args)
+    except UsageError as error:
+        errors.print(f"covidxr: usage error: {error}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except CovidxrError as error:
+        errors.print(f"covidxr: error: {error}", markup=False, highlight=False)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

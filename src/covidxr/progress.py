@@ -1,0 +1,61 @@
+"""Progress bars (counts and rate, on stderr) and a parallel map that shows one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+T = TypeVar("T")
+R = TypeVar("R")
+stderr = Console(stderr=True)
+_PARALLEL_FROM = 64
+
+
+class RateColumn(ProgressColumn):
+    """Items per second."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} {self.unit}/s" if task.speed else f"- {self.unit}/s")
+
+
+def progress_bar(unit: str = "img") -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=stderr,
+    )
+
+
+def worker_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def map_with_progress(function: Callable[[T], R], items: Iterable[T], description: str) -> Iterator[R]:
+    """`map(function, items)` in order, on all cores when there are many items, with a progress bar."""
+    items = list(items)
+    workers = worker_count()
+    parallel = len(items) >= _PARALLEL_FROM and workers > 1
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=len(items))
+        if not parallel:
+            for result in map(function, items):
+                bar.advance(task)
+                yield result
+            return
+        chunk = max(1, min(64, len(items) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(function, items, chunksize=chunk):
+                bar.advance(task)
+                yield result
