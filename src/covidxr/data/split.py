@@ -45,7 +45,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 def check_fractions(values: tuple[float, ...]) -> None:
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
-        raise UsageError(f"split fractions {values}: expected train,val,test >= 0 summing to 1 with train > 0")
+        raise UsageError(f"split fractions {values}: expected three numbers train,val,test >= 0 summing to 1, train > 0")
 
 
 def _parts(fractions: tuple[float, float, float], total: int) -> tuple[int, int]:
@@ -83,7 +83,7 @@ def assign_splits(
     check_fractions(fractions)
     table = manifest.copy()
     units = split_units(table)
-    total = min(SPLIT_PARTS, units.nunique())
+    total = min(SPLIT_PARTS, units.nunique(), int(table["label"].value_counts().max()))
     if total < 2:
         raise UsageError(f"cannot split {units.nunique()} patient unit(s); need at least 2")
     val_parts, test_parts = _parts(fractions, total)

@@ -137,9 +137,9 @@ def finish_import(candidates: pd.DataFrame, views: Sequence[str], notes: list[st
 def _decode_kept(candidates: pd.DataFrame) -> pd.DataFrame:
     paths = sorted(set(candidates.loc[candidates["reason"] == "", "path"]))
     described = dict(zip(paths, map_with_progress(describe_file, paths, "hashing images")))
-    info = pd.DataFrame([described.get(p, {}) for p in candidates["path"]], index=candidates.index)
-    for column in ("sha256", "width", "height", "phash", "problem"):
-        candidates[column] = info[column] if column in info else np.nan
-    problem = candidates.pop("problem")
+    columns = ["sha256", "width", "height", "phash", "problem"]
+    info = pd.DataFrame([described.get(p, {}) for p in candidates["path"]], index=candidates.index, columns=columns)
+    candidates[columns[:-1]] = info[columns[:-1]]
+    problem = info["problem"].astype("string")
     _mark(candidates, problem.notna(), "unreadable", problem.fillna(""))
     return candidates

@@ -1,0 +1,32 @@
+# covidxr: `make demo` runs the main job, `make test` the tests (both install first).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+OUT ?= out/demo
+
+.PHONY: install test demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	@test -f "$(DATA)/covid-chestxray-dataset/metadata.csv" || { echo "No data in $(DATA): give DATA=dir holding covid-chestxray-dataset/ and rsna-normal-224/"; exit 1; }
+	$(BIN)/covidxr data import cohen "$(DATA)/covid-chestxray-dataset" -o $(OUT)/cohen.csv
+	$(BIN)/covidxr data import csv "$(DATA)/rsna-normal-224/normal_xray_dataset.csv" --image-col filename \
+		--label-col finding --root "$(DATA)/rsna-normal-224/normal_dataset" --source rsna -o $(OUT)/rsna.csv
+	$(BIN)/covidxr data build $(OUT)/cohen.csv $(OUT)/rsna.csv --task binary --folds 5 -o $(OUT)/binary.csv
+	$(BIN)/covidxr data check $(OUT)/binary.csv
+	$(BIN)/covidxr data summary $(OUT)/binary.csv
+	@echo "demo outputs are in $(OUT)/"
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,99 @@
+"""Synthetic chest-X-ray-like images and dataset layouts, made by the tests themselves."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COHEN_HEADER = (
+    "patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,"
+    "needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
+    "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,"
+    "other_notes,Unnamed: 28"
+).split(",")
+
+
+def xray_pixels(seed: int, size: int = 96) -> np.ndarray:
+    """A smooth random 'radiograph': distinct seeds give unrelated images (and pHashes)."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(coarse, dtype=np.uint8)
+
+
+def save_image(pixels: np.ndarray, path: Path, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **options)
+    return path
+
+
+@pytest.fixture
+def make_image(tmp_path):
+    def make(name: str, seed: int, size: int = 96, **options) -> Path:
+        return save_image(xray_pixels(seed, size), tmp_path / name, **options)
+    return make
+
+
+def write_cohen(root: Path, rows: list[dict]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COHEN_HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"view": "PA", "modality": "X-ray", "folder": "images", "license": "CC BY"} | row)
+    return root
+
+
+@pytest.fixture
+def cohen_dir(tmp_path) -> Path:
+    """A small Cohen layout with the real mess: CT, lateral, absent file, double-listed file, junk."""
+    root = tmp_path / "cohen"
+    for index in range(12):
+        save_image(xray_pixels(index), root / "images" / f"img{index}.jpg")
+    (root / "images" / "broken.png").write_text("<html>not an image</html>")
+    save_image(xray_pixels(99), root / "images" / "unlisted.png")
+    rows = [
+        {"patientid": "1", "finding": "COVID-19", "filename": "img0.jpg", "location": "Hospital A, Milan, Italy"},
+        {"patientid": "1", "finding": "COVID-19", "filename": "img1.jpg", "location": "Hospital A, Milan, Italy"},
+        {"patientid": "2", "finding": "COVID-19, ARDS", "filename": "img2.jpg", "url": "https://example.org/case/2"},
+        {"patientid": "3", "finding": "Streptococcus", "filename": "img3.jpg", "view": "AP Supine", "license": ""},
+        {"patientid": "4", "finding": "No Finding", "filename": "img4.jpg", "view": "AP"},
+        {"patientid": "5", "finding": "SARS", "filename": "img5.jpg", "modality": "CT", "view": "Axial"},
+        {"patientid": "6", "finding": "COVID-19", "filename": "img6.jpg", "view": "L"},
+        {"patientid": "7", "finding": "COVID-19", "filename": "absent.jpg"},
+        {"patientid": "8", "finding": "Pneumonia", "filename": "broken.png"},
+        {"patientid": "9", "finding": "COVID-19", "filename": "img9.jpg", "sex": "M", "age": "65"},
+        {"patientid": "10", "finding": "COVID-19", "filename": "img9.jpg", "sex": "M", "age": "65"},
+        {"patientid": "11", "finding": "todo", "filename": "img10.jpg"},
+        {"patientid": "12", "finding": "Lipoid", "filename": "img11.jpg"},
+        {"patientid": "13", "finding": "COVID-19", "filename": "volume.nii.gz", "folder": "volumes", "modality": "CT"},
+    ]
+    return write_cohen(root, rows)
+
+
+@pytest.fixture
+def normals_csv(tmp_path) -> Path:
+    """The RSNA-normals layout: header `,filename,finding` and images in a sibling folder."""
+    root = tmp_path / "normals"
+    names = []
+    for index in range(20):
+        name = f"n{index:03d}.jpg"
+        save_image(xray_pixels(1000 + index), root / "normal_dataset" / name)
+        names.append(name)
+    table = root / "normal_xray_dataset.csv"
+    table.write_text(",filename,finding\n" + "".join(f"{i},{n},Normal\n" for i, n in enumerate(names)))
+    return table
+
+
+def shared_data_or_skip() -> Path:
+    """The shared real data; its absence fails under CI (where it must be present) and skips elsewhere."""
+    if (SHARED_DATA / "covid-chestxray-dataset" / "metadata.csv").is_file():
+        return SHARED_DATA
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but the shared data is missing at {SHARED_DATA}")
+    pytest.skip(f"shared data not found at {SHARED_DATA}")

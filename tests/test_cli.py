@@ -1,0 +1,88 @@
+"""The command line end to end on synthetic layouts: outputs, printed reports and exit codes."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from covidxr.cli import main
+from covidxr.data import load_manifest, save_manifest
+
+
+@pytest.fixture
+def built(cohen_dir, normals_csv, tmp_path, capsys):
+    assert main(["data", "import", "cohen", str(cohen_dir), "-o", str(tmp_path / "cohen.csv")]) == 0
+    assert main(["data", "import", "csv", str(normals_csv), "--image-col", "filename", "--label-col", "finding",
+                 "--root", str(normals_csv.parent / "normal_dataset"), "--source", "rsna",
+                 "-o", str(tmp_path / "rsna.parquet")]) == 0
+    assert main(["data", "build", str(tmp_path / "cohen.csv"), str(tmp_path / "rsna.parquet"), "--task", "binary",
+                 "--folds", "2", "--seed", "1", "-o", str(tmp_path / "built.csv")]) == 0
+    capsys.readouterr()
+    return tmp_path / "built.csv"
+
+
+def test_import_prints_counts_per_reason_in_contract_order(cohen_dir, tmp_path, capsys):
+    assert main(["data", "import", "cohen", str(cohen_dir), "-o", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    positions = [out.index(f"  {reason}") for reason in ("modality", "view", "file missing", "unreadable")]
+    assert positions == sorted(positions)
+    assert "absent.jpg" in out and "broken.png (not an image" in out
+    dropped = pd.read_csv(tmp_path / "c.dropped.csv")
+    assert dropped["reason"].value_counts().to_dict() == {"modality": 2, "view": 1, "file missing": 1, "unreadable": 1}
+
+
+def test_summary_json_prints_only_json_with_the_contract_keys(built, capsys):
+    assert main(["data", "summary", str(built), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["leaks"] == 0 and summary["images"] == 28
+    assert summary["dropped"]["finding unmapped"] == 1 and summary["dropped"]["modality"] == 2
+
+
+def test_summary_table_shows_sources_splits_and_the_label_table(built, capsys):
+    assert main(["data", "summary", str(built)]) == 0
+    out = capsys.readouterr().out
+    for text in ("by source", "by split", "label table in use", "Streptococcus", "non-covid", "rsna"):
+        assert text in out
+
+
+def test_check_passes_a_build_and_fails_a_leak_naming_the_patient(built, tmp_path, capsys):
+    assert main(["data", "check", str(built)]) == 0
+    manifest = load_manifest(built)
+    patient = "cohen:1"
+    rows = manifest.index[manifest["patient_id"] == patient]
+    manifest.loc[rows[0], "split"] = "test" if manifest.loc[rows[1], "split"] != "test" else "train"
+    manifest.loc[rows, "fold"] = pd.NA
+    save_manifest(manifest, tmp_path / "leaky.csv")
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "leaky.csv")]) == 1
+    assert patient in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "build", "x.csv", "--task", "four", "-o", "o.csv"], "invalid choice"),
+    (["data", "build", "x.csv", "--task", "binary", "--split", "0.5,0.5", "-o", "o.csv"], "three numbers"),
+    (["data", "build", "x.csv", "--task", "binary", "--balance", "0", "-o", "o.csv"], "positive"),
+    (["data", "import", "cohen", "d", "--nope", "-o", "o.csv"], "unrecognized arguments"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_column_is_a_usage_error_naming_the_columns(normals_csv, tmp_path, capsys):
+    code = main(["data", "import", "csv", str(normals_csv), "--image-col", "path", "--label-col", "finding",
+                 "-o", str(tmp_path / "x.csv")])
+    assert code == 2
+    assert "'path'" in capsys.readouterr().err
+
+
+def test_failures_exit_1_with_the_file_named(tmp_path, capsys):
+    assert main(["data", "summary", str(tmp_path / "none.csv")]) == 1
+    assert "none.csv: manifest file not found" in capsys.readouterr().err
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert main(["data", "check", str(tmp_path / "other.csv")]) == 1
+    assert "missing column(s) image_id" in capsys.readouterr().err
+    assert main(["data", "build", str(tmp_path / "m.txt"), "--task", "binary", "-o", str(tmp_path / "o.csv")]) == 1
+    assert "must end in .csv or .parquet" in capsys.readouterr().err
