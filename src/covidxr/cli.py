@@ -111,6 +111,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from covidxr.config import parse_overrides, with_overrides
+    from covidxr.data import load_manifest
+    from covidxr.data.cache import prepare
+    from covidxr.data.preprocess import Preprocessing
+
+    if (args.preview is None) != (args.preview_out is None):
+        raise UsageError("--preview N and --preview-out FILE.png go together")
+    config = with_overrides(Preprocessing(size=args.size), parse_overrides(args.set))
+    report = prepare(load_manifest(args.manifest), args.out, config)
+    _print_lines(report.lines())
+    if args.preview:
+        from covidxr.reporting.preview import contact_sheet
+
+        _print_lines([f"wrote {contact_sheet(load_manifest(args.manifest), report.cache, args.preview, args.preview_out)}"])
+    return EXIT_PARTIAL if len(report.failures) else EXIT_OK
+
+
+def _add_prepare_command(commands: argparse._SubParsersAction) -> None:
+    from covidxr.data.preprocess import Preprocessing
+
+    settings = ", ".join(f"{name} (default {field.default!r})" for name, field in Preprocessing.model_fields.items())
+    prepare = commands.add_parser(
+        "prepare", help="decode, remove borders, square and resize every image into a pixel cache",
+        description=f"Preprocessing settings for --set: {settings}.",
+    )
+    prepare.add_argument("manifest", type=Path)
+    prepare.add_argument("--size", type=_positive, default=256, help="output side in pixels (default 256)")
+    prepare.add_argument("-o", "--out", type=Path, required=True, metavar="CACHE", help="cache folder")
+    prepare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="a preprocessing setting, e.g. --set clahe=true --set borders=black,white")
+    prepare.add_argument("--preview", type=_positive, metavar="N", help="before/after contact sheet of N images")
+    prepare.add_argument("--preview-out", type=Path, metavar="FILE.png")
+    prepare.set_defaults(handler=cmd_prepare)
+
+
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     from covidxr.data import TASKS
     from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
@@ -175,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"covidxr {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data_commands(commands)
+    _add_prepare_command(commands)
     return root
 
 

@@ -45,6 +45,8 @@ def worker_count() -> int:
 def map_with_progress(function: Callable[[T], R], items: Iterable[T], description: str) -> Iterator[R]:
     """`map(function, items)` in order, on all cores when there are many items, with a progress bar."""
     items = list(items)
+    if not items:
+        return
     workers = worker_count()
     parallel = len(items) >= _PARALLEL_FROM and workers > 1
     with progress_bar() as bar:

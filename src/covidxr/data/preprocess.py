@@ -1,0 +1,131 @@
+"""Border removal, square crop or pad, area resize and optional CLAHE: decoded pixels -> model pixels.
+
+Every step is set by `Preprocessing`, which runs record in their inference contract and the pixel cache
+uses as its key, so different settings never share pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+BorderKind = Literal["black", "white", "uniform"]
+
+
+class Preprocessing(BaseModel):
+    """How a decoded grayscale uint8 image becomes a `size` x `size` uint8 image."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(256, ge=16, le=4096, description="output side in pixels")
+    borders: tuple[BorderKind, ...] = Field(("black",), description="edge rows/columns to strip")
+    black_level: int = Field(40, ge=0, le=255, description="a pixel darker than this is near-black")
+    white_level: int = Field(215, ge=0, le=255, description="a pixel brighter than this is near-white")
+    uniform_std: float = Field(2.0, ge=0, description="a row/column with lower std is near-uniform")
+    border_share: float = Field(0.5, gt=0, le=1, description="share of a row/column that makes it border")
+    min_kept: float = Field(0.5, gt=0, le=1, description="never keep less than this share of an axis")
+    crop_top: float = Field(0.0, ge=0, lt=0.5, description="share of rows cut from the top (COVID-Net: 0.08)")
+    square: Literal["crop", "pad"] = Field("crop", description="centre crop to the short side, or pad")
+    clahe: bool = False
+    clahe_clip: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+
+    def key(self) -> str:
+        """Short stable hash of every setting: the cache folder name."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return f"{self.size}px-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Rows and columns removed from each edge by border removal."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def _edge_run(is_border: np.ndarray) -> tuple[int, int]:
+    """Lengths of the True runs at the start and at the end of a 1-D bool array."""
+    if is_border.all():
+        return len(is_border), 0
+    leading = int(np.argmin(is_border))
+    trailing = int(np.argmin(is_border[::-1]))
+    return leading, trailing
+
+
+def border_lines(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows and which columns are border, by the kinds in `config.borders`."""
+    rows = np.zeros(image.shape[0], dtype=bool)
+    columns = np.zeros(image.shape[1], dtype=bool)
+    for kind in config.borders:
+        if kind == "uniform":
+            values = image.astype(np.float32)
+            rows |= values.std(axis=1) < config.uniform_std
+            columns |= values.std(axis=0) < config.uniform_std
+            continue
+        marked = image < config.black_level if kind == "black" else image > config.white_level
+        rows |= np.count_nonzero(marked, axis=1) > config.border_share * image.shape[1]
+        columns |= np.count_nonzero(marked, axis=0) > config.border_share * image.shape[0]
+    return rows, columns
+
+
+def _axis_cut(is_border: np.ndarray, min_kept: float) -> tuple[int, int]:
+    first, last = _edge_run(is_border)
+    if len(is_border) - first - last < min_kept * len(is_border):
+        return 0, 0
+    return first, last
+
+
+def find_cut(image: np.ndarray, config: Preprocessing) -> Cut:
+    """The border to strip: contiguous border lines from each edge; an axis that would keep less than
+    `min_kept` of its length is left whole (a dark image is not all border)."""
+    if not config.borders:
+        return Cut(0, 0, 0, 0)
+    rows, columns = border_lines(image, config)
+    top, bottom = _axis_cut(rows, config.min_kept)
+    left, right = _axis_cut(columns, config.min_kept)
+    return Cut(top, bottom, left, right)
+
+
+def remove_borders(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
+    cut = find_cut(image, config)
+    height, width = image.shape
+    return image[cut.top:height - cut.bottom, cut.left:width - cut.right], cut
+
+
+def make_square(image: np.ndarray, mode: Literal["crop", "pad"]) -> np.ndarray:
+    """Centre crop to the short side, or pad with black to the long side."""
+    height, width = image.shape
+    if height == width:
+        return image
+    if mode == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[top:top + side, left:left + side]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT, value=0)
+
+
+def preprocess(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
+    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut."""
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 grayscale image, got shape {image.shape} dtype {image.dtype}")
+    cropped, cut = remove_borders(image, config)
+    if config.crop_top:
+        cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]
+    square = make_square(np.ascontiguousarray(cropped), config.square)
+    interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (config.size, config.size), interpolation=interpolation)
+    if config.clahe:
+        clahe = cv2.createCLAHE(clipLimit=config.clahe_clip, tileGridSize=(config.clahe_tiles, config.clahe_tiles))
+        resized = clahe.apply(resized)
+    return resized, cut
