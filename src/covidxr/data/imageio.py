@@ -100,7 +100,7 @@ def _read_pillow(path: str | Path, max_pixels: int) -> np.ndarray:
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(path, f"pixel count over Pillow's limit ({error})") from None
+        raise ImageReadError(path, f"pixel count exceeds the limit (possible decompression bomb: {error})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(path, f"cannot decode image ({_describe(error)})") from None
 

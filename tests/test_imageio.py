@@ -1,0 +1,158 @@
+"""Decoding: every supported format to one uint8 grayscale array, and clear errors for broken files."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from conftest import xray_pixels
+from covidxr.data.imageio import ImageReadError, read_grayscale
+
+GRAY = xray_pixels(7, size=64)
+
+
+def _check_gray(array, shape=(64, 64)):
+    assert array.dtype == np.uint8 and array.ndim == 2 and array.shape == shape
+
+
+@pytest.mark.parametrize("name, mode, options", [
+    ("grey.png", "L", {}), ("rgb.png", "RGB", {}), ("rgba.png", "RGBA", {}), ("la.png", "LA", {}),
+    ("palette.png", "P", {}), ("grey.jpg", "L", {"quality": 95}), ("rgb.jpg", "RGB", {"quality": 95}),
+    ("cmyk.jpg", "CMYK", {"quality": 95}), ("grey.bmp", "L", {}), ("grey.tif", "L", {}),
+    ("rgb.webp", "RGB", {"lossless": True}), ("progressive.jpg", "L", {"quality": 95, "progressive": True}),
+])
+def test_pillow_formats_decode_to_the_same_grey(tmp_path, name, mode, options):
+    image = Image.fromarray(GRAY).convert(mode)
+    image.save(tmp_path / name, **options)
+    decoded = read_grayscale(tmp_path / name)
+    _check_gray(decoded)
+    tolerance = 12 if name.endswith(".jpg") else 2
+    assert np.abs(decoded.astype(int) - GRAY.astype(int)).mean() < tolerance
+
+
+def test_the_extension_is_never_trusted(tmp_path):
+    Image.fromarray(GRAY).save(tmp_path / "really.png", format="JPEG")
+    _check_gray(read_grayscale(tmp_path / "really.png"))
+
+
+def test_sixteen_bit_png_is_scaled_from_its_own_range(tmp_path):
+    twelve_bit = (GRAY.astype(np.uint16) * 16)
+    Image.fromarray(twelve_bit).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    decoded = read_grayscale(tmp_path / "deep.png")
+    assert decoded.min() == 0 and decoded.max() == 255
+    assert np.corrcoef(decoded.ravel(), GRAY.ravel())[0, 1] > 0.999
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    tall = np.zeros((80, 40), dtype=np.uint8)
+    tall[:10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(tall).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    decoded = read_grayscale(tmp_path / "rotated.jpg")
+    assert decoded.shape == (40, 80)
+    assert decoded[:, -10:].mean() > 200 and decoded[:, :10].mean() < 50
+
+
+def _dicom(path, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, pixels=True):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.PatientID, dataset.PatientName = "SECRET-ID", "Doe^Jane"
+    dataset.Modality = "DX"
+    if pixels:
+        values = GRAY.astype(np.uint16) * 16
+        dataset.Rows, dataset.Columns = values.shape
+        dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+        dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+        if window:
+            dataset.WindowCenter, dataset.WindowWidth = window
+        dataset.PixelData = values.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_monochrome2_and_inverted_monochrome1(tmp_path):
+    mono2 = read_grayscale(_dicom(tmp_path / "a.dcm"))
+    mono1 = read_grayscale(_dicom(tmp_path / "b.dcm", photometric="MONOCHROME1"))
+    _check_gray(mono2)
+    assert np.corrcoef(mono2.ravel(), GRAY.ravel())[0, 1] > 0.999
+    assert np.array_equal(mono1, 255 - mono2)
+
+
+def test_dicom_rescale_and_window_are_applied(tmp_path):
+    rescaled = read_grayscale(_dicom(tmp_path / "r.dcm", slope=2.0, intercept=-1024.0))
+    assert np.corrcoef(rescaled.ravel(), GRAY.ravel())[0, 1] > 0.999
+    center = float(np.median(GRAY) * 16)
+    windowed = read_grayscale(_dicom(tmp_path / "w.dcm", window=(center, 400.0)))
+    saturated = np.mean((windowed == 0) | (windowed == 255))
+    assert saturated > 0.3, "a narrow window clips what lies outside it"
+
+
+def test_dicom_without_pixel_data(tmp_path):
+    with pytest.raises(ImageReadError, match="no pixel data"):
+        read_grayscale(_dicom(tmp_path / "empty.dcm", pixels=False))
+
+
+def test_errors_never_show_patient_identifiers(tmp_path):
+    path = _dicom(tmp_path / "empty.dcm", pixels=False)
+    with pytest.raises(ImageReadError) as error:
+        read_grayscale(path)
+    assert "SECRET-ID" not in str(error.value) and "Doe" not in str(error.value)
+
+
+def _encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(xray_pixels(3, size=256)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cut.jpg", _encoded("JPEG")[:3000], "truncated"),
+    ("cut.png", _encoded("PNG")[:3000], "cannot decode"),
+    ("empty.png", b"", "empty file"),
+    ("page.png", b"<!DOCTYPE html><html><body>404</body></html>", "not an image or DICOM"),
+    ("notes.jpg", b"just some text\n", "not an image or DICOM"),
+])
+def test_broken_files_raise_an_error_naming_file_and_problem(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=message) as error:
+        read_grayscale(path)
+    assert str(path) in str(error.value)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(100_000, 100_000))
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        read_grayscale(path)
+    Image.fromarray(GRAY).save(tmp_path / "small.png")
+    with pytest.raises(ImageReadError, match="64x64 = 4,096 pixels exceeds the limit of 100"):
+        read_grayscale(tmp_path / "small.png", max_pixels=100)
+    _dicom(tmp_path / "small.dcm")
+    with pytest.raises(ImageReadError, match="exceeds the limit of 100"):
+        read_grayscale(tmp_path / "small.dcm", max_pixels=100)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_grayscale(tmp_path / "nope.png")
