@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 OUT ?= out/demo
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo: install
 	$(BIN)/covidxr data check $(OUT)/binary.csv
 	$(BIN)/covidxr data summary $(OUT)/binary.csv
 	@echo "demo outputs are in $(OUT)/"
+
+bench: install
+	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py; do \
+		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
