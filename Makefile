@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/covidxr data build $(OUT)/cohen.csv $(OUT)/rsna.csv --task binary --folds 5 -o $(OUT)/binary.csv
 	$(BIN)/covidxr data check $(OUT)/binary.csv
 	$(BIN)/covidxr data summary $(OUT)/binary.csv
+	$(BIN)/covidxr prepare $(OUT)/binary.csv --size 256 -o $(OUT)/cache --preview 8 --preview-out $(OUT)/prepare-preview.png
 	@echo "demo outputs are in $(OUT)/"
 
 bench: install

@@ -95,3 +95,21 @@ def test_prepare_command_exit_codes_and_preview(images, tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "m.csv"), "--size", "48", "-o", str(tmp_path / "cache")]) == 3
     assert "0.png" in capsys.readouterr().out
     assert main(["prepare", str(tmp_path / "m.csv"), "-o", str(tmp_path / "c"), "--preview", "2"]) == 2
+
+
+def test_cached_images_dataset_yields_tensors_and_class_indices(images, tmp_path):
+    import torch
+
+    from covidxr.data.dataset import CachedImages
+    from covidxr.errors import UsageError
+
+    manifest = _manifest(images).assign(label=["covid", "non-covid", "covid", "non-covid", "non-covid"])
+    cache = prepare(manifest, tmp_path / "cache", CONFIG).cache
+    dataset = CachedImages(manifest, cache, classes=["non-covid", "covid"])
+    image, target = dataset[2]
+    assert len(dataset) == 5 and image.shape == (1, 32, 32) and image.dtype == torch.uint8 and target == 1
+    assert torch.equal(image[0], torch.from_numpy(cache.get(manifest.loc[2, "sha256"])))
+    flipped = CachedImages(manifest, cache, ["non-covid", "covid"], transform=lambda t: t.flip(-1))
+    assert torch.equal(flipped[2][0], image.flip(-1))
+    with pytest.raises(UsageError, match="not among the classes"):
+        CachedImages(manifest, cache, classes=["covid"])

@@ -9,7 +9,10 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, SecondaryCaptureImageStorage, generate_uid,
+)
 
 from conftest import xray_pixels
 from covidxr.data.imageio import ImageReadError, read_grayscale
@@ -98,6 +101,25 @@ def test_dicom_rescale_and_window_are_applied(tmp_path):
     windowed = read_grayscale(_dicom(tmp_path / "w.dcm", window=(center, 400.0)))
     saturated = np.mean((windowed == 0) | (windowed == 255))
     assert saturated > 0.3, "a narrow window clips what lies outside it"
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_dicom_decodes_through_pydicom_handlers(tmp_path, syntax):
+    path = _dicom(tmp_path / "plain.dcm")
+    dataset = pydicom.dcmread(path)
+    dataset.compress(syntax)
+    dataset.save_as(tmp_path / "packed.dcm", enforce_file_format=True)
+    assert np.array_equal(read_grayscale(tmp_path / "packed.dcm"), read_grayscale(path))
+
+
+def test_undecodable_transfer_syntax_is_named(tmp_path):
+    dataset = pydicom.dcmread(_dicom(tmp_path / "plain.dcm"))
+    dataset.file_meta.TransferSyntaxUID = JPEGLSLossless
+    dataset.PixelData = encapsulate([b"\xff\xd8 not really JPEG-LS"])
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(tmp_path / "odd.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="transfer syntax JPEG-LS Lossless"):
+        read_grayscale(tmp_path / "odd.dcm")
 
 
 def test_dicom_without_pixel_data(tmp_path):

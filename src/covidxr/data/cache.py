@@ -115,7 +115,7 @@ class PixelCache:
         return self._pixels
 
     def get(self, sha256: str) -> np.ndarray:
-        return np.asarray(self.pixels()[self.slots([sha256])[0]])
+        return np.array(self.pixels()[self.slots([sha256])[0]])
 
     def add(self, results: list[Prepared]) -> None:
         """Append prepared entries: pixels first, then the index (atomically)."""
