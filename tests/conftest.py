@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COHEN_HEADER = (
@@ -37,6 +40,39 @@ def make_image(tmp_path):
     def make(name: str, seed: int, size: int = 96, **options) -> Path:
         return save_image(xray_pixels(seed, size), tmp_path / name, **options)
     return make
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    patient_id: str = "SECRET-ID",
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+    window: tuple[float, float] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+) -> Path:
+    """A DICOM file made with pydicom: 12-bit pixels in 16, identifying tags set (to prove they never leak)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.PatientID, dataset.PatientName, dataset.PatientBirthDate = patient_id, "Doe^Jane", "19700101"
+    dataset.PatientSex, dataset.PatientAge, dataset.Modality, dataset.ViewPosition = "F", "045Y", modality, "PA"
+    if pixels is not None:
+        values = pixels.astype(np.uint16) * 16
+        dataset.Rows, dataset.Columns = values.shape
+        dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+        dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+        if window:
+            dataset.WindowCenter, dataset.WindowWidth = window
+        dataset.PixelData = values.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_cohen(root: Path, rows: list[dict]) -> Path:

@@ -1,4 +1,3 @@
-import pandas as pd
 import pytest
 
 from covidxr.data import build, import_cohen, import_csv, summarize

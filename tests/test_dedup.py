@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from conftest import save_image, xray_pixels
 from covidxr.data.dedup import duplicate_groups, phash_distances_within, thumbnail

@@ -8,13 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, SecondaryCaptureImageStorage, generate_uid,
-)
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from conftest import xray_pixels
+from conftest import write_dicom, xray_pixels
 from covidxr.data.imageio import ImageReadError, read_grayscale
 
 GRAY = xray_pixels(7, size=64)
@@ -65,25 +62,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def _dicom(path, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, pixels=True):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.PatientID, dataset.PatientName = "SECRET-ID", "Doe^Jane"
-    dataset.Modality = "DX"
-    if pixels:
-        values = GRAY.astype(np.uint16) * 16
-        dataset.Rows, dataset.Columns = values.shape
-        dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
-        dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
-        if window:
-            dataset.WindowCenter, dataset.WindowWidth = window
-        dataset.PixelData = values.tobytes()
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, GRAY if pixels else None, photometric=photometric, slope=slope, intercept=intercept,
+                       window=window)
 
 
 def test_dicom_monochrome2_and_inverted_monochrome1(tmp_path):

@@ -1,13 +1,10 @@
+import zlib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import save_image, xray_pixels
+from conftest import save_image, write_dicom, xray_pixels
 from covidxr.data import COLUMNS, SourceError, import_cohen, import_csv, import_folders
 from covidxr.errors import UsageError
 
@@ -41,7 +38,7 @@ def test_cohen_import_keeps_metadata_site_and_licence(cohen_dir):
 
 def test_cohen_import_notes_unlisted_files_and_honours_views(cohen_dir):
     result = import_cohen(cohen_dir, views=("PA",))
-    assert any("3 file(s)" in note and "unlisted.png" in note for note in result.notes)
+    assert any("3 file(s)" in line and "unlisted.png" in line for line in result.lines)
     assert set(result.manifest["view"]) == {"PA"}
     assert (result.dropped["reason"] == "view").sum() == 3
 
@@ -98,23 +95,8 @@ def test_csv_import_of_a_covid_collection_layout_keeps_patients_and_unknown_find
     assert set(manifest["sex"]) == {"M"} and set(manifest["age"]) == {50.0}
 
 
-def _write_dicom(path: Path, patient_id: str, photometric: str = "MONOCHROME2", modality: str = "CR") -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.PatientID, dataset.PatientName = patient_id, "Doe^Jane"
-    dataset.PatientSex, dataset.PatientAge, dataset.Modality, dataset.ViewPosition = "F", "045Y", modality, "PA"
-    pixels = (xray_pixels(hash(patient_id) % 1000).astype(np.uint16) * 16)
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
-    dataset.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+def _write_dicom(path: Path, patient_id: str, modality: str = "CR") -> Path:
+    return write_dicom(path, xray_pixels(zlib.crc32(patient_id.encode()) % 1000), patient_id, modality=modality)
 
 
 def test_folders_import_maps_class_folders_kaggle_patients_and_dicom(tmp_path, monkeypatch):
@@ -139,7 +121,7 @@ def test_folders_import_maps_class_folders_kaggle_patients_and_dicom(tmp_path, m
     assert dicom["patient_id"].startswith("kaggle:") and "MRN-0042" not in dicom["patient_id"]
     reasons = dict(zip(result.dropped["path"].map(lambda p: Path(p).name), result.dropped["reason"]))
     assert reasons == {"notes.txt": "unreadable", "ct.dcm": "modality"}
-    assert result.notes == ["note: 1 hidden file(s) skipped"]
+    assert result.lines[-1] == "note: 1 hidden file(s) skipped"
 
 
 def test_dicom_identifiers_never_reach_the_written_files(tmp_path, monkeypatch):
@@ -149,7 +131,7 @@ def test_dicom_identifiers_never_reach_the_written_files(tmp_path, monkeypatch):
     result = import_folders(tmp_path / "data")
     out = result.save(tmp_path / "out" / "m.csv")
     text = out.read_text() + (tmp_path / "out" / "m.dropped.csv").read_text()
-    assert "MRN-7777" not in text and "Doe" not in text
+    assert "MRN-7777" not in text and "Doe" not in text and "19700101" not in text
     assert result.manifest["patient_id"].nunique() == 1
     again = import_folders(tmp_path / "data")
     assert again.manifest["patient_id"].tolist() == result.manifest["patient_id"].tolist()

@@ -76,9 +76,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         min_correlation=args.min_correlation,
     )
     out = result.save(args.out)
-    kept = result.manifest
-    _print_lines([f"kept    {len(kept):>5}  images of {kept['patient_id'].nunique()} patients"] + result.lines)
-    _print_lines([f"wrote {out} ({len(kept)} rows) and its dropped rows beside it; leak check passed"])
+    _print_lines(result.report())
+    _print_lines([f"wrote {out} ({len(result.manifest)} rows) and its dropped rows beside it; leak check passed"])
     return EXIT_OK
 
 
@@ -125,7 +124,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.preview:
         from covidxr.reporting.preview import contact_sheet
 
-        _print_lines([f"wrote {contact_sheet(load_manifest(args.manifest), report.cache, args.preview, args.preview_out)}"])
+        sheet = contact_sheet(load_manifest(args.manifest), report.cache, args.preview, args.preview_out)
+        _print_lines([f"wrote {sheet}"])
     return EXIT_PARTIAL if len(report.failures) else EXIT_OK
 
 

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, duplicate_groups
 from covidxr.data.labels import DEFAULT_TABLE, LabelTable, check_task, label_for, load_label_table
-from covidxr.data.manifest import (
-    conform, describe_drops, load_dropped, load_manifest, save_dropped, save_manifest, validate,
-)
-from covidxr.errors import CovidxrError, UsageError
+from covidxr.data.manifest import StageResult, conform, describe_drops, load_dropped, load_manifest, validate
 from covidxr.data.sources.base import ImportResult
 from covidxr.data.split import DEFAULT_FRACTIONS, assign_splits, balance_classes, find_leaks
+from covidxr.errors import CovidxrError, UsageError
 
 BUILD_REASONS = ("finding unmapped", "license excluded", "balance")
 ManifestInput = str | Path | pd.DataFrame | ImportResult
@@ -26,17 +23,8 @@ class LeakError(CovidxrError):
     """A patient unit crosses splits or folds."""
 
 
-@dataclass
-class BuildResult:
-    """The built manifest, every row dropped on the way (imports' and the build's) and the report."""
-
-    manifest: pd.DataFrame
-    dropped: pd.DataFrame
-    lines: list[str] = field(default_factory=list)
-
-    def save(self, out: str | Path) -> Path:
-        save_dropped(self.dropped, out)
-        return save_manifest(self.manifest, out)
+class BuildResult(StageResult):
+    """The built manifest and every row dropped on the way (the imports' and the build's)."""
 
 
 def _read_inputs(manifests: Sequence[ManifestInput]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -58,7 +46,9 @@ def _read_inputs(manifests: Sequence[ManifestInput]) -> tuple[pd.DataFrame, pd.D
     return table, inherited
 
 
-def _drop(table: pd.DataFrame, mask: pd.Series, reason: str, detail: pd.Series | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _drop(
+    table: pd.DataFrame, mask: pd.Series, reason: str, detail: pd.Series | str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     dropped = table[mask].assign(reason=reason, detail=detail[mask] if isinstance(detail, pd.Series) else detail)
     return table[~mask].reset_index(drop=True), dropped
 

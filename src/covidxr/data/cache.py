@@ -87,7 +87,7 @@ class PixelCache:
     def _load_index(self) -> pd.DataFrame:
         path = self.folder / "index.csv"
         if not path.is_file():
-            return pd.DataFrame({column: pd.Series(dtype=str if column == "sha256" else int) for column in INDEX_COLUMNS})
+            return pd.DataFrame({c: pd.Series(dtype=str if c == "sha256" else int) for c in INDEX_COLUMNS})
         index = pd.read_csv(path, dtype={"sha256": str})
         if self.data_path.is_file() and self.data_path.stat().st_size > len(index) * self.entry_bytes:
             os.truncate(self.data_path, len(index) * self.entry_bytes)
@@ -111,7 +111,8 @@ class PixelCache:
         """All entries as a read-only (N, size, size) uint8 memory map."""
         if self._pixels is None or len(self._pixels) != len(self):
             shape = (len(self), self.config.size, self.config.size)
-            self._pixels = np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=shape) if len(self) else np.empty(shape, np.uint8)
+            empty = np.empty(shape, np.uint8)
+            self._pixels = np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=shape) if len(self) else empty
         return self._pixels
 
     def get(self, sha256: str) -> np.ndarray:

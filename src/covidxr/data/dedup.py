@@ -80,7 +80,8 @@ def duplicate_groups(
     hashes = np.array([int(h, 16) for h in files["phash"]], dtype=np.uint64)
     candidates = phash_distances_within(hashes, max_distance)
     involved = np.unique(candidates)
-    thumbs = dict(zip(involved, map_with_progress(thumbnail, files["path"].iloc[involved], "comparing near-duplicates")))
+    paths = files["path"].iloc[involved]
+    thumbs = dict(zip(involved, map_with_progress(thumbnail, paths, "comparing near-duplicates")))
     joined = np.array([pair for pair in candidates if pixels_agree(thumbs[pair[0]], thumbs[pair[1]], min_correlation)],
                       dtype=np.int64).reshape(-1, 2)
     count = len(files)
@@ -90,5 +91,6 @@ def duplicate_groups(
     order = {c: i for i, c in enumerate(pd.unique(per_row))}
     groups = per_row.map(lambda c: f"dup{order[c]:05d}")
     sizes = groups.value_counts()
-    report = DuplicateReport(pairs=len(joined), groups=int((sizes > 1).sum()), largest=int(sizes.max()) if len(sizes) else 0)
+    largest = int(sizes.max()) if len(sizes) else 0
+    report = DuplicateReport(pairs=len(joined), groups=int((sizes > 1).sum()), largest=largest)
     return groups.rename("dup_group"), report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -146,3 +147,21 @@ def describe_drops(dropped: pd.DataFrame, reasons: tuple[str, ...], name_up_to: 
             line += ": " + "; ".join(details)
         lines.append(line)
     return lines
+
+
+@dataclass
+class StageResult:
+    """What a stage made: its manifest, the rows it dropped (with `reason` and `detail`), its report lines."""
+
+    manifest: pd.DataFrame
+    dropped: pd.DataFrame
+    lines: list[str] = field(default_factory=list)
+
+    def save(self, out: str | Path) -> Path:
+        """Write the manifest to `out` and the dropped rows beside it (OUT.dropped.csv)."""
+        save_dropped(self.dropped, out)
+        return save_manifest(self.manifest, out)
+
+    def report(self) -> list[str]:
+        kept = self.manifest
+        return [f"kept    {len(kept):>5}  images of {kept['patient_id'].nunique()} patients"] + self.lines

@@ -33,7 +33,7 @@ def secret_key() -> bytes:
             handle.write(secrets.token_bytes(32))
     key = path.read_bytes()
     if len(key) < 16:
-        raise CovidxrError(f"{path}: secret key is {len(key)} bytes; expected at least 16 (delete it to make a new one)")
+        raise CovidxrError(f"{path}: secret key is {len(key)} bytes; expected at least 16 (delete it for a new one)")
     return key
 
 

@@ -45,7 +45,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 def check_fractions(values: tuple[float, ...]) -> None:
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
-        raise UsageError(f"split fractions {values}: expected three numbers train,val,test >= 0 summing to 1, train > 0")
+        raise UsageError(
+            f"split fractions {values}: expected three numbers train,val,test >= 0 summing to 1, train > 0"
+        )
 
 
 def _parts(fractions: tuple[float, float, float], total: int) -> tuple[int, int]:

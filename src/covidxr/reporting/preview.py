@@ -34,10 +34,9 @@ def contact_sheet(manifest: pd.DataFrame, cache: PixelCache, count: int, out: st
         cut = index.loc[row.sha256]
         original_axis.imshow(original, cmap="gray", vmin=0, vmax=255)
         height, width = original.shape
-        original_axis.add_patch(Rectangle(
-            (cut["left"] - 0.5, cut["top"] - 0.5), width - cut["left"] - cut["right"], height - cut["top"] - cut["bottom"],
-            fill=False, edgecolor="red", linewidth=1.5,
-        ))
+        kept_width, kept_height = width - cut["left"] - cut["right"], height - cut["top"] - cut["bottom"]
+        original_axis.add_patch(Rectangle((cut["left"] - 0.5, cut["top"] - 0.5), kept_width, kept_height,
+                                          fill=False, edgecolor="red", linewidth=1.5))
         original_axis.set_title(f"{Path(row.path).name[:28]}\n{row.source}, {width}x{height}", fontsize=7)
         prepared_axis.imshow(cache.get(row.sha256), cmap="gray", vmin=0, vmax=255)
         prepared_axis.set_title(

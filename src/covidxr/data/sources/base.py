@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import imagehash
-import numpy as np
 import pandas as pd
 from PIL import Image
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
+from covidxr.data.manifest import StageResult, conform, describe_drops, make_image_id
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.data.manifest import conform, describe_drops, make_image_id, save_dropped, save_manifest
 from covidxr.progress import map_with_progress
 
 IMPORT_REASONS = ("modality", "view", "file missing", "unreadable")
@@ -30,22 +28,8 @@ class SourceError(CovidxrError, ValueError):
     """A dataset layout or table that cannot be imported; the message names the file and the problem."""
 
 
-@dataclass
-class ImportResult:
-    """The manifest an importer made, the rows it dropped (with `reason`, `detail`) and notes to print."""
-
-    manifest: pd.DataFrame
-    dropped: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-
-    def save(self, out: str | Path) -> Path:
-        save_dropped(self.dropped, out)
-        return save_manifest(self.manifest, out)
-
-    def report(self) -> list[str]:
-        kept = self.manifest
-        lines = [f"kept    {len(kept):>5}  images of {kept['patient_id'].nunique()} patients"]
-        return lines + describe_drops(self.dropped, IMPORT_REASONS) + self.notes
+class ImportResult(StageResult):
+    """An importer's manifest and dropped rows; `lines` counts the drops per reason and adds notes."""
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -131,7 +115,8 @@ def finish_import(candidates: pd.DataFrame, views: Sequence[str], notes: list[st
     _mark(candidates, candidates["image_id"].duplicated(), "listed twice", "same file, same patient")
     kept = candidates[candidates["reason"] == ""].drop(columns=["reason", "detail", "relpath"])
     dropped = candidates[candidates["reason"] != ""].drop(columns=["sha256", "width", "height", "phash"])
-    return ImportResult(conform(kept), dropped.reset_index(drop=True), notes or [])
+    dropped = dropped.reset_index(drop=True)
+    return ImportResult(conform(kept), dropped, describe_drops(dropped, IMPORT_REASONS) + (notes or []))
 
 
 def _decode_kept(candidates: pd.DataFrame) -> pd.DataFrame:
