@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,6 +148,61 @@ def _add_prepare_command(commands: argparse._SubParsersAction) -> None:
     prepare.set_defaults(handler=cmd_prepare)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from covidxr.config import load_recipe
+    from covidxr.training.run import train
+
+    config = load_recipe(args.config, args.set)
+    run = train(config, args.data, args.out, cache_root=args.cache, resume=args.resume)
+    if run is not None:
+        _print_lines([f"wrote run {run}: model.safetensors, model.json, metrics.csv, curves.png, model_card.json"])
+    return EXIT_OK
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from covidxr.config import load_recipe
+    from covidxr.training.lr_find import find_learning_rate
+
+    suggestion, plot = find_learning_rate(load_recipe(args.config, args.set), args.data, args.out, args.cache)
+    _print_lines([f"suggested learning rate: {suggestion:.2e} (set it with --set optimisation.lr={suggestion:.2e})",
+                  f"wrote {plot}"])
+    return EXIT_OK
+
+
+def cmd_weights_convert(args: argparse.Namespace) -> int:
+    from covidxr.models.weights import convert_checkpoint
+
+    count = convert_checkpoint(args.file, args.out)
+    _print_lines([f"wrote {args.out} ({count} tensors)"])
+    return EXIT_OK
+
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    from covidxr.config import recipe_names
+
+    recipes = ", ".join(recipe_names())
+    train = commands.add_parser("train", help="train a recipe on a manifest into a run directory",
+                                description=f"Shipped recipes: {recipes}.")
+    lr_find = commands.add_parser("lr-find", help="learning-rate range test with a plot")
+    for command in (train, lr_find):
+        command.add_argument("--config", required=True, metavar="RECIPE", help=f"shipped ({recipes}) or a YAML path")
+        command.add_argument("--data", required=True, type=Path, metavar="MANIFEST")
+        command.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root (default ~/.cache/covidxr)")
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a recipe key, e.g. --set trainer.max_epochs=1 --set model.name=resnet18")
+    train.add_argument("-o", "--out", type=Path, required=True, metavar="RUN")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    train.set_defaults(handler=cmd_train)
+    lr_find.add_argument("-o", "--out", type=Path, required=True, metavar="PLOT.png")
+    lr_find.set_defaults(handler=cmd_lr_find)
+    weights = commands.add_parser("weights", help="weights files")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
+    convert = weights_commands.add_parser("convert", help=".pth state dict -> .safetensors (never unpickles code)")
+    convert.add_argument("file", type=Path, metavar="FILE.pth")
+    convert.add_argument("-o", "--out", type=Path, required=True, metavar="FILE.safetensors")
+    convert.set_defaults(handler=cmd_weights_convert)
+
+
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     from covidxr.data import TASKS
     from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
@@ -212,13 +268,24 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data_commands(commands)
     _add_prepare_command(commands)
+    _add_training_commands(commands)
     return root
+
+
+def _log_to(console: Console) -> None:
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("covidxr")
+    if not root.handlers:
+        root.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+        root.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     errors = Console(stderr=True, soft_wrap=True)
+    _log_to(errors)
     try:
         return handler(args)
     except UsageError as error:

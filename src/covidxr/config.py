@@ -3,11 +3,15 @@ that name the bad key or value and list the accepted ones."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from importlib import resources
+from pathlib import Path
+from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from covidxr.data.preprocess import Preprocessing
+from covidxr.data.sources.base import DEFAULT_VIEWS
 from covidxr.errors import UsageError
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -50,14 +54,148 @@ def _coerce_lists(model_type: type[BaseModel], values: dict) -> dict:
     return coerced
 
 
-def with_overrides(model: Model, overrides: dict, where: str = "--set") -> Model:
-    """A copy of `model` with `overrides` applied and validated."""
-    model_type = type(model)
-    unknown = [key for key in overrides if key not in model_type.model_fields]
-    if unknown:
-        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(model_type.model_fields)}")
+def _valid_keys(model_type: type[BaseModel], location: tuple) -> list[str]:
+    """The field names of the (sub-)model that `location` points into."""
+    current: type[BaseModel] = model_type
+    for part in location[:-1]:
+        field = current.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        current = annotation
+    return list(current.model_fields)
+
+
+def validated(model_type: type[Model], values: dict, where: str) -> Model:
+    """`model_type(**values)`, or a UsageError naming each bad key/value (and the valid keys)."""
     try:
-        return model_type.model_validate(_coerce_lists(model_type, _merge(model.model_dump(), overrides)))
+        return model_type.model_validate(values)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise UsageError(f"{where}: {problems}") from None
+        problems = []
+        for item in error.errors():
+            location = ".".join(map(str, item["loc"]))
+            if item["type"] == "extra_forbidden":
+                problems.append(f"unknown key {location}; valid: {', '.join(_valid_keys(model_type, item['loc']))}")
+            else:
+                problems.append(f"{location}: {item['msg']}")
+        raise UsageError(f"{where}: {'; '.join(problems)}") from None
+
+
+def with_overrides(model: Model, overrides: dict, where: str = "--set") -> Model:
+    """A copy of `model` with (nested) `overrides` applied and validated."""
+    merged = _merge(model.model_dump(), overrides)
+    return validated(type(model), _coerce_nested(type(model), merged), where)
+
+
+def _coerce_nested(model_type: type[BaseModel], values: dict) -> dict:
+    coerced = _coerce_lists(model_type, values)
+    for name, field in model_type.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(coerced.get(name), dict):
+            coerced[name] = _coerce_nested(annotation, coerced[name])
+    return coerced
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataSelection(_Strict):
+    """Which rows of the given manifest a recipe trains on, and how it splits them when it must."""
+
+    views: tuple[str, ...] | None = DEFAULT_VIEWS
+    sources: tuple[str, ...] | None = None
+    balance: int | Literal["smallest"] | None = None
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+
+class ModelSpec(_Strict):
+    name: str = "resnet18"
+    pretrained: Literal["none", "imagenet"] = "none"
+    weights: Path | None = None
+    head: Literal["linear", "pyimagesearch", "hansen", "zivkovic"] = "linear"
+    in_chans: Literal[1, 3] = 1
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class Transfer(_Strict):
+    mode: Literal["full", "head", "two-stage"] = "full"
+    head_epochs: int = Field(5, ge=1, description="two-stage: epochs of head-only training first")
+    backbone_lr_factor: float = Field(0.1, gt=0, le=1, description="backbone lr = lr x this (two-stage, full)")
+
+
+class Optimisation(_Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(32, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_balance: Literal["weights", "sampler", "none"] = "sampler"
+
+
+class Augmentation(_Strict):
+    rotation: float = Field(10.0, ge=0, le=180)
+    translate: float = Field(0.05, ge=0, lt=1)
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = Field(0.1, ge=0, lt=1)
+    contrast: float = Field(0.1, ge=0, lt=1)
+    hflip: bool = False
+
+
+class TrainerSettings(_Strict):
+    max_epochs: int = Field(10, ge=1)
+    patience: int = Field(5, ge=1, description="early stopping on validation AUC")
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: str | None = None
+    checkpoint_every_n_steps: int = Field(50, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ThresholdRule(_Strict):
+    rule: Literal["youden", "sensitivity"] = "youden"
+    target: float = Field(0.95, gt=0, lt=1, description="target sensitivity for rule: sensitivity")
+
+
+class TrainConfig(_Strict):
+    """A recipe: everything `train` needs besides the manifest."""
+
+    description: str = ""
+    task: Literal["binary", "three-class"] = "binary"
+    seed: int = 0
+    data: DataSelection = DataSelection()
+    preprocessing: Preprocessing = Preprocessing(size=224)
+    model: ModelSpec = ModelSpec()
+    transfer: Transfer = Transfer()
+    optimisation: Optimisation = Optimisation()
+    augmentation: Augmentation = Augmentation()
+    trainer: TrainerSettings = TrainerSettings()
+    threshold: ThresholdRule = ThresholdRule()
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("covidxr.recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A shipped recipe by name (src/covidxr/recipes/NAME.yaml) or a YAML file, with --set overrides."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise UsageError(f"{candidate}: recipe file not found")
+        text, where = candidate.read_text(encoding="utf-8"), str(candidate)
+    elif str(name_or_path) in recipe_names():
+        text = (resources.files("covidxr.recipes") / f"{name_or_path}.yaml").read_text(encoding="utf-8")
+        where = f"recipe {name_or_path}"
+    else:
+        raise UsageError(f"unknown recipe {str(name_or_path)!r}; shipped: {', '.join(recipe_names())}, or a YAML path")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"{where}: not valid YAML ({error})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{where}: expected a mapping of settings")
+    config = validated(TrainConfig, _coerce_nested(TrainConfig, values), where)
+    return with_overrides(config, parse_overrides(overrides or []))

@@ -1,0 +1,37 @@
+"""Learning-rate range test (Lightning's tuner) with its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.tuner import Tuner
+
+from covidxr.config import TrainConfig
+from covidxr.data.labels import CLASSES
+from covidxr.data.manifest import load_manifest
+from covidxr.models.classifier import build_classifier
+from covidxr.training.data import ensure_cache, loader, select_rows, split_datasets
+from covidxr.training.module import LitClassifier
+
+
+def find_learning_rate(config: TrainConfig, manifest_path, out: Path, cache_root=None) -> tuple[float, Path]:
+    from covidxr.training.run import default_cache_root
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    manifest = select_rows(load_manifest(manifest_path), config)
+    datasets = split_datasets(manifest, ensure_cache(manifest, cache_root or default_cache_root(), config), config)
+    model, _ = build_classifier(config.model, len(CLASSES[config.task]), config.preprocessing.size)
+    module = LitClassifier(model, len(CLASSES[config.task]), config.optimisation.lr, config.optimisation.weight_decay)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, accelerator=config.trainer.accelerator,
+                        devices=1, enable_model_summary=False, default_root_dir=Path(out).parent)
+    finder = Tuner(trainer).lr_find(module, loader(datasets["train"], config, True, config.seed),
+                                    loader(datasets["val"], config, False, config.seed),
+                                    min_lr=1e-6, max_lr=1.0, num_training=min(100, len(datasets["train"])),
+                                    update_attr=False)
+    figure = finder.plot(suggest=True)
+    figure.axes[0].set_title(f"learning-rate range test: {config.model.name}, {config.preprocessing.size}px")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    return float(finder.suggestion() or config.optimisation.lr), out

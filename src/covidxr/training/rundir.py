@@ -1,0 +1,156 @@
+"""What a run directory holds besides weights: model.json (the inference contract), env.json,
+model_card.json and curves.png (CONTRACTS.md § Run directory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from covidxr.config import TrainConfig
+from covidxr.data.labels import CLASSES
+from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD
+
+FORMAT_VERSION = 1
+NOT_FOR_CLINICAL_USE = "Research and teaching only. Not for clinical use: not a medical device, not validated."
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_provenance(manifest: pd.DataFrame) -> dict:
+    return {
+        "sources": {str(k): int(v) for k, v in manifest["source"].value_counts().items()},
+        "images": int(len(manifest)),
+        "patients": int(manifest["patient_id"].nunique()),
+        "by_split": {str(split): {str(label): int(n) for label, n in part["label"].value_counts().items()}
+                     for split, part in manifest.groupby("split")},
+        "licences": {str(k): int(v) for k, v in manifest["license"].value_counts().items()},
+    }
+
+
+def pretrained_description(config: TrainConfig) -> str:
+    if config.model.weights is not None:
+        return f"file:{Path(config.model.weights).name}"
+    return "imagenet" if config.model.pretrained == "imagenet" else "none"
+
+
+def random_frozen_backbone(config: TrainConfig) -> bool:
+    return config.transfer.mode != "full" and pretrained_description(config) == "none"
+
+
+def model_contract(config: TrainConfig, weights: Path, temperature: float, threshold: float,
+                   manifest: pd.DataFrame) -> dict:
+    contract = {
+        "format_version": FORMAT_VERSION,
+        "architecture": {"name": config.model.name, "kwargs": {
+            "head": config.model.head, "in_chans": config.model.in_chans, "dropout": config.model.dropout,
+            "num_classes": len(CLASSES[config.task])}},
+        "classes": list(CLASSES[config.task]),
+        "positive_class": "covid",
+        "preprocessing": {
+            "decode": "covidxr.data.imageio.read_grayscale: 2-D uint8, 0=black; >8-bit scaled by own min..max; "
+                      "DICOM modality+VOI LUT, MONOCHROME1 inverted",
+            **config.preprocessing.model_dump(mode="json"),
+            "normalisation": {"input": "grey 0..255, shape (B, 1, size, size), scaled and normalised inside the model",
+                              "mean": [sum(IMAGENET_MEAN) / 3] if config.model.in_chans == 1 else list(IMAGENET_MEAN),
+                              "std": [sum(IMAGENET_STD) / 3] if config.model.in_chans == 1 else list(IMAGENET_STD)},
+        },
+        "threshold": threshold,
+        "threshold_rule": config.threshold.rule if config.threshold.rule == "youden"
+        else f"sensitivity>={config.threshold.target}",
+        "temperature": temperature,
+        "weights_sha256": file_sha256(weights),
+        "data": data_provenance(manifest),
+        "pretrained": pretrained_description(config),
+        "transfer": config.transfer.mode,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if random_frozen_backbone(config):
+        contract["transfer_note"] = ("the frozen backbone had random weights (no pretrained weights): this is "
+                                     "a head trained on random features, not transfer learning")
+    return contract
+
+
+def environment(config: TrainConfig) -> dict:
+    versions = {}
+    for package in ("covidxr", "torch", "torchvision", "timm", "lightning", "numpy", "pandas", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {
+        "versions": {"python": sys.version.split()[0], **versions},
+        "seed": config.seed,
+        "git_commit": commit,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
+    }
+
+
+def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
+    return {
+        "model": {"architecture": config.model.name, "head": config.model.head, "classes": contract["classes"],
+                  "pretrained": contract["pretrained"], "transfer": config.transfer.mode,
+                  **({"transfer_note": contract["transfer_note"]} if "transfer_note" in contract else {})},
+        "intended_use": "Research on and teaching of chest X-ray classifiers and their shortcuts. "
+                        + NOT_FOR_CLINICAL_USE,
+        "not_for_clinical_use": True,
+        "training_data": contract["data"],
+        "licences": contract["data"]["licences"],
+        "operating_point": {"threshold": contract["threshold"], "rule": contract["threshold_rule"],
+                            "temperature": contract["temperature"], "fitted_on": "validation split"},
+        "validation": validation,
+        "limitations": [
+            "Positives and negatives may come from different sources; high scores can measure the source, not "
+            "the disease. See `covidxr evaluate` (within-source metrics, source-only baseline) and `covidxr audit`.",
+            "Validation figures are from the split used to choose the checkpoint, threshold and temperature; "
+            "they are optimistic. Use the test split or external data for estimates.",
+            "Data licences include non-commercial and no-derivatives terms where listed above.",
+        ],
+    }
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2, default=str) + "\n")
+
+
+def plot_curves(metrics_csv: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = pd.read_csv(metrics_csv)
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for axis, (title, columns) in zip(axes, [("loss", ["train_loss", "val_loss"]),
+                                             ("accuracy", ["train_accuracy", "val_accuracy"]),
+                                             ("validation AUC", ["val_auc"])]):
+        for column in columns:
+            axis.plot(metrics["epoch"], metrics[column], marker="o", label=column)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
