@@ -1,0 +1,157 @@
+"""Training on tiny synthetic data: the run directory, each transfer mode, resume, DDP, lr-find."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import tiny_recipe_overrides
+from covidxr.cli import main
+from covidxr.config import load_recipe
+from covidxr.training import run as run_module
+from covidxr.training.callbacks import METRIC_COLUMNS
+from covidxr.training.rundir import file_sha256
+from covidxr.training.run import train
+
+MODEL_JSON_KEYS = {"format_version", "architecture", "classes", "preprocessing", "threshold", "threshold_rule",
+                   "temperature", "weights_sha256", "data", "pretrained", "created"}
+
+
+def _train(tmp_path, training_manifest, name="run", **extra):
+    config = load_recipe("default", tiny_recipe_overrides(**extra))
+    return train(config, training_manifest, tmp_path / name, cache_root=tmp_path / "cache")
+
+
+def test_full_training_writes_the_contract_run_directory(tmp_path, training_manifest):
+    run = _train(tmp_path, training_manifest)
+    for name in ("config.yaml", "manifest.csv", "model.safetensors", "model.json", "metrics.csv", "curves.png",
+                 "env.json", "model_card.json", "checkpoints"):
+        assert (run / name).exists(), name
+    contract = json.loads((run / "model.json").read_text())
+    assert MODEL_JSON_KEYS <= set(contract)
+    assert contract["weights_sha256"] == file_sha256(run / "model.safetensors")
+    assert contract["classes"] == ["non-covid", "covid"] and contract["pretrained"] == "none"
+    assert 0 < contract["threshold"] <= 1 and contract["temperature"] > 0
+    assert contract["preprocessing"]["size"] == 32 and contract["data"]["images"] == 72
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS and metrics["epoch"].tolist() == [0, 1]
+    assert metrics["val_auc"].between(0, 1).all()
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["not_for_clinical_use"] and "not for clinical use" in card["intended_use"].lower()
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "covidxr_cnn"
+    env = json.loads((run / "env.json").read_text())
+    assert env["seed"] == 0 and env["versions"]["torch"].startswith("2.14")
+
+
+def test_training_is_deterministic_with_a_seed(tmp_path, training_manifest):
+    first = pd.read_csv(_train(tmp_path, training_manifest, "a", **{"trainer.max_epochs": "1"}) / "metrics.csv")
+    second = pd.read_csv(_train(tmp_path, training_manifest, "b", **{"trainer.max_epochs": "1"}) / "metrics.csv")
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"))
+
+
+def test_head_mode_trains_only_the_head_on_features_computed_once(tmp_path, training_manifest, monkeypatch):
+    calls = []
+    original = run_module.backbone_features
+    monkeypatch.setattr(run_module, "backbone_features", lambda model, images: calls.append(len(images))
+                        or original(model, images))
+    run = _train(tmp_path, training_manifest, **{"transfer.mode": "head", "trainer.max_epochs": "3"})
+    assert len(calls) == 2
+    trained = load_file(str(run / "model.safetensors"))
+    config = load_recipe("default", tiny_recipe_overrides(**{"transfer.mode": "head"}))
+    from covidxr.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    fresh, _ = build_classifier(config.model, 2, 32)
+    contract = json.loads((run / "model.json").read_text())
+    assert "not transfer learning" in contract["transfer_note"]
+    assert len(pd.read_csv(run / "metrics.csv")) == 3
+    assert set(trained) == set(fresh.state_dict())
+
+
+def test_two_stage_numbers_epochs_across_stages_and_changes_the_backbone(tmp_path, training_manifest):
+    run = _train(tmp_path, training_manifest, **{"transfer.mode": "two-stage", "transfer.head_epochs": "2",
+                                                 "trainer.max_epochs": "2"})
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2, 3]
+    head_stage = load_file(str(run / "checkpoints" / "head" / "final.safetensors"))
+    final = load_file(str(run / "model.safetensors"))
+    assert any(not torch.equal(final[f"head.{k}"], v) for k, v in head_stage.items())
+
+
+def test_resume_redoes_the_interrupted_epoch(tmp_path, training_manifest, monkeypatch):
+    import lightning as L
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAtSecondEpoch(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.current_epoch == 1 and trainer.global_step >= trainer.num_training_batches + 2:
+                raise Killed("simulated kill")
+
+    make_trainer = run_module._trainer
+
+    def killing_trainer(*args, **kwargs):
+        trainer, best = make_trainer(*args, **kwargs)
+        trainer.callbacks.append(KillAtSecondEpoch())
+        return trainer, best
+
+    monkeypatch.setattr(run_module, "_trainer", killing_trainer)
+    with pytest.raises(Killed):
+        _train(tmp_path, training_manifest, **{"trainer.max_epochs": "3"})
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "full" / "last.ckpt").is_file() and not (run / "model.json").exists()
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0]
+    monkeypatch.setattr(run_module, "_trainer", make_trainer)
+    config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "3"}))
+    train(config, training_manifest, run, cache_root=tmp_path / "cache", resume=True)
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2]
+    assert (run / "model.json").is_file()
+
+
+def test_a_finished_run_is_not_overwritten_and_bad_keys_are_usage_errors(tmp_path, training_manifest, capsys):
+    _train(tmp_path, training_manifest, **{"trainer.max_epochs": "1"})
+    base = ["train", "--config", "default", "--data", str(training_manifest), "--cache", str(tmp_path / "cache")]
+    assert main(base + ["-o", str(tmp_path / "run")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "new"), "--set", "trainer.max_epoch=1"]) == 2
+    assert "valid: max_epochs" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "new"), "--set", "model.head=mlp"]) == 2
+    assert "'linear'" in capsys.readouterr().err
+    assert main(["train", "--config", "nope", "--data", "x.csv", "-o", str(tmp_path / "n")]) == 2
+    assert "shipped: default, demo" in capsys.readouterr().err
+
+
+def test_lr_find_writes_a_plot(tmp_path, training_manifest):
+    code = main(["lr-find", "--config", "default", "--data", str(training_manifest), "--cache", str(tmp_path / "c"),
+                 "-o", str(tmp_path / "lr.png")] + sum((["--set", s] for s in tiny_recipe_overrides()), []))
+    assert code == 0 and (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_ddp_with_two_cpu_processes(tmp_path, training_manifest):
+    command = [sys.executable, "-m", "covidxr.cli", "train", "--config", "default", "--data", str(training_manifest),
+               "-o", str(tmp_path / "ddp"), "--cache", str(tmp_path / "cache")]
+    for setting in tiny_recipe_overrides(**{"trainer.devices": "2", "trainer.strategy": "ddp",
+                                            "trainer.accelerator": "cpu"}):
+        command += ["--set", setting]
+    environment = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr or "Initializing distributed" in result.stderr
+    assert pd.read_csv(tmp_path / "ddp" / "metrics.csv")["epoch"].tolist() == [0, 1]
+    assert (tmp_path / "ddp" / "model.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["default", "demo", "seed000-fastai-resnet50", "seed001-pyimagesearch-vgg16",
+                                  "seed002-hansen-vgg19", "seed003-zivkovic-mobilenet", "seed003-zivkovic-resnet",
+                                  "seed003-zivkovic-densenet", "seed004-arshad-cnn"])
+def test_every_shipped_recipe_loads(name):
+    config = load_recipe(name)
+    assert config.description
+    if config.model.pretrained == "imagenet":
+        assert "pretrained=none" in config.description
