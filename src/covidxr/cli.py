@@ -187,7 +187,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     for command in (train, lr_find):
         command.add_argument("--config", required=True, metavar="RECIPE", help=f"shipped ({recipes}) or a YAML path")
         command.add_argument("--data", required=True, type=Path, metavar="MANIFEST")
-        command.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root (default ~/.cache/covidxr)")
+        command.add_argument("--cache", type=Path, metavar="DIR",
+                             help="pixel cache root (default: ~/.cache/covidxr/pixels)")
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                              help="override a recipe key, e.g. --set trainer.max_epochs=1 --set model.name=resnet18")
     train.add_argument("-o", "--out", type=Path, required=True, metavar="RUN")
