@@ -27,6 +27,8 @@ demo: install
 	$(BIN)/covidxr data check $(OUT)/binary.csv
 	$(BIN)/covidxr data summary $(OUT)/binary.csv
 	$(BIN)/covidxr prepare $(OUT)/binary.csv --size 256 -o $(OUT)/cache --preview 8 --preview-out $(OUT)/prepare-preview.png
+	rm -rf $(OUT)/run-demo
+	$(BIN)/covidxr train --config demo --data $(OUT)/binary.csv --cache $(OUT)/cache -o $(OUT)/run-demo
 	@echo "demo outputs are in $(OUT)/"
 
 bench: install
