@@ -135,29 +135,39 @@ def shared_data_or_skip() -> Path:
     pytest.skip(f"shared data not found at {SHARED_DATA}")
 
 
-def lesion_image(seed: int, covid: bool, size: int = 64) -> np.ndarray:
-    """A synthetic radiograph; 'covid' ones carry a bright patch a small CNN learns in a few epochs."""
+def lesion_image(seed: int, covid: bool, size: int = 64, marker: bool = False) -> np.ndarray:
+    """A synthetic radiograph. 'covid' ones carry a bright patch inside the lung field, or, with `marker`,
+    only a bright square in the top-left corner (a shortcut outside the lungs, like a hospital's label)."""
     pixels = xray_pixels(seed, size).astype(np.int16) // 2 + 40
-    if covid:
+    if covid and marker:
+        pixels[: size // 8, : size // 8] = 255
+    elif covid:
         rng = np.random.default_rng(seed)
         top, left = rng.integers(size // 4, size // 2, size=2)
         pixels[top:top + size // 4, left:left + size // 4] += 120
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="session")
-def training_manifest(tmp_path_factory) -> Path:
+def synthetic_training_manifest(root: Path, marker: bool = False) -> Path:
     """A built binary manifest of 72 synthetic images (two sources, one patient each) with splits."""
     from covidxr.data import build, import_folders
 
-    root = tmp_path_factory.mktemp("training-data")
     for index in range(72):
         covid = index % 2 == 0
         folder = root / ("site-a" if index % 3 else "site-b") / ("covid" if covid else "normal")
-        save_image(lesion_image(index, covid), folder / f"{index:03d}.png")
+        save_image(lesion_image(index, covid, marker=marker), folder / f"{index:03d}.png")
     imported = [import_folders(root / site, source=site) for site in ("site-a", "site-b")]
-    built = build(imported, task="binary", seed=0)
-    return built.save(root / "built.csv")
+    return build(imported, task="binary", seed=0).save(root / "built.csv")
+
+
+@pytest.fixture(scope="session")
+def training_manifest(tmp_path_factory) -> Path:
+    return synthetic_training_manifest(tmp_path_factory.mktemp("training-data"))
+
+
+@pytest.fixture(scope="session")
+def shortcut_manifest(tmp_path_factory) -> Path:
+    return synthetic_training_manifest(tmp_path_factory.mktemp("shortcut-data"), marker=True)
 
 
 def tiny_recipe_overrides(**extra: str) -> list[str]:

@@ -177,6 +177,95 @@ def cmd_weights_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _require_run(args: argparse.Namespace) -> Path:
+    if args.run is None:
+        if getattr(args, "data", None) is None:
+            raise UsageError(f"{args.command} without --data needs --run RUN")
+        raise UsageError("no model is shipped with this version yet: pass --run RUN")
+    return args.run
+
+
+def _summary_line(result: dict) -> list[str]:
+    def figure(key: str) -> str:
+        value, interval = result.get(key), result.get(f"{key}_ci")
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    lines = [
+        f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients, "
+        f"prevalence {result['prevalence']:.3f}",
+        f"model AUC {figure('auc')}  vs  source-only baseline AUC {figure('source_only_auc')}",
+    ]
+    baseline = result.get("source_only_auc")
+    if baseline is not None and result.get("auc") is not None and baseline >= result["auc"] - 0.05:
+        lines.append("warning: which dataset an image comes from predicts the label about as well as the model "
+                     "here; this figure measures the source at least as much as the disease")
+    for source, figures in result["within_source"].items():
+        auc = figures["auc"]
+        lines.append(f"within {source}: {figures['n_images']} images, {figures['n_patients']} patients, AUC "
+                     + ("n/a" if auc is None else f"{auc:.3f}"))
+    lines.append(f"at threshold {result['threshold']:.3f} ({result['threshold_rule']}): sensitivity "
+                 f"{figure('sensitivity')}, specificity {figure('specificity')}, accuracy {figure('accuracy')}, "
+                 f"F1 {figure('f1')}")
+    lines.append(f"calibration: ECE {result['ece']:.3f} (before temperature {result['ece_before_temperature']:.3f}),"
+                 f" Brier {result['brier']:.3f}; 95% CIs: {result['ci_method']}")
+    return lines
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from covidxr.evaluation.evaluate import evaluate
+
+    result = evaluate(_require_run(args), args.data, args.split, args.prevalence, args.cache)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_lines(_summary_line(result))
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from covidxr.evaluation.audit import audit
+
+    result = audit(_require_run(args), args.data, args.cache)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    occlusion = result["occlusion"]
+    _print_lines([
+        f"audit of {result['data']}: {result['n_images']} images, {result['n_patients']} patients",
+        f"1. origin: {result['source_predictability']['verdict']}",
+        f"2. occlusion: {occlusion['verdict']} (AUC all {_number(occlusion['auc'])}, lungs hidden "
+        f"{_number(occlusion['lungs_hidden']['auc'])}, lungs only {_number(occlusion['lungs_only']['auc'])}, "
+        f"borders only {_number(occlusion['borders_only']['auc'])})",
+        f"3. leave-one-site-out: {result['leave_one_site_out']['verdict']}",
+    ])
+    return EXIT_OK
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="metrics with patient-level CIs, within-source figures, "
+                                                    "source-only baseline, calibration")
+    evaluate.add_argument("--run", type=Path, metavar="RUN")
+    evaluate.add_argument("--data", type=Path, metavar="MANIFEST", help="another manifest (external validation)")
+    evaluate.add_argument("--split", default="test", help="split of the manifest to evaluate (default test)")
+    evaluate.add_argument("--prevalence", type=float, metavar="P", help="also report PPV/NPV at this prevalence")
+    evaluate.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.set_defaults(handler=cmd_evaluate)
+    audit = commands.add_parser("audit", help="shortcut audit: origin in the embeddings, occlusion, "
+                                              "leave-one-site-out")
+    audit.add_argument("--run", type=Path, metavar="RUN")
+    audit.add_argument("--data", type=Path, metavar="MANIFEST")
+    audit.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    audit.set_defaults(handler=cmd_audit)
+
+
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     from covidxr.config import recipe_names
 
@@ -270,6 +359,7 @@ def parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_prepare_command(commands)
     _add_training_commands(commands)
+    _add_evaluation_commands(commands)
     return root
 
 

@@ -31,7 +31,7 @@ class LitClassifier(L.LightningModule):
         inputs, targets = batch
         logits = self(inputs)
         loss = self.loss(logits, targets)
-        self.train_accuracy(logits, targets)
+        self.train_accuracy.update(logits, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(targets))
         self.log("train_accuracy", self.train_accuracy, on_step=False, on_epoch=True)
         return loss
@@ -41,9 +41,9 @@ class LitClassifier(L.LightningModule):
         logits = self(inputs)
         self.log("val_loss", nn.functional.cross_entropy(logits, targets), on_epoch=True, sync_dist=True,
                  batch_size=len(targets))
-        self.val_accuracy(logits, targets)
+        self.val_accuracy.update(logits, targets)
         probabilities = logits.softmax(dim=1)
-        self.val_auc(probabilities[:, 1] if self.binary else probabilities, targets)
+        self.val_auc.update(probabilities[:, 1] if self.binary else probabilities, targets)
         self.log("val_accuracy", self.val_accuracy, on_epoch=True)
         self.log("val_auc", self.val_auc, on_epoch=True, prog_bar=True)
 

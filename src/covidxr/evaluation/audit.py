@@ -1,0 +1,194 @@
+"""`covidxr audit`: does the model look at the disease or at where the image came from?
+
+1. Source predictability: a logistic regression on the model's own embeddings (grouped by patient,
+   5-fold) predicts `source` and `site`. A high AUC means the images carry their origin.
+2. Occlusion: the model re-evaluated with the lung field hidden (replaced by mean grey), with only the
+   lung field kept, and with only an outer border band kept. The lung field is a fixed approximate
+   region of the prepared square image: rows 12%..82%, columns 12%..88% (both lungs in a centred frontal
+   radiograph). If the classes stay separable with the lungs hidden, the model uses shortcuts.
+3. Leave-one-site-out on the embeddings: a classifier fitted on the other sites, tested on each site
+   that holds both classes; labels that come from a single site cannot be left out, and it says so.
+Each result has a one-line verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+from covidxr.data.cache import prepare
+from covidxr.data.dataset import CachedImages
+from covidxr.evaluation.calibration import softmax
+from covidxr.evaluation.evaluate import evaluation_rows
+from covidxr.evaluation.metrics import auc_or_none
+from covidxr.models.loading import RunModel, load_run
+
+log = logging.getLogger("covidxr.audit")
+LUNG_ROWS, LUNG_COLUMNS = (0.12, 0.82), (0.12, 0.88)
+BORDER_BAND = 0.10
+MIN_SITE_PATIENTS = 5
+
+
+def lung_mask(size: int) -> torch.Tensor:
+    """True inside the approximate lung field of a `size` x `size` prepared image."""
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    top, bottom = (int(round(f * size)) for f in LUNG_ROWS)
+    left, right = (int(round(f * size)) for f in LUNG_COLUMNS)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def border_mask(size: int) -> torch.Tensor:
+    band = max(1, int(round(BORDER_BAND * size)))
+    mask = torch.ones(size, size, dtype=torch.bool)
+    mask[band:-band, band:-band] = False
+    return mask
+
+
+@torch.no_grad()
+def _scores_and_embeddings(run: RunModel, images: CachedImages, keep: torch.Tensor | None):
+    """P(covid) per image and the pooled backbone embedding, with pixels outside `keep` set to mean grey."""
+    positive = run.classes.index("covid")
+    scores, embeddings = [], []
+    for pixels, _ in DataLoader(images, batch_size=64):
+        pixels = pixels.float()
+        if keep is not None:
+            pixels = torch.where(keep, pixels, pixels.mean(dim=(2, 3), keepdim=True))
+        features = run.model.features(pixels)
+        logits = run.model.head(features).numpy()
+        scores.append(softmax(logits, run.temperature)[:, positive])
+        embeddings.append(features.mean(dim=(2, 3)).numpy())
+    return np.concatenate(scores), np.concatenate(embeddings)
+
+
+def _grouped_auc(embeddings: np.ndarray, target: pd.Series, groups: pd.Series) -> float | None:
+    """Out-of-fold AUC (one-vs-rest, macro) of predicting `target` from embeddings, grouped by patient."""
+    counts = target.value_counts()
+    keep = target.isin(counts[counts >= 5].index).to_numpy()
+    if keep.sum() < 10 or target[keep].nunique() < 2 or groups[keep].nunique() < 5:
+        return None
+    x, y, g = embeddings[keep], target[keep].to_numpy(), groups[keep].to_numpy()
+    classes = np.unique(y)
+    out_of_fold = np.zeros((len(y), len(classes)))
+    for train, test in GroupKFold(n_splits=5).split(x, y, g):
+        if len(np.unique(y[train])) < len(classes):
+            return None
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
+        out_of_fold[test] = model.predict_proba(x[test])
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], out_of_fold[:, 1]))
+    return float(roc_auc_score(y, out_of_fold, multi_class="ovr", labels=classes))
+
+
+def _surviving_share(auc: float | None, occluded: float | None) -> float | None:
+    if auc is None or occluded is None or auc <= 0.5:
+        return None
+    return float(max(0.0, occluded - 0.5) / (auc - 0.5))
+
+
+def occlusion_results(truth, scores, hidden, lungs_only, borders_only) -> dict:
+    auc = auc_or_none(truth, scores)
+    results = {"auc": auc}
+    for name, variant in (("lungs_hidden", hidden), ("lungs_only", lungs_only), ("borders_only", borders_only)):
+        variant_auc = auc_or_none(truth, variant)
+        results[name] = {"auc": variant_auc, "share_of_auc_above_chance_kept": _surviving_share(auc, variant_auc)}
+    kept = results["lungs_hidden"]["share_of_auc_above_chance_kept"]
+    flagged = kept is not None and kept >= 0.5 and (results["lungs_hidden"]["auc"] or 0) >= 0.7
+    results["shortcut_suspected"] = bool(flagged)
+    if auc is None:
+        results["verdict"] = "Cannot judge: the data holds a single class."
+    elif flagged:
+        results["verdict"] = (f"The model still separates the classes with the lungs hidden (AUC "
+                              f"{results['lungs_hidden']['auc']:.2f}, {kept:.0%} of its skill kept): it uses "
+                              "shortcuts outside the lungs, such as markers, text or borders.")
+    else:
+        results["verdict"] = ("With the lungs hidden the model loses most of its skill: it relies on the lung "
+                              "field (this does not prove it relies on the disease).")
+    return results
+
+
+def leave_one_site_out(embeddings: np.ndarray, rows: pd.DataFrame, truth: np.ndarray) -> dict:
+    """Per site holding both classes: AUC on it of a classifier fitted on all other sites' embeddings."""
+    results, notes = {}, []
+    for label, part in rows.assign(label_=np.where(truth, "covid", "other")).groupby("label_"):
+        sites = part.groupby("site")["patient_id"].nunique()
+        if (sites >= MIN_SITE_PATIENTS).sum() < 2:
+            notes.append(f"'{label}' comes from a single site with enough patients "
+                         f"({', '.join(sites.index[:3])}): it cannot be left out")
+    for site, part in rows.groupby("site"):
+        index = part.index.to_numpy()
+        if not (0 < truth[index].sum() < len(index)) or part["patient_id"].nunique() < MIN_SITE_PATIENTS:
+            continue
+        others = np.setdiff1d(np.arange(len(rows)), index)
+        if not 0 < truth[others].sum() < len(others):
+            continue
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        model.fit(embeddings[others], truth[others])
+        results[str(site)] = {"n_images": int(len(index)),
+                              "auc": float(roc_auc_score(truth[index], model.predict_proba(embeddings[index])[:, 1]))}
+    if results:
+        worst = min(results.values(), key=lambda r: r["auc"])["auc"]
+        verdict = (f"Unseen sites: AUC from {worst:.2f} to {max(r['auc'] for r in results.values()):.2f} on "
+                   f"{len(results)} site(s) holding both classes.")
+    else:
+        verdict = "No site holds both classes with enough patients: leave-one-site-out cannot be run here."
+    return {"sites": results, "notes": notes, "verdict": verdict + (" " + "; ".join(notes) + "." if notes else "")}
+
+
+def source_verdict(source_auc: float | None, site_auc: float | None) -> str:
+    best = max((a for a in (source_auc, site_auc) if a is not None), default=None)
+    if best is None:
+        return "Cannot judge: a single source and too few sites."
+    if best >= 0.9:
+        return (f"The model's embeddings tell where an image comes from (AUC {best:.2f}): the images carry their "
+                "origin, and a classifier can score well by learning it.")
+    if best >= 0.7:
+        return f"The embeddings partly tell the origin (AUC {best:.2f}): some source signal is present."
+    return f"The embeddings barely tell the origin (AUC {best:.2f})."
+
+
+def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None) -> dict:
+    from covidxr.training.run import default_cache_root
+
+    run = load_run(run_dir)
+    rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
+    report = prepare(rows, Path(cache_root or default_cache_root()), run.preprocessing)
+    rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
+    images = CachedImages(rows, report.cache, run.classes)
+    size = run.preprocessing.size
+    truth = (rows["label"] == "covid").to_numpy()
+    scores, embeddings = _scores_and_embeddings(run, images, None)
+    variants = [_scores_and_embeddings(run, images, keep)[0]
+                for keep in (~lung_mask(size), lung_mask(size), border_mask(size))]
+    source_auc = _grouped_auc(embeddings, rows["source"], rows["patient_id"])
+    site_auc = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
+    result = {
+        "run": str(run.run), "data": name, "n_images": int(len(rows)), "n_patients": int(rows["patient_id"].nunique()),
+        "splits": "all rows (train, val and test for a run's own data)",
+        "source_predictability": {"source_auc": source_auc, "site_auc": site_auc,
+                                  "verdict": source_verdict(source_auc, site_auc)},
+        "occlusion": occlusion_results(truth, scores, *variants),
+        "leave_one_site_out": leave_one_site_out(embeddings, rows, truth),
+        "lung_field": {"rows": LUNG_ROWS, "columns": LUNG_COLUMNS, "border_band": BORDER_BAND},
+    }
+    folder = run.run / "evaluation"
+    folder.mkdir(exist_ok=True)
+    (folder / f"audit-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    card_path = run.run / "model_card.json"
+    if card_path.is_file():
+        card = json.loads(card_path.read_text())
+        card.setdefault("audits", {})[name] = {
+            key: result[key]["verdict"] for key in ("source_predictability", "occlusion", "leave_one_site_out")}
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return result

@@ -1,0 +1,205 @@
+"""`covidxr evaluate`: a run's model on its test split or on any other manifest, with patient-level
+bootstrap CIs, calibration, within-source figures and the source-only baseline (CONTRACTS.md § Outputs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from covidxr.data.cache import prepare
+from covidxr.data.dataset import CachedImages
+from covidxr.data.labels import label_for
+from covidxr.data.manifest import load_manifest
+from covidxr.errors import CovidxrError, UsageError
+from covidxr.evaluation.calibration import expected_calibration_error, operating_threshold, softmax
+from covidxr.evaluation.metrics import (
+    CI_METHOD,
+    at_prevalence,
+    auc_or_none,
+    binary_metrics,
+    bootstrap_intervals,
+    brier_score,
+    confusion,
+    metrics_with_intervals,
+)
+from covidxr.models.inference import predict_logits
+from covidxr.models.loading import RunModel, load_run
+
+log = logging.getLogger("covidxr.evaluate")
+SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
+
+
+def _labelled(manifest: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
+    """Rows labelled for the model's task (relabelled from `finding` when needed); unmapped rows dropped."""
+    if set(manifest["label"]) <= set(classes) and (manifest["label"] != "").all():
+        return manifest
+    labels = manifest["finding"].map(lambda f: label_for(f, task) or "")
+    dropped = int((labels == "").sum())
+    if dropped:
+        log.warning("%d row(s) have findings without a %s label and are not evaluated", dropped, task)
+    return manifest.assign(label=labels)[labels != ""].reset_index(drop=True)
+
+
+def evaluation_rows(run: RunModel, data: Path | None, split: str | None) -> tuple[pd.DataFrame, str, str]:
+    """(rows, data name, split name): the run's own split, or another manifest (its split if it has one);
+    `split=None` takes every row."""
+    task = "binary" if len(run.classes) == 2 else "three-class"
+    if data is None:
+        manifest = load_manifest(run.run / "manifest.csv")
+        name = "internal"
+    else:
+        manifest, name = load_manifest(data), Path(data).stem
+    if split is not None and (manifest["split"] != "").any():
+        if split not in set(manifest["split"]):
+            raise UsageError(f"--split {split!r}: the manifest has splits {sorted(set(manifest['split']) - {''})}")
+        manifest = manifest[manifest["split"] == split]
+    else:
+        split = "all"
+    rows = _labelled(manifest.reset_index(drop=True), run.classes, task)
+    if rows.empty:
+        raise CovidxrError(f"no labelled image to evaluate in {name} ({split})")
+    return rows, name, split
+
+
+def model_probabilities(
+    run: RunModel, rows: pd.DataFrame, cache_root: Path
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Rows that could be prepared, their raw logits and their temperature-scaled probabilities."""
+    report = prepare(rows, cache_root, run.preprocessing)
+    if len(report.failures):
+        log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
+        rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
+    logits, _ = predict_logits(run.model, CachedImages(rows, report.cache, run.classes))
+    return rows, logits, softmax(logits, run.temperature)
+
+
+def _subgroups(rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray, threshold: float, by: str,
+               resamples: int, seed: int) -> dict:
+    groups = {}
+    for name, part in rows.groupby(by):
+        index = part.index.to_numpy()
+        if 0 < truth[index].sum() < len(index):
+            figures = metrics_with_intervals(truth[index], scores[index], part["patient_id"], threshold,
+                                             resamples, seed)
+            groups[str(name)] = {"n_images": int(len(index)), "n_patients": int(part["patient_id"].nunique()),
+                                 **{k: figures[k] for k in ("auc", "auc_ci", "sensitivity", "specificity")}}
+    return groups
+
+
+def source_only(rows: pd.DataFrame, truth: np.ndarray, by: str, resamples: int, seed: int) -> tuple:
+    """AUC of scoring each image by the share of positives in its source/site: what origin alone gives."""
+    share = pd.Series(truth.astype(float)).groupby(rows[by].to_numpy()).transform("mean").to_numpy()
+    auc = auc_or_none(truth, share)
+    interval = bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], share[r])}, rows["patient_id"],
+                                   resamples, seed)["auc"]
+    return auc, interval
+
+
+def threshold_table(val: tuple[np.ndarray, np.ndarray] | None, truth: np.ndarray, scores: np.ndarray,
+                    threshold: float, rule: str) -> list[dict]:
+    """The run's threshold and thresholds for other sensitivities (fitted on validation), applied here."""
+    table = [{"rule": rule, "threshold": threshold}]
+    if val is not None and 0 < val[0].sum() < len(val[0]):
+        table += [{"rule": f"sensitivity>={target}", "threshold": operating_threshold(val[1], val[0], "sensitivity",
+                                                                                      target)}
+                  for target in SENSITIVITY_TARGETS]
+    for entry in table:
+        figures = binary_metrics(truth, scores, entry["threshold"])
+        entry.update(sensitivity=figures["sensitivity"], specificity=figures["specificity"], ppv=figures["ppv"])
+    return table
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+             prevalence: float | None = None, cache_root: str | Path | None = None,
+             resamples: int = 1000, seed: int = 0) -> dict:
+    """The contract's evaluation object; also written to RUN/evaluation/evaluate-<data>-<split>.json."""
+    from covidxr.training.run import default_cache_root
+
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise UsageError(f"--prevalence {prevalence}: must be between 0 and 1")
+    run = load_run(run_dir)
+    cache_root = Path(cache_root or default_cache_root())
+    rows, name, split = evaluation_rows(run, Path(data) if data else None, split)
+    rows, logits, probabilities = model_probabilities(run, rows, cache_root)
+    positive = run.classes.index("covid")
+    truth = (rows["label"] == "covid").to_numpy()
+    scores = probabilities[:, positive]
+    threshold = run.threshold
+    result = {
+        "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
+        "n_patients": int(rows["patient_id"].nunique()), "prevalence": float(truth.mean()),
+        **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, resamples, seed),
+        "threshold": threshold, "threshold_rule": run.contract["threshold_rule"],
+        "confusion_matrix": confusion(truth, scores, threshold),
+        "ece": expected_calibration_error(np.stack([1 - scores, scores], 1), truth.astype(int)),
+        "ece_before_temperature": expected_calibration_error(
+            np.stack([1 - softmax(logits)[:, positive], softmax(logits)[:, positive]], 1), truth.astype(int)),
+        "brier": brier_score(truth, scores),
+        "within_source": _subgroups(rows, truth, scores, threshold, "source", resamples, seed),
+        "within_site": _subgroups(rows, truth, scores, threshold, "site", resamples, seed),
+        "ci_method": CI_METHOD,
+    }
+    result["source_only_auc"], result["source_only_auc_ci"] = source_only(rows, truth, "source", resamples, seed)
+    result["site_only_auc"], result["site_only_auc_ci"] = source_only(rows, truth, "site", resamples, seed)
+    if prevalence is not None:
+        result |= at_prevalence(result["sensitivity"], result["specificity"], prevalence)
+    validation = None
+    if data is None and split != "val":
+        val_rows, _, _ = evaluation_rows(run, None, "val")
+        val_rows, _, val_probabilities = model_probabilities(run, val_rows, cache_root)
+        validation = ((val_rows["label"] == "covid").to_numpy(), val_probabilities[:, positive])
+        result["validation_at_threshold"] = binary_metrics(*validation, threshold)
+    result["thresholds"] = threshold_table(validation, truth, scores, threshold, result["threshold_rule"])
+    if len(run.classes) > 2:
+        result |= multiclass_figures(rows, probabilities, run.classes, threshold, positive, resamples, seed)
+    _save(run, result, rows, truth, scores, name, split)
+    return result
+
+
+def predicted_classes(probabilities: np.ndarray, threshold: float, positive: int) -> np.ndarray:
+    """The positive class when its probability reaches the threshold, else the likeliest other class."""
+    others = probabilities.copy()
+    others[:, positive] = -1
+    return np.where(probabilities[:, positive] >= threshold, positive, others.argmax(axis=1))
+
+
+def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str], threshold: float,
+                       positive: int, resamples: int, seed: int) -> dict:
+    predicted = predicted_classes(probabilities, threshold, positive)
+    per_class = {}
+    for index, name in enumerate(classes):
+        truth = (rows["label"] == name).to_numpy()
+        called = predicted == index
+        figures = binary_metrics(truth, called.astype(float), 0.5)
+        auc = auc_or_none(truth, probabilities[:, index])
+        interval = bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], probabilities[r, index])},
+                                       rows["patient_id"], resamples, seed)["auc"]
+        per_class[name] = {"auc": auc, "auc_ci": interval, "sensitivity": figures["sensitivity"],
+                           "specificity": figures["specificity"], "f1": figures["f1"]}
+    macro = {}
+    for key in ("auc", "sensitivity", "specificity", "f1"):
+        values = [v[key] for v in per_class.values() if v[key] is not None]
+        macro[key] = float(np.mean(values)) if len(values) == len(per_class) else None
+    return {"per_class": per_class, "macro": macro}
+
+
+def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray,
+          name: str, split: str) -> None:
+    from covidxr.evaluation.plots import evaluation_plots
+
+    folder = run.run / "evaluation"
+    folder.mkdir(exist_ok=True)
+    stem = f"evaluate-{name}-{split}"
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    evaluation_plots(truth, scores, rows["patient_id"], result, folder / stem)
+    card_path = run.run / "model_card.json"
+    if card_path.is_file():
+        card = json.loads(card_path.read_text())
+        keys = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci",
+                "specificity", "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source")
+        card.setdefault("evaluations", {})[f"{name}-{split}"] = {k: result[k] for k in keys}
+        card_path.write_text(json.dumps(card, indent=2) + "\n")

@@ -1,0 +1,193 @@
+"""Metrics against scikit-learn, the patient-level bootstrap, calibration, thresholds, the source-only
+baseline and within-source figures, and `evaluate` on a tiny trained run."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from conftest import tiny_recipe_overrides
+from covidxr.cli import main
+from covidxr.evaluation.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    operating_threshold,
+    softmax,
+)
+from covidxr.evaluation.evaluate import source_only
+from covidxr.evaluation.metrics import (
+    at_prevalence,
+    binary_metrics,
+    bootstrap_intervals,
+    confusion,
+    metrics_with_intervals,
+    patient_resamples,
+)
+
+RNG = np.random.default_rng(0)
+TRUTH = RNG.random(300) < 0.3
+SCORES = np.clip(TRUTH * 0.3 + RNG.random(300) * 0.7, 0, 1)
+
+
+def test_binary_metrics_match_scikit_learn():
+    figures = binary_metrics(TRUTH, SCORES, 0.5)
+    called = SCORES >= 0.5
+    assert figures["auc"] == pytest.approx(roc_auc_score(TRUTH, SCORES))
+    assert figures["accuracy"] == pytest.approx(accuracy_score(TRUTH, called))
+    assert figures["sensitivity"] == pytest.approx(recall_score(TRUTH, called))
+    assert figures["specificity"] == pytest.approx(recall_score(~TRUTH, ~called))
+    assert figures["ppv"] == pytest.approx(precision_score(TRUTH, called))
+    assert figures["f1"] == pytest.approx(f1_score(TRUTH, called))
+    (tn, fp), (fn, tp) = confusion(TRUTH, SCORES, 0.5)
+    assert tp == np.sum(called & TRUTH) and tn == np.sum(~called & ~TRUTH) and fp + fn + tp + tn == 300
+
+
+def test_undefined_metrics_are_none_and_json_has_null():
+    figures = binary_metrics(np.zeros(10, bool), np.linspace(0, 1, 10), 2.0)
+    assert figures["auc"] is None and figures["sensitivity"] is None and figures["ppv"] is None
+    assert figures["specificity"] == 1.0
+    assert "NaN" not in json.dumps(figures) and "null" in json.dumps(figures)
+
+
+def test_bootstrap_moves_a_patients_images_together():
+    patients = pd.Series(["a"] * 5 + ["b"] * 3 + ["c"])
+    for rows in patient_resamples(patients, resamples=50, seed=1):
+        counts = pd.Series(patients[rows]).value_counts()
+        assert all(counts.get(p, 0) % n == 0 for p, n in (("a", 5), ("b", 3)))
+
+
+def test_intervals_cover_the_point_and_widen_when_images_cluster_in_patients():
+    per_image = pd.Series(range(300))
+    clustered = pd.Series(np.repeat(np.arange(30), 10))
+    truth = np.repeat(RNG.random(30) < 0.4, 10)
+    scores = np.clip(truth * 0.25 + np.repeat(RNG.random(30), 10) * 0.75, 0, 1)
+    wide = metrics_with_intervals(truth, scores, clustered, 0.5, resamples=300)
+    narrow = metrics_with_intervals(truth, scores, per_image, 0.5, resamples=300)
+    assert wide["auc_ci"][0] <= wide["auc"] <= wide["auc_ci"][1]
+    assert wide["auc_ci"][1] - wide["auc_ci"][0] > 1.5 * (narrow["auc_ci"][1] - narrow["auc_ci"][0])
+
+
+def test_an_interval_undefined_in_most_resamples_is_null():
+    truth = np.zeros(51, dtype=bool)
+    truth[0] = True
+    scores = np.linspace(0, 1, 51)
+    intervals = bootstrap_intervals(lambda r: binary_metrics(truth[r], scores[r], 0.5), pd.Series(range(51)),
+                                    resamples=200)
+    assert intervals["auc"] is not None, "one positive patient: defined in about 64% of resamples"
+    negatives_only = bootstrap_intervals(lambda r: binary_metrics(~truth[r] & False, scores[r], 0.5),
+                                         pd.Series(range(51)), resamples=50)
+    assert negatives_only["auc"] is None and negatives_only["sensitivity"] is None
+    assert negatives_only["specificity"] is not None
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
+    truth = RNG.integers(0, 2, 2000)
+    logits = np.stack([np.zeros(2000), (truth * 2 - 1) * 1.0 + RNG.normal(0, 1.5, 2000)], axis=1) * 6
+    temperature = fit_temperature(logits, truth)
+    assert temperature > 2
+    assert expected_calibration_error(softmax(logits, temperature), truth) < \
+        0.5 * expected_calibration_error(softmax(logits), truth)
+
+
+def test_thresholds_by_rule():
+    youden = operating_threshold(SCORES, TRUTH, "youden")
+    strict = operating_threshold(SCORES, TRUTH, "sensitivity", 0.95)
+    assert binary_metrics(TRUTH, SCORES, strict)["sensitivity"] >= 0.95
+    assert strict <= youden
+
+
+def test_ppv_npv_at_another_prevalence():
+    figures = at_prevalence(0.9, 0.8, 0.1)
+    assert figures["ppv_at_prevalence"] == pytest.approx(0.09 / (0.09 + 0.18))
+    assert figures["npv_at_prevalence"] == pytest.approx(0.72 / (0.72 + 0.01))
+
+
+def test_source_only_baseline_and_within_source_on_a_two_source_table():
+    rows = pd.DataFrame({"source": ["a"] * 60 + ["b"] * 140, "patient_id": [f"p{i}" for i in range(200)]})
+    truth = np.array([True] * 50 + [False] * 10 + [False] * 140)
+    auc, interval = source_only(rows, truth, "source", resamples=200, seed=0)
+    assert auc == pytest.approx(roc_auc_score(truth, np.r_[np.full(60, 50 / 60), np.zeros(140)]))
+    assert auc > 0.9 and interval[0] <= auc <= interval[1]
+    from covidxr.evaluation.evaluate import _subgroups
+
+    groups = _subgroups(rows, truth, np.r_[np.linspace(0, 1, 60), np.zeros(140)], 0.5, "source", 100, 0)
+    assert set(groups) == {"a"} and groups["a"]["n_images"] == 60
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, training_manifest):
+    from covidxr.config import load_recipe
+    from covidxr.training.run import train
+
+    folder = tmp_path_factory.mktemp("evaluated")
+    config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "4"}))
+    return train(config, training_manifest, folder / "run", cache_root=folder / "cache"), folder / "cache"
+
+
+def test_evaluate_writes_the_contract_json_and_extends_the_model_card(trained_run, capsys):
+    run, cache = trained_run
+    assert main(["evaluate", "--run", str(run), "--cache", str(cache), "--json", "--prevalence", "0.05"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("run", "data", "split", "n_images", "n_patients", "prevalence", "auc", "auc_ci", "pr_auc",
+                "pr_auc_ci", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "f1_ci", "threshold",
+                "threshold_rule", "confusion_matrix", "ece", "brier", "within_source", "within_site",
+                "source_only_auc", "source_only_auc_ci", "ci_method", "ppv_at_prevalence", "npv_at_prevalence"):
+        assert key in result, key
+    assert result["data"] == "internal" and result["split"] == "test"
+    contract = json.loads((run / "model.json").read_text())
+    assert result["threshold"] == contract["threshold"]
+    assert {"sensitivity>=0.9", "sensitivity>=0.95"} <= {t["rule"] for t in result["thresholds"]}
+    assert (run / "evaluation" / "evaluate-internal-test.json").is_file()
+    assert (run / "evaluation" / "evaluate-internal-test-curves.png").is_file()
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["evaluations"]["internal-test"]["n_images"] == result["n_images"]
+    assert not any(isinstance(v, float) and math.isnan(v) for v in result.values())
+
+
+def test_evaluate_on_another_manifest_and_usage_errors(trained_run, training_manifest, tmp_path, capsys):
+    run, cache = trained_run
+    from covidxr.data import load_manifest, save_manifest
+
+    external = load_manifest(training_manifest).assign(split="", label="")
+    save_manifest(external, tmp_path / "other-hospital.csv")
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "other-hospital.csv"),
+                 "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "other-hospital / all" in out and "source-only baseline" in out
+    assert (run / "evaluation" / "evaluate-other-hospital-all.json").is_file()
+    assert main(["evaluate", "--data", str(tmp_path / "other-hospital.csv")]) == 2
+    assert main(["evaluate"]) == 2
+    assert main(["evaluate", "--run", str(run), "--split", "holdout", "--cache", str(cache)]) == 2
+
+
+def _audited(tmp_path, manifest):
+    from covidxr.config import load_recipe
+    from covidxr.evaluation.audit import audit
+    from covidxr.training.run import train
+
+    config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "6", "optimisation.lr": "0.01",
+                                                             "augmentation.rotation": "0",
+                                                             "augmentation.translate": "0"}))
+    run = train(config, manifest, tmp_path / "run", cache_root=tmp_path / "cache")
+    return audit(run, cache_root=tmp_path / "cache"), run
+
+
+def test_audit_flags_a_corner_marker_shortcut(tmp_path, shortcut_manifest):
+    result, run = _audited(tmp_path, shortcut_manifest)
+    occlusion = result["occlusion"]
+    assert occlusion["auc"] > 0.9
+    assert occlusion["shortcut_suspected"] and "shortcuts" in occlusion["verdict"]
+    assert (run / "evaluation" / "audit-internal.json").is_file()
+    assert "occlusion" in json.loads((run / "model_card.json").read_text())["audits"]["internal"]
+
+
+def test_audit_does_not_flag_a_model_that_looks_at_the_lungs(tmp_path, training_manifest):
+    result, _ = _audited(tmp_path, training_manifest)
+    occlusion = result["occlusion"]
+    assert occlusion["auc"] > 0.8
+    assert not occlusion["shortcut_suspected"], occlusion
+    assert result["source_predictability"]["verdict"]
+    assert result["leave_one_site_out"]["verdict"]
