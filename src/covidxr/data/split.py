@@ -109,20 +109,21 @@ def find_leaks(manifest: pd.DataFrame) -> pd.DataFrame:
 
     Test rows that carry a fold are reported too (test stays out of every fold).
     """
-    table = manifest.assign(unit=split_units(manifest))
-    fold_text = table["fold"].astype("string").fillna("")
-    table = table.assign(fold_text=fold_text)
+    table = manifest.assign(unit=split_units(manifest), fold_text=manifest["fold"].astype("string").fillna(""))
+    folded = table[table["fold_text"] != ""]
+    units = pd.Index(table["unit"].unique())
+    crossing = (table.groupby("unit")["split"].nunique().reindex(units) > 1) | \
+        (folded.groupby("unit")["fold_text"].nunique().reindex(units, fill_value=0) > 1)
+    test_folded = set(folded.loc[folded["split"] == "test", "unit"])
+    bad = sorted(set(units[crossing.to_numpy()]) | test_folded)
     rows = []
-    for _, unit in table.groupby("unit", sort=True):
-        splits = sorted(set(unit["split"]))
-        folds = sorted(set(unit["fold_text"]) - {""})
-        test_with_fold = ((unit["split"] == "test") & (unit["fold_text"] != "")).any()
-        if len(splits) > 1 or len(folds) > 1 or test_with_fold:
-            rows.append({
-                "patients": ", ".join(sorted(set(unit["patient_id"]))),
-                "dup_groups": ", ".join(sorted(set(unit["dup_group"]) - {""})),
-                "splits": ", ".join(splits), "folds": ", ".join(folds), "images": len(unit),
-            })
+    for _, unit in table[table["unit"].isin(bad)].groupby("unit", sort=True):
+        rows.append({
+            "patients": ", ".join(sorted(set(unit["patient_id"]))),
+            "dup_groups": ", ".join(sorted(set(unit["dup_group"]) - {""})),
+            "splits": ", ".join(sorted(set(unit["split"]))),
+            "folds": ", ".join(sorted(set(unit["fold_text"]) - {""})), "images": len(unit),
+        })
     return pd.DataFrame(rows, columns=["patients", "dup_groups", "splits", "folds", "images"])
 
 

@@ -12,6 +12,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Dataset
 
 from covidxr.config import TrainConfig, validated
 from covidxr.data.labels import CLASSES
@@ -72,16 +74,20 @@ def _trainer(
     return trainer, best
 
 
+Calibration = tuple[nn.Module, Dataset]
+
+
 def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, config: TrainConfig, out: Path,
-               offset: int, resume: bool) -> bool:
-    """Train one stage; returns False in DDP worker processes (they stop after fitting)."""
+               offset: int, resume: bool) -> Calibration | None:
+    """Train one stage. Returns what to fit temperature and threshold with (the head on cached validation
+    features after head-only training, else the model on validation images); None in DDP workers."""
     stage_dir = out / "checkpoints" / stage
     finished = stage_dir / "final.safetensors"
     target = model.head if stage == "head" else model
     if resume and finished.is_file():
         target.load_state_dict(load_file(str(finished)))
         log.info("stage %s already finished: loaded %s", stage, finished)
-        return True
+        return model, datasets["val"]
     if stage == "head":
         model.backbone.requires_grad_(False)
         if random_frozen_backbone(config):
@@ -102,13 +108,13 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
                 ckpt_path=str(last) if resume and last.is_file() else None)
     if not trainer.is_global_zero:
-        return False
+        return None
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     save_file({k: v.contiguous() for k, v in target.state_dict().items()}, str(finished))
     model.backbone.requires_grad_(True)
-    return True
+    return (model.head, val_set) if stage == "head" else (model, val_set)
 
 
 def _prepare_run(config: TrainConfig, manifest_path: Path, out: Path, resume: bool) -> tuple[TrainConfig, pd.DataFrame]:
@@ -142,19 +148,21 @@ def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache
         for line in report.lines():
             log.info("weights %s: %s", config.model.weights, line)
     datasets = split_datasets(manifest, cache, config)
-    offset = 0
+    offset, calibration = 0, None
     for stage, epochs in _stages(config):
-        if not _run_stage(stage, epochs, model, datasets, config, out, offset, resume):
+        calibration = _run_stage(stage, epochs, model, datasets, config, out, offset, resume)
+        if calibration is None:
             return None
         offset = int(pd.read_csv(out / "metrics.csv")["epoch"].max()) + 1 if (out / "metrics.csv").is_file() else 0
-    return finish_run(model, datasets["val"], manifest, config, out)
+    return finish_run(model, calibration, manifest, config, out)
 
 
-def finish_run(model: Classifier, validation, manifest: pd.DataFrame, config: TrainConfig, out: Path) -> Path:
+def finish_run(model: Classifier, calibration: Calibration, manifest: pd.DataFrame, config: TrainConfig,
+               out: Path) -> Path:
     """Fit temperature and threshold on validation, write weights and the run's JSON files and plots."""
     classes = CLASSES[config.task]
     positive = classes.index("covid")
-    logits, targets = predict_logits(model, validation)
+    logits, targets = predict_logits(*calibration)
     temperature = fit_temperature(logits, targets)
     probabilities = softmax(logits, temperature)
     threshold = operating_threshold(probabilities[:, positive], targets == positive, config.threshold.rule,
