@@ -32,7 +32,8 @@ demo: install
 	@echo "demo outputs are in $(OUT)/"
 
 bench: install
-	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py; do \
+	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
+		bench_train_step.py; do \
 		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:

@@ -191,3 +191,22 @@ def test_audit_does_not_flag_a_model_that_looks_at_the_lungs(tmp_path, training_
     assert not occlusion["shortcut_suspected"], occlusion
     assert result["source_predictability"]["verdict"]
     assert result["leave_one_site_out"]["verdict"]
+
+
+def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, capsys):
+    from covidxr.data import load_manifest
+
+    settings = sum((["--set", s] for s in tiny_recipe_overrides(**{"trainer.max_epochs": "1"})), [])
+    code = main(["cv", "--config", "default", "--data", str(training_manifest), "--folds", "3",
+                 "--cache", str(tmp_path / "cache"), "-o", str(tmp_path / "cv")] + settings)
+    assert code == 0
+    result = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    development = load_manifest(training_manifest).query("split != 'test'")
+    assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
+    assert sum(f["n_images"] for f in result["folds"]) == len(development) == result["n_images"]
+    held_out = [set(load_manifest(tmp_path / "cv" / f"fold-{k}.csv").query("split == 'val'")["patient_id"])
+                for k in range(3)]
+    assert not (held_out[0] & held_out[1]) and not (held_out[1] & held_out[2])
+    assert set(result["mean"]) >= {"auc", "sensitivity"} and (tmp_path / "cv" / "fold-2" / "model.json").is_file()
+    assert "pooled out-of-fold AUC" in capsys.readouterr().out
+    assert main(["cv", "--config", "default", "--data", str(training_manifest), "-o", str(tmp_path / "x")]) == 2

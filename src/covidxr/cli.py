@@ -243,6 +243,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from covidxr.config import load_recipe
+    from covidxr.evaluation.crossval import cross_validate
+
+    result = cross_validate(load_recipe(args.config, args.set), args.data, args.out, args.folds, args.cache)
+    if not result:
+        return EXIT_OK
+    lines = [f"fold {f['fold']}: {f['n_images']} images, AUC {_number(f['auc'])}" for f in result["folds"]]
+    interval = result["pooled_out_of_fold_auc_ci"]
+    lines += [f"mean AUC {_number(result['mean']['auc'])} (sd {_number(result['sd']['auc'])}); pooled out-of-fold "
+              f"AUC {_number(result['pooled_out_of_fold_auc'])}"
+              + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""),
+              f"wrote {Path(args.out) / 'cv.json'} and one run per fold"]
+    _print_lines(lines)
+    return EXIT_OK
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -280,6 +297,14 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
                              help="pixel cache root (default: ~/.cache/covidxr/pixels)")
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                              help="override a recipe key, e.g. --set trainer.max_epochs=1 --set model.name=resnet18")
+    cv = commands.add_parser("cv", help="grouped stratified k-fold cross-validation of a recipe")
+    cv.add_argument("--config", required=True, metavar="RECIPE")
+    cv.add_argument("--data", required=True, type=Path, metavar="MANIFEST")
+    cv.add_argument("--folds", type=_positive, metavar="K", help="make K folds (default: the manifest's own)")
+    cv.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cv.add_argument("-o", "--out", type=Path, required=True, metavar="DIR")
+    cv.set_defaults(handler=cmd_cv)
     train.add_argument("-o", "--out", type=Path, required=True, metavar="RUN")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     train.set_defaults(handler=cmd_train)

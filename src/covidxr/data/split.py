@@ -60,7 +60,7 @@ def _parts(fractions: tuple[float, float, float], total: int) -> tuple[int, int]
     return val, test
 
 
-def _grouped_folds(labels: pd.Series, units: pd.Series, count: int, seed: int) -> np.ndarray:
+def grouped_folds(labels: pd.Series, units: pd.Series, count: int, seed: int) -> np.ndarray:
     """Fold number of each row from StratifiedGroupKFold (stratified by label, grouped by unit)."""
     fold = np.empty(len(labels), dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=count, shuffle=True, random_state=seed)
@@ -89,7 +89,7 @@ def assign_splits(
     if total < 2:
         raise UsageError(f"cannot split {units.nunique()} patient unit(s); need at least 2")
     val_parts, test_parts = _parts(fractions, total)
-    part = _grouped_folds(table["label"], units, total, seed)
+    part = grouped_folds(table["label"], units, total, seed)
     train_parts = total - val_parts - test_parts
     table["split"] = np.where(part < train_parts, "train", np.where(part < train_parts + val_parts, "val", "test"))
     table["fold"] = pd.array([pd.NA] * len(table), dtype="Int64")
@@ -98,7 +98,7 @@ def assign_splits(
         available = units[development].nunique()
         if not 2 <= folds <= available:
             raise UsageError(f"--folds {folds}: must be between 2 and the {available} patient units of train+val")
-        table.loc[development, "fold"] = _grouped_folds(
+        table.loc[development, "fold"] = grouped_folds(
             table.loc[development, "label"], units[development], folds, seed
         )
     return table
