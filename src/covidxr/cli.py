@@ -260,6 +260,35 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from covidxr.data.imageio import ImageReadError, read_grayscale
+    from covidxr.data.preprocess import preprocess
+    from covidxr.evaluation.calibration import softmax
+    from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
+    from covidxr.models.loading import load_run
+
+    run = load_run(_require_run(args))
+    try:
+        pixels, _ = preprocess(read_grayscale(args.image), run.preprocessing)
+    except ImageReadError as error:
+        _print_lines([f"error: {error}"])
+        return EXIT_PARTIAL
+    tensor = torch.from_numpy(pixels)[None, None].float()
+    positive = run.classes.index("covid")
+    with torch.no_grad():
+        probability = float(softmax(run.model(tensor).numpy(), run.temperature)[0, positive])
+    heatmap = heatmaps(run.model, tensor, positive, args.method)[0]
+    share = lung_heat_share(heatmap)
+    title = (f"{Path(args.image).name[:40]}\nP(covid) {probability:.2f} (threshold {run.threshold:.2f}), "
+             f"{args.method}, {share:.0%} of heat in the lung field")
+    out = save_overlay(pixels, heatmap, title, args.out)
+    _print_lines([f"P(covid) {probability:.3f}; {share:.0%} of the {args.method} heat inside the lung field; "
+                  f"wrote {out}"])
+    return EXIT_OK
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -281,6 +310,12 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     audit.set_defaults(handler=cmd_audit)
+    explain = commands.add_parser("explain", help="class activation map overlay of one image")
+    explain.add_argument("image", type=Path, metavar="IMAGE")
+    explain.add_argument("--run", type=Path, metavar="RUN")
+    explain.add_argument("-o", "--out", type=Path, required=True, metavar="OVERLAY.png")
+    explain.add_argument("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam")
+    explain.set_defaults(handler=cmd_explain, data=None)
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:

@@ -1,0 +1,93 @@
+"""Class activation maps through pytorch-grad-cam (Grad-CAM, Grad-CAM++, EigenCAM) for any backbone,
+the share of heat inside the lung field, overlays, and the most confidently wrong images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from torch import nn  # noqa: E402
+
+from covidxr.errors import UsageError  # noqa: E402
+from covidxr.evaluation.audit import LUNG_COLUMNS, LUNG_ROWS, lung_mask  # noqa: E402
+from covidxr.models.classifier import Classifier  # noqa: E402
+
+METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
+
+
+def target_layer(model: Classifier) -> nn.Module:
+    """The backbone's last feature stage (timm's feature_info), else its last convolution."""
+    info = getattr(model.backbone, "feature_info", None)
+    if info:
+        name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        return model.backbone.get_submodule(name)
+    convolutions = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
+    return convolutions[-1]
+
+
+def heatmaps(model: Classifier, pixels: torch.Tensor, class_index: int, method: str = "gradcam") -> np.ndarray:
+    """(N, H, W) maps in [0, 1] of what drives `class_index`, for (N, 1, H, W) grey pixels 0..255."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    model.eval()
+    with METHODS[method](model=model, target_layers=[target_layer(model)]) as cam:
+        maps = cam(input_tensor=pixels.float(), targets=[ClassifierOutputTarget(class_index)] * len(pixels))
+    return np.asarray(maps, dtype=np.float32)
+
+
+def lung_heat_share(heatmap: np.ndarray) -> float:
+    """Share of the map's total heat inside the approximate lung field."""
+    total = float(heatmap.sum())
+    return float(heatmap[lung_mask(heatmap.shape[0]).numpy()].sum() / total) if total > 0 else 0.0
+
+
+def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str) -> None:
+    size = pixels.shape[0]
+    axis.imshow(pixels, cmap="gray", vmin=0, vmax=255)
+    axis.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    top, bottom = (f * size for f in LUNG_ROWS)
+    left, right = (f * size for f in LUNG_COLUMNS)
+    axis.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white",
+                             linestyle="--", linewidth=0.8))
+    axis.set_title(title, fontsize=8)
+    axis.set_axis_off()
+
+
+def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path) -> Path:
+    figure, axis = plt.subplots(figsize=(4, 4.3))
+    draw_overlay(axis, pixels, heatmap, title)
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def gallery(pixels: np.ndarray, maps: np.ndarray, titles: list[str], out: str | Path, columns: int = 4) -> Path:
+    rows = int(np.ceil(len(pixels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    for axis, image, heatmap, title in zip(axes.ravel(), pixels, maps, titles):
+        draw_overlay(axis, image, heatmap, title)
+    figure.tight_layout()
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return Path(out)
+
+
+def top_losses(truth_index: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` images with the highest cross-entropy loss (most confidently wrong first)."""
+    losses = -np.log(np.clip(probabilities[np.arange(len(truth_index)), truth_index], 1e-12, 1.0))
+    wrong = probabilities.argmax(axis=1) != truth_index
+    order = np.lexsort((-losses, ~wrong))
+    return order[:count]
