@@ -210,3 +210,44 @@ def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, 
     assert set(result["mean"]) >= {"auc", "sensitivity"} and (tmp_path / "cv" / "fold-2" / "model.json").is_file()
     assert "pooled out-of-fold AUC" in capsys.readouterr().out
     assert main(["cv", "--config", "default", "--data", str(training_manifest), "-o", str(tmp_path / "x")]) == 2
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium; its absence fails under CI (where .ci/run installs it) and skips elsewhere."""
+    import os
+    import shutil
+
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("CI is set but chromium is not installed (.ci/run installs it with apt-get)")
+    pytest.skip("chromium not installed (apt-get install chromium)")
+
+
+def test_report_is_self_contained_and_opens_cleanly_in_headless_chromium(trained_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    run, cache = trained_run
+    assert main(["report", "--run", str(run), "--cache", str(cache), "-o", str(tmp_path / "report.html")]) == 0
+    document = (tmp_path / "report.html").read_text()
+    assert "src=\"http" not in document and "src='http" not in document
+    chromium = chromium_or_skip()
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((tmp_path / "report.html").as_uri())
+        images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        text = page.inner_text("body")
+        browser.close()
+    assert errors == []
+    assert len(images) >= 4 and all(images)
+    for phrase in ("not for clinical use", "source-only baseline", "shortcut audit", "model card", "top losses"):
+        assert phrase in text.lower(), phrase

@@ -289,6 +289,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from covidxr.reporting.report import write_report
+
+    _print_lines([f"wrote {write_report(args.run, args.out, args.cache)}"])
+    return EXIT_OK
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -310,6 +317,11 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     audit.set_defaults(handler=cmd_audit)
+    report = commands.add_parser("report", help="one self-contained HTML report of a run")
+    report.add_argument("--run", type=Path, required=True, metavar="RUN")
+    report.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT.html")
+    report.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    report.set_defaults(handler=cmd_report)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
     explain.add_argument("image", type=Path, metavar="IMAGE")
     explain.add_argument("--run", type=Path, metavar="RUN")

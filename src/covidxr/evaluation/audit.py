@@ -123,9 +123,11 @@ def leave_one_site_out(embeddings: np.ndarray, rows: pd.DataFrame, truth: np.nda
     results, notes = {}, []
     for label, part in rows.assign(label_=np.where(truth, "covid", "other")).groupby("label_"):
         sites = part.groupby("site")["patient_id"].nunique()
-        if (sites >= MIN_SITE_PATIENTS).sum() < 2:
-            notes.append(f"'{label}' comes from a single site with enough patients "
-                         f"({', '.join(sites.index[:3])}): it cannot be left out")
+        enough = sites[sites >= MIN_SITE_PATIENTS]
+        if len(enough) < 2:
+            named = ", ".join(map(str, enough.index)) or "none"
+            notes.append(f"'{label}' has fewer than two sites with {MIN_SITE_PATIENTS}+ patients ({named}): "
+                         "it cannot be left out")
     for site, part in rows.groupby("site"):
         index = part.index.to_numpy()
         if not (0 < truth[index].sum() < len(index)) or part["patient_id"].nunique() < MIN_SITE_PATIENTS:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from covidxr.config import TrainConfig, validated
 from covidxr.data.labels import CLASSES
-from covidxr.data.manifest import load_manifest, save_manifest
+from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
 from covidxr.evaluation.calibration import fit_temperature, operating_threshold, softmax
 from covidxr.models.classifier import Classifier, build_classifier
@@ -133,6 +133,7 @@ def _prepare_run(config: TrainConfig, manifest_path: Path, out: Path, resume: bo
         out.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         save_manifest(manifest, out / "manifest.csv")
+        save_dropped(load_dropped(manifest_path), out / "manifest.csv")
     return config, manifest
 
 

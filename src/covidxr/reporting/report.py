@@ -1,0 +1,182 @@
+"""`covidxr report`: one self-contained HTML file a person reads top to bottom (plots embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from covidxr.data.cache import prepare
+from covidxr.data.dataset import CachedImages
+from covidxr.data.manifest import load_dropped
+from covidxr.evaluation.audit import audit
+from covidxr.evaluation.evaluate import evaluate, model_probabilities
+from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
+from covidxr.models.loading import RunModel, load_run
+from covidxr.training.rundir import NOT_FOR_CLINICAL_USE
+
+GALLERY_PER_CLASS, TOP_LOSSES = 4, 6
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.banner{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;font-weight:600}
+.verdict{background:#eef5ff;border-left:4px solid #4a7bd0;padding:.4em .8em;margin:.4em 0}"""
+
+
+def _png(path: Path) -> str:
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,' \
+           f'{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def _number(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(result: dict, key: str) -> str:
+    interval = result.get(f"{key}_ci")
+    text = _number(result.get(key))
+    return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, escape=True, na_rep="")
+
+
+def _cached(run: RunModel, name: str, compute) -> dict:
+    path = run.run / "evaluation" / name
+    return json.loads(path.read_text()) if path.is_file() else compute()
+
+
+def _headline(result: dict) -> str:
+    auc, baseline = result.get("auc"), result.get("source_only_auc")
+    text = (f"<p>On the run's test split ({result['n_images']} images, {result['n_patients']} patients) the model "
+            f"reaches an AUC of <b>{_with_ci(result, 'auc')}</b>. Knowing only which dataset each image comes "
+            f"from gives an AUC of <b>{_with_ci(result, 'source_only_auc')}</b>.</p>")
+    if auc is not None and baseline is not None and baseline >= auc - 0.05:
+        text += ("<p class='verdict'>The source alone predicts the label about as well as the model: this headline "
+                 "measures where the images come from at least as much as the disease. Read the within-source "
+                 "figures and the audit below before believing it.</p>")
+    return text
+
+
+def _metrics_table(result: dict) -> str:
+    keys = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+    rows = [{"metric": k, "test (95% CI)": _with_ci(result, k),
+             "validation": _number((result.get("validation_at_threshold") or {}).get(k))} for k in keys]
+    within = [{"subgroup": f"{kind} {name}", "images": f["n_images"], "patients": f["n_patients"],
+               "AUC (95% CI)": _with_ci(f, "auc"), "sensitivity": _number(f["sensitivity"]),
+               "specificity": _number(f["specificity"])}
+              for kind in ("source", "site") for name, f in result[f"within_{kind}"].items()]
+    return _table(pd.DataFrame(rows)) + ("<h3>Within each source / site holding both classes</h3>"
+                                         + _table(pd.DataFrame(within)) if within else
+                                         "<p>No source or site holds both classes.</p>")
+
+
+def _data_section(run: RunModel) -> str:
+    manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
+    crossed = pd.crosstab([manifest["source"], manifest["label"]], manifest["split"], margins=True,
+                          margins_name="total").reset_index()
+    crossed.columns.name = None
+    dropped = load_dropped(run.run / "manifest.csv")
+    drops = dropped["reason"].value_counts().rename_axis("reason").reset_index(name="rows") if len(dropped) else None
+    groups = manifest.loc[manifest["dup_group"] != "", "dup_group"].value_counts()
+    licences = manifest["license"].value_counts().rename_axis("licence").reset_index(name="images")
+    return ("<h2>Data</h2>" + _table(crossed)
+            + f"<p>{len(manifest)} images of {manifest['patient_id'].nunique()} patients; {int((groups > 1).sum())} "
+              f"duplicate groups (largest {int(groups.max()) if len(groups) else 0}) kept within one split.</p>"
+            + ("<h3>Filtered before training</h3>" + _table(drops) if drops is not None else "")
+            + "<h3>Licences</h3>" + _table(licences))
+
+
+def _explanations(run: RunModel, cache_root: Path, folder: Path) -> str:
+    manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    rows, _, probabilities = model_probabilities(run, test, cache_root)
+    cache = prepare(rows, cache_root, run.preprocessing).cache
+    positive = run.classes.index("covid")
+    truth = rows["label"].map(run.classes.index).to_numpy()
+    rng = np.random.default_rng(0)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(truth == k))[:GALLERY_PER_CLASS]
+                             for k in range(len(run.classes))])
+    sections = []
+    for title, indices in (("Grad-CAM gallery (test images)", chosen),
+                           ("Top losses: the most confidently wrong test images",
+                            top_losses(truth, probabilities, TOP_LOSSES))):
+        if len(indices) == 0:
+            continue
+        images = CachedImages(rows.iloc[indices], cache, run.classes)
+        pixels = torch.stack([images[i][0] for i in range(len(images))])
+        maps = heatmaps(run.model, pixels.float(), positive)
+        shares = [lung_heat_share(m) for m in maps]
+        titles = [f"true {rows['label'].iloc[i]}, P(covid) {probabilities[i, positive]:.2f}\nheat in lungs {s:.0%}"
+                  for i, s in zip(indices, shares)]
+        out = gallery(pixels[:, 0].numpy(), maps, titles, folder / f"{title.split()[0].lower()}.png")
+        sections.append(f"<h3>{html.escape(title)}</h3><p>Mean share of Grad-CAM heat inside the approximate lung "
+                        f"field: {np.mean(shares):.0%}.</p>{_png(out)}")
+    return "".join(sections)
+
+
+def _model_card(card: dict) -> str:
+    data = card.get("training_data", {})
+    items = [
+        ("Intended use", card.get("intended_use", "")),
+        ("Source of data", ", ".join(f"{k} ({v} images)" for k, v in data.get("sources", {}).items())),
+        ("Participants", f"{data.get('images')} images of {data.get('patients')} patients; split by patient"),
+        ("Outcome", "label from the published finding (label table in CONTRACTS / README)"),
+        ("Model", f"{card['model']['architecture']} with head {card['model']['head']}, pretrained: "
+                  f"{card['model']['pretrained']}, transfer: {card['model']['transfer']}"),
+        ("Operating point", json.dumps(card.get("operating_point", {}))),
+        ("Licences of the training data", ", ".join(f"{k}: {v}" for k, v in card.get("licences", {}).items())),
+        ("Limitations", " ".join(card.get("limitations", []))),
+    ]
+    return "<h2>Model card</h2><table>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+        for k, v in items) + "</table>"
+
+
+def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | None = None) -> Path:
+    from covidxr.training.run import default_cache_root
+
+    run = load_run(run_dir)
+    cache_root = Path(cache_root or default_cache_root())
+    result = _cached(run, "evaluate-internal-test.json", lambda: evaluate(run.run, cache_root=cache_root))
+    audited = _cached(run, "audit-internal.json", lambda: audit(run.run, cache_root=cache_root))
+    external = [json.loads(p.read_text()) for p in sorted((run.run / "evaluation").glob("evaluate-*.json"))
+                if not p.name.startswith("evaluate-internal-")]
+    card = json.loads((run.run / "model_card.json").read_text())
+    folder = run.run / "evaluation"
+    parts = [
+        f"<h1>covidxr report: {html.escape(run.run.name)}</h1>",
+        f"<p class='banner'>{html.escape(NOT_FOR_CLINICAL_USE)}</p>",
+        "<h2>The model against the source-only baseline</h2>", _headline(result),
+        _data_section(run),
+        "<h2>Training</h2>" + (_png(run.run / "curves.png") if (run.run / "curves.png").is_file() else ""),
+        f"<h2>Metrics at the operating threshold {result['threshold']:.3f} ({html.escape(result['threshold_rule'])},"
+        f" fitted on validation)</h2>", _metrics_table(result),
+        f"<p>CIs: {html.escape(result['ci_method'])}.</p>",
+        _png(folder / "evaluate-internal-test-curves.png"),
+        f"<p>Calibration: ECE {_number(result['ece'])} after temperature {run.temperature:.2f} "
+        f"(before {_number(result['ece_before_temperature'])}), Brier {_number(result['brier'])}.</p>",
+        "<h3>Other thresholds (fitted on validation, applied to test)</h3>",
+        _table(pd.DataFrame(result["thresholds"]).round(3)),
+        "<h2>External data</h2>" + ("".join(
+            f"<p>{html.escape(e['data'])} ({e['split']}): {e['n_images']} images, {e['n_patients']} patients, AUC "
+            f"{_with_ci(e, 'auc')}; source-only {_with_ci(e, 'source_only_auc')}</p>" for e in external)
+            or "<p>None evaluated: run <code>covidxr evaluate --run RUN --data OTHER.csv</code>.</p>"),
+        "<h2>Shortcut audit</h2>",
+        *(f"<p class='verdict'>{html.escape(audited[k]['verdict'])}</p>"
+          for k in ("source_predictability", "occlusion", "leave_one_site_out")),
+        _explanations(run, cache_root, folder),
+        _model_card(card),
+    ]
+    document = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>covidxr report "
+                f"{html.escape(run.run.name)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(document, encoding="utf-8")
+    return out
