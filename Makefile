@@ -29,7 +29,10 @@ demo: install
 	$(BIN)/covidxr prepare $(OUT)/binary.csv --size 256 -o $(OUT)/cache --preview 8 --preview-out $(OUT)/prepare-preview.png
 	rm -rf $(OUT)/run-demo
 	$(BIN)/covidxr train --config demo --data $(OUT)/binary.csv --cache $(OUT)/cache -o $(OUT)/run-demo
-	@echo "demo outputs are in $(OUT)/"
+	$(BIN)/covidxr evaluate --run $(OUT)/run-demo --cache $(OUT)/cache
+	$(BIN)/covidxr audit --run $(OUT)/run-demo --cache $(OUT)/cache
+	$(BIN)/covidxr report --run $(OUT)/run-demo --cache $(OUT)/cache -o $(OUT)/report.html
+	@echo "demo outputs are in $(OUT)/: manifests, cache/, run-demo/ (model, metrics, evaluation/), report.html"
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
