@@ -106,10 +106,16 @@ def test_resume_redoes_the_interrupted_epoch(tmp_path, training_manifest, monkey
         _train(tmp_path, training_manifest, **{"trainer.max_epochs": "3"})
     run = tmp_path / "run"
     assert (run / "checkpoints" / "full" / "last.ckpt").is_file() and not (run / "model.json").exists()
+    assert (run / "checkpoints" / "full" / "step.ckpt").is_file()
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0]
     monkeypatch.setattr(run_module, "_trainer", make_trainer)
     config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "3"}))
-    train(config, training_manifest, run, cache_root=tmp_path / "cache", resume=True)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config, training_manifest, run, cache_root=tmp_path / "cache", resume=True)
+    assert not [w for w in caught if "ended before the epoch ended" in str(w.message)]
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2]
     assert (run / "model.json").is_file()
 

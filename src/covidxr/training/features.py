@@ -27,6 +27,7 @@ class FeatureSet(Dataset):
 def backbone_features(model: Classifier, images: CachedImages, batch_size: int = 64) -> FeatureSet:
     """Run the backbone once over `images` (without augmentation) and keep its feature maps."""
     transform, images.transform = images.transform, None
+    was_training = model.training
     model.eval()
     chunks = []
     loader = DataLoader(images, batch_size=batch_size, shuffle=False)
@@ -36,4 +37,5 @@ def backbone_features(model: Classifier, images: CachedImages, batch_size: int =
             chunks.append(model.features(pixels).to(torch.float16))
             bar.advance(task, len(pixels))
     images.transform = transform
+    model.train(was_training)
     return FeatureSet(torch.cat(chunks), images.targets)

@@ -62,13 +62,15 @@ def _trainer(
     settings = config.trainer
     best = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
                            enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True,
-                           every_n_train_steps=settings.checkpoint_every_n_steps, enable_version_counter=False)
+    epoch_end = ModelCheckpoint(dirpath=stage_dir, filename="last", monitor=None, save_top_k=1,
+                                save_on_train_epoch_end=True, enable_version_counter=False)
+    steps = ModelCheckpoint(dirpath=stage_dir, filename="step", monitor=None, save_top_k=1,
+                            every_n_train_steps=settings.checkpoint_every_n_steps, enable_version_counter=False)
     precision = settings.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
         strategy=settings.strategy, precision=precision, logger=False, default_root_dir=stage_dir,
-        callbacks=[best, last, EarlyStopping("val_auc", mode="max", patience=settings.patience), metrics],
+        callbacks=[best, epoch_end, steps, EarlyStopping("val_auc", mode="max", patience=settings.patience), metrics],
         num_sanity_val_steps=0, deterministic="warn", enable_model_summary=False, log_every_n_steps=10,
     )
     return trainer, best
@@ -104,7 +106,7 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         config.transfer.backbone_lr_factor if config.transfer.mode == "two-stage" and stage == "full" else 1.0,
     )
     trainer, best = _trainer(config, stage_dir, epochs, EpochCsv(out / "metrics.csv", offset))
-    last = stage_dir / "last.ckpt"
+    last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
                 ckpt_path=str(last) if resume and last.is_file() else None)
     if not trainer.is_global_zero:
