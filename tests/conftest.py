@@ -175,3 +175,14 @@ def tiny_recipe_overrides(**extra: str) -> list[str]:
     settings = {"preprocessing.size": "32", "model.name": "covidxr_cnn", "trainer.max_epochs": "2",
                 "optimisation.batch_size": "8", "trainer.checkpoint_every_n_steps": "3", **extra}
     return [f"{key}={value}" for key, value in settings.items()]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, training_manifest) -> tuple[Path, Path]:
+    """(run directory, pixel cache) of a 4-epoch covidxr_cnn on the synthetic lesion data."""
+    from covidxr.config import load_recipe
+    from covidxr.training.run import train
+
+    folder = tmp_path_factory.mktemp("trained")
+    config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "4"}))
+    return train(config, training_manifest, folder / "run", cache_root=folder / "cache"), folder / "cache"

@@ -117,16 +117,6 @@ def test_source_only_baseline_and_within_source_on_a_two_source_table():
     assert set(groups) == {"a"} and groups["a"]["n_images"] == 60
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, training_manifest):
-    from covidxr.config import load_recipe
-    from covidxr.training.run import train
-
-    folder = tmp_path_factory.mktemp("evaluated")
-    config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "4"}))
-    return train(config, training_manifest, folder / "run", cache_root=folder / "cache"), folder / "cache"
-
-
 def test_evaluate_writes_the_contract_json_and_extends_the_model_card(trained_run, capsys):
     run, cache = trained_run
     assert main(["evaluate", "--run", str(run), "--cache", str(cache), "--json", "--prevalence", "0.05"]) == 0

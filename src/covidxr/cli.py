@@ -289,6 +289,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from covidxr.predict import expand_paths, load_model
+
+    predictor = load_model(args.run)
+    paths = expand_paths(args.paths)
+    if not paths:
+        raise UsageError(f"no file found in {', '.join(map(str, args.paths))}")
+    predictions = predictor.predict_files(paths)
+    if args.csv:
+        rows = [{"path": p.path, "status": p.status, "error": p.error, "label": p.label, "threshold": p.threshold,
+                 **{f"p_{name}": p.probabilities.get(name) for name in predictor.run.classes},
+                 "warnings": ";".join(p.warnings)} for p in predictions]
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+    if args.json:
+        print(json.dumps({"model": predictor.info, "predictions": [p.as_dict() for p in predictions]}, indent=2))
+    elif not args.csv:
+        for p in predictions:
+            text = f"{p.label} (P(covid) {p.probabilities['covid']:.3f})" if p.status == "ok" else f"error: {p.error}"
+            _print_lines([f"{p.path}: {text}" + (f"  [{'; '.join(p.warnings)}]" if p.warnings else "")])
+    failed = sum(p.status != "ok" for p in predictions)
+    summary = f"{len(predictions) - failed} predicted, {failed} failed" + (f"; wrote {args.csv}" if args.csv else "")
+    Console(stderr=True).print(summary, markup=False, highlight=False)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from covidxr.reporting.report import write_report
 
@@ -322,6 +350,13 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT.html")
     report.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     report.set_defaults(handler=cmd_report)
+    predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    predict.add_argument("--run", type=Path, metavar="RUN")
+    outputs = predict.add_mutually_exclusive_group()
+    outputs.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    outputs.add_argument("--csv", type=Path, metavar="OUT", help="write one row per input file")
+    predict.set_defaults(handler=cmd_predict)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
     explain.add_argument("image", type=Path, metavar="IMAGE")
     explain.add_argument("--run", type=Path, metavar="RUN")

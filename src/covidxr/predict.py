@@ -1,0 +1,146 @@
+"""Using a trained model: `covidxr.load_model(run).predict(path_or_array)` and `covidxr predict`.
+
+Per image: class probabilities (temperature-scaled), the label at the run's operating threshold, and
+warnings where something is evident (very low resolution, inverted grey scale, a colour image).
+Unreadable files get `status="error"` with the reason; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidxr.data.imageio import ImageReadError, read_grayscale
+from covidxr.data.preprocess import preprocess
+from covidxr.errors import UsageError
+from covidxr.evaluation.calibration import softmax
+from covidxr.evaluation.evaluate import predicted_classes
+from covidxr.models.loading import RunModel, load_run
+from covidxr.progress import progress_bar
+from covidxr.training.rundir import NOT_FOR_CLINICAL_USE
+
+LOW_RESOLUTION = 256
+BATCH = 32
+
+
+@dataclass
+class Prediction:
+    path: str
+    status: str = "ok"
+    error: str = ""
+    label: str = ""
+    threshold: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "status": self.status, "error": self.error or None, "label": self.label or None,
+                "threshold": self.threshold, "probabilities": self.probabilities, "warnings": self.warnings}
+
+
+def image_warnings(gray: np.ndarray) -> list[str]:
+    """What is evident from the decoded pixels alone."""
+    found = []
+    if min(gray.shape) < LOW_RESOLUTION:
+        found.append(f"very low resolution ({gray.shape[1]}x{gray.shape[0]})")
+    band = max(1, min(gray.shape) // 20)
+    frame = np.concatenate([gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(), gray[:, -band:].ravel()])
+    height, width = gray.shape
+    centre = gray[height // 3: 2 * height // 3, width // 3: 2 * width // 3]
+    if frame.mean() > 170 and frame.mean() > centre.mean() + 40:
+        found.append("looks inverted (bright surroundings, dark body): check the grey scale")
+    return found
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders recursively (hidden files skipped), sorted."""
+    expanded = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            expanded += sorted(p for p in path.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            expanded.append(path)
+    return expanded
+
+
+class Predictor:
+    """A run's model ready to classify images (arrays or files)."""
+
+    def __init__(self, run: RunModel):
+        self.run = run
+        self.positive = run.classes.index("covid")
+
+    @property
+    def info(self) -> dict:
+        contract = self.run.contract
+        return {"run": str(self.run.run), "architecture": contract["architecture"], "classes": self.run.classes,
+                "threshold": self.run.threshold, "threshold_rule": contract["threshold_rule"],
+                "temperature": self.run.temperature, "pretrained": contract["pretrained"],
+                "notice": NOT_FOR_CLINICAL_USE}
+
+    def _pixels(self, gray: np.ndarray) -> np.ndarray:
+        pixels, _ = preprocess(gray, self.run.preprocessing)
+        return pixels
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = self.run.model(torch.from_numpy(batch[:, None]).float()).numpy()
+        return softmax(logits, self.run.temperature)
+
+    def _finish(self, predictions: list[Prediction], pixels: list[np.ndarray]) -> None:
+        if not predictions:
+            return
+        probabilities = self.probabilities(np.stack(pixels))
+        labels = predicted_classes(probabilities, self.run.threshold, self.positive)
+        for prediction, row, label in zip(predictions, probabilities, labels):
+            prediction.probabilities = {name: float(p) for name, p in zip(self.run.classes, row)}
+            prediction.label = self.run.classes[label]
+            prediction.threshold = self.run.threshold
+
+    def predict(self, item: str | Path | np.ndarray) -> dict:
+        """One image (a path, or a 2-D grey uint8 array) -> a prediction dict."""
+        if isinstance(item, np.ndarray):
+            if item.ndim != 2 or item.dtype != np.uint8:
+                raise UsageError(f"expected a 2-D uint8 grey array, got shape {item.shape} dtype {item.dtype}")
+            prediction = Prediction(path="<array>", warnings=image_warnings(item))
+            self._finish([prediction], [self._pixels(item)])
+            return prediction.as_dict()
+        return self.predict_files([item])[0].as_dict()
+
+    def predict_files(self, paths: Sequence[str | Path]) -> list[Prediction]:
+        """Predictions for files, batched, with a progress bar; unreadable ones get status 'error'."""
+        results, pending, pixels = [], [], []
+        with progress_bar() as bar:
+            task = bar.add_task("predicting", total=len(paths))
+            for path in paths:
+                prediction = Prediction(path=os.fspath(path))
+                results.append(prediction)
+                try:
+                    gray = read_grayscale(path)
+                except ImageReadError as error:
+                    prediction.status, prediction.error = "error", error.problem
+                    bar.advance(task)
+                    continue
+                prediction.warnings = image_warnings(gray)
+                pending.append(prediction)
+                pixels.append(self._pixels(gray))
+                if len(pending) == BATCH:
+                    self._finish(pending, pixels)
+                    bar.advance(task, len(pending))
+                    pending, pixels = [], []
+            self._finish(pending, pixels)
+            bar.advance(task, len(pending))
+        return results
+
+
+def load_model(run: str | Path | None = None) -> Predictor:
+    """The model of run directory `run` (without one: the model shipped in the package)."""
+    if run is None:
+        raise UsageError("no model is shipped with this version yet: pass a run directory, load_model(run='RUN')")
+    return Predictor(load_run(run))

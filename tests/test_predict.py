@@ -1,0 +1,72 @@
+"""Using a model: predict on files, folders and arrays (CLI and Python API), with bad files in the batch."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import covidxr
+from conftest import lesion_image, save_image
+from covidxr.cli import main
+from covidxr.errors import UsageError
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "inbox"
+    for index in range(5):
+        save_image(lesion_image(500 + index, covid=index % 2 == 0), root / "sub" / f"x{index}.png")
+    save_image(lesion_image(600, covid=True, size=300), root / "large.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    return root
+
+
+def test_predict_csv_has_the_contract_columns_and_reports_bad_files(trained_run, folder, tmp_path):
+    run, _ = trained_run
+    assert main(["predict", str(folder), "--run", str(run), "--csv", str(tmp_path / "out.csv")]) == 3
+    table = pd.read_csv(tmp_path / "out.csv")
+    table[["error", "warnings"]] = table[["error", "warnings"]].fillna("")
+    assert list(table.columns) == ["path", "status", "error", "label", "threshold", "p_non-covid", "p_covid",
+                                   "warnings"]
+    assert len(table) == 8
+    errors = table[table["status"] == "error"]
+    assert sorted(errors["path"].str.rsplit("/", n=1).str[-1]) == ["cut.jpg", "notes.txt"]
+    assert errors["error"].str.len().gt(0).all()
+    ok = table[table["status"] == "ok"]
+    assert np.allclose(ok["p_covid"] + ok["p_non-covid"], 1.0)
+    assert set(ok["label"]) <= {"covid", "non-covid"}
+    assert ok["warnings"].str.contains("very low resolution").sum() == 5
+    contract = json.loads((run / "model.json").read_text())
+    assert np.allclose(ok["threshold"], contract["threshold"])
+    assert (ok["label"] == np.where(ok["p_covid"] >= contract["threshold"], "covid", "non-covid")).all()
+
+
+def test_predict_json_prints_model_and_predictions(trained_run, folder, capsys):
+    run, _ = trained_run
+    assert main(["predict", str(folder / "large.png"), "--run", str(run), "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert set(output) == {"model", "predictions"} and "not for clinical use" in output["model"]["notice"].lower()
+    prediction = output["predictions"][0]
+    assert set(prediction) == {"path", "status", "error", "label", "threshold", "probabilities", "warnings"}
+    assert prediction["status"] == "ok" and prediction["warnings"] == []
+
+
+def test_python_api_predicts_paths_and_arrays_the_same(trained_run, folder):
+    run, _ = trained_run
+    model = covidxr.load_model(run)
+    from_path = model.predict(folder / "large.png")
+    from_array = model.predict(np.asarray(lesion_image(600, covid=True, size=300)))
+    assert from_path["probabilities"] == pytest.approx(from_array["probabilities"])
+    with pytest.raises(UsageError, match="2-D uint8"):
+        model.predict(np.zeros((4, 4, 3), dtype=np.uint8))
+    with pytest.raises(UsageError, match="no model is shipped"):
+        covidxr.load_model()
+
+
+def test_inverted_images_are_warned_about(trained_run):
+    model = covidxr.load_model(trained_run[0])
+    image = np.full((400, 400), 230, dtype=np.uint8)
+    image[100:300, 100:300] = 60
+    assert any("inverted" in w for w in model.predict(image)["warnings"])
