@@ -70,3 +70,30 @@ def test_inverted_images_are_warned_about(trained_run):
     image = np.full((400, 400), 230, dtype=np.uint8)
     image[100:300, 100:300] = 60
     assert any("inverted" in w for w in model.predict(image)["warnings"])
+
+
+def test_export_onnx_matches_pytorch_and_predict_uses_it(trained_run, folder, tmp_path, capsys):
+    import shutil
+
+    from covidxr.export import OnnxModel
+
+    source, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    before = covidxr.load_model(run).predict(folder / "large.png")
+    assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
+    assert "parity with PyTorch" in capsys.readouterr().out
+    metadata = OnnxModel(run / "model.onnx").metadata
+    assert json.loads(metadata["covidxr_model_json"])["weights_sha256"] == metadata["weights_sha256"]
+    assert json.loads(metadata["preprocessing"])["size"] == 32
+    predictor = covidxr.load_model(run)
+    assert predictor.info["runtime"] == "onnxruntime"
+    after = predictor.predict(folder / "large.png")
+    assert after["probabilities"]["covid"] == pytest.approx(before["probabilities"]["covid"], abs=1e-5)
+    import onnx
+
+    stale = onnx.load(str(run / "model.onnx"))
+    next(p for p in stale.metadata_props if p.key == "weights_sha256").value = "0" * 64
+    onnx.save(stale, str(run / "model.onnx"))
+    assert covidxr.load_model(run).info["runtime"] == "pytorch"
+    assert main(["export", "--run", str(tmp_path / "nothing"), "--format", "onnx"]) == 2

@@ -317,6 +317,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from covidxr.export import PARITY_TOLERANCE, export_onnx
+
+    out, difference = export_onnx(args.run, args.out)
+    _print_lines([f"wrote {out}; parity with PyTorch: max |difference| {difference:.1e} "
+                  f"(limit {PARITY_TOLERANCE:.0e})"])
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from covidxr.reporting.report import write_report
 
@@ -350,6 +359,11 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT.html")
     report.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     report.set_defaults(handler=cmd_report)
+    export = commands.add_parser("export", help="ONNX export with the inference contract and a parity check")
+    export.add_argument("--run", type=Path, required=True, metavar="RUN")
+    export.add_argument("--format", choices=("onnx",), required=True)
+    export.add_argument("-o", "--out", type=Path, metavar="FILE", help="default: RUN/model.onnx")
+    export.set_defaults(handler=cmd_export)
     predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     predict.add_argument("--run", type=Path, metavar="RUN")

@@ -73,8 +73,11 @@ class Predictor:
     """A run's model ready to classify images (arrays or files)."""
 
     def __init__(self, run: RunModel):
+        from covidxr.export import matching_onnx
+
         self.run = run
         self.positive = run.classes.index("covid")
+        self.onnx = matching_onnx(run)
 
     @property
     def info(self) -> dict:
@@ -82,15 +85,20 @@ class Predictor:
         return {"run": str(self.run.run), "architecture": contract["architecture"], "classes": self.run.classes,
                 "threshold": self.run.threshold, "threshold_rule": contract["threshold_rule"],
                 "temperature": self.run.temperature, "pretrained": contract["pretrained"],
-                "notice": NOT_FOR_CLINICAL_USE}
+                "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
 
     def _pixels(self, gray: np.ndarray) -> np.ndarray:
         pixels, _ = preprocess(gray, self.run.preprocessing)
         return pixels
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            logits = self.run.model(torch.from_numpy(batch[:, None]).float()).numpy()
+        """Temperature-scaled class probabilities of (N, size, size) prepared pixels."""
+        pixels = batch[:, None].astype(np.float32)
+        if self.onnx is not None:
+            logits = self.onnx.logits(pixels)
+        else:
+            with torch.no_grad():
+                logits = self.run.model(torch.from_numpy(pixels)).numpy()
         return softmax(logits, self.run.temperature)
 
     def _finish(self, predictions: list[Prediction], pixels: list[np.ndarray]) -> None:
