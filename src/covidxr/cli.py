@@ -326,6 +326,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from covidxr.serving.app import create_app
+
+    app = create_app(args.run)
+    Console(stderr=True).print(f"covidxr serving on http://{args.host}:{args.port}/ (API docs at /docs); "
+                               "not for clinical use", markup=False, highlight=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from covidxr.reporting.report import write_report
 
@@ -364,6 +376,11 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=("onnx",), required=True)
     export.add_argument("-o", "--out", type=Path, metavar="FILE", help="default: RUN/model.onnx")
     export.set_defaults(handler=cmd_export)
+    serve = commands.add_parser("serve", help="REST API and web page (FastAPI + uvicorn)")
+    serve.add_argument("--run", type=Path, metavar="RUN")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=cmd_serve)
     predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     predict.add_argument("--run", type=Path, metavar="RUN")

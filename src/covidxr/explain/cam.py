@@ -4,6 +4,7 @@ the share of heat inside the lung field, overlays, and the most confidently wron
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -61,13 +62,15 @@ def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str) -> N
     axis.set_axis_off()
 
 
-def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path) -> Path:
+def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path | BinaryIO) -> Path | BinaryIO:
+    """PNG overlay to a path (folders made) or a binary file object."""
     figure, axis = plt.subplots(figsize=(4, 4.3))
     draw_overlay(axis, pixels, heatmap, title)
     figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
+    if isinstance(out, (str, Path)):
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100, format="png")
     plt.close(figure)
     return out
 

@@ -1,0 +1,149 @@
+"""The HTTP service: every endpoint, every bad input with the contract's status and JSON error, and the
+web page driven in headless Chromium against a real server on a loopback port."""
+
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import lesion_image, write_dicom
+from covidxr.serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    run, _ = trained_run
+    return TestClient(create_app(run, max_upload=200_000), raise_server_exceptions=False)
+
+
+def _png(size: int = 128) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(lesion_image(7, covid=True, size=size)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 90_000, 90_000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_health_model_and_page(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    card = client.get("/v1/model").json()
+    assert card["not_for_clinical_use"] is True
+    page = client.get("/")
+    assert page.status_code == 200 and "Not for clinical use" in page.text
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_predict_returns_one_prediction_object(client):
+    response = client.post("/v1/predict", files={"file": ("chest.png", _png(), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"filename", "status", "error", "label", "threshold", "probabilities", "warnings"}
+    assert body["filename"] == "chest.png" and body["status"] == "ok"
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_explain_returns_a_png(client):
+    response = client.post("/v1/explain", files={"file": ("chest.png", _png(), "image/png")})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).format == "PNG"
+
+
+@pytest.mark.parametrize("files, status, code", [
+    ({"file": ("empty.png", b"", "image/png")}, 415, "unsupported_media"),
+    ({"file": ("page.png", b"<html>hello</html>", "image/png")}, 415, "unsupported_media"),
+    ({"file": ("cut.jpg", _png()[:0] + b"\xff\xd8\xff\xe0" + b"\0" * 100, "image/jpeg")}, 422, "unusable_image"),
+    ({"file": ("bomb.png", _bomb(), "image/png")}, 422, "unusable_image"),
+    ({"file": ("tiny.png", _png(size=16), "image/png")}, 422, "too_small"),
+    ({"file": ("big.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000, "image/png")}, 413, "too_large"),
+    ({"other": ("chest.png", b"x", "image/png")}, 400, "bad_request"),
+    (None, 400, "bad_request"),
+])
+def test_bad_inputs_get_the_contract_status_and_a_json_error(client, files, status, code):
+    for path in ("/v1/predict", "/v1/explain"):
+        response = client.post(path, files=files) if files else client.post(path, data={"x": "1"})
+        assert response.status_code == status, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == code and error["message"]
+
+
+def test_dicom_without_pixels_is_422_and_leaks_no_identifier(client, tmp_path):
+    path = write_dicom(tmp_path / "empty.dcm", None, patient_id="MRN-12345")
+    response = client.post("/v1/predict", files={"file": ("scan.dcm", path.read_bytes(), "application/dicom")})
+    assert response.status_code == 422 and "no pixel data" in response.json()["error"]["message"]
+    assert "MRN-12345" not in response.text
+
+
+def test_dicom_with_pixels_is_predicted(client, tmp_path):
+    path = write_dicom(tmp_path / "ok.dcm", lesion_image(3, covid=False, size=96))
+    response = client.post("/v1/predict", files={"file": ("ok.dcm", path.read_bytes(), "application/dicom")})
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_concurrent_requests_all_succeed(client):
+    results = []
+
+    def call():
+        results.append(client.post("/v1/predict", files={"file": ("c.png", _png(), "image/png")}).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [200] * 12
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_path):
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+
+    chromium = chromium_or_skip()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(trained_run[0]), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.1)
+    image = tmp_path / "chest.png"
+    image.write_bytes(_png(size=160))
+    errors = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert "Not for clinical use" in page.inner_text(".notice")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
+            decision = page.inner_text("#decision")
+            covid = float(page.inner_text(".probability[data-class='covid']"))
+            overlay_loaded = page.evaluate("document.getElementById('overlay').naturalWidth > 0")
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert errors == []
+    assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
+    assert 0.0 <= covid <= 1.0 and overlay_loaded
