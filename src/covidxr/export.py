@@ -42,16 +42,21 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
     return torch.randint(0, 256, (count, 1, size, size), generator=torch.Generator().manual_seed(0)).float()
 
 
+def write_onnx(model: torch.nn.Module, size: int, out: Path) -> Path:
+    """The model as ONNX: input `pixels` (batch, 1, size, size) float grey 0..255, output `logits`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(2, 1, size, size),), out, dynamo=True, input_names=["pixels"],
+                          output_names=["logits"],
+                          dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    return out
+
+
 def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, float]:
     """Write `out` (default RUN/model.onnx); returns it and the max |ONNX - PyTorch| logit difference."""
     run = load_run(run_dir)
     out = Path(out) if out else run.run / "model.onnx"
-    size = run.preprocessing.size
-    example = torch.zeros(2, 1, size, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(run.model, (example,), out, dynamo=True, input_names=["pixels"], output_names=["logits"],
-                          dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    write_onnx(run.model, run.preprocessing.size, out)
     model = onnx.load(str(out))
     metadata = {"covidxr_model_json": json.dumps(run.contract), "weights_sha256": run.contract["weights_sha256"],
                 "preprocessing": json.dumps(run.contract["preprocessing"]), "classes": json.dumps(run.classes),

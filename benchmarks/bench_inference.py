@@ -1,0 +1,62 @@
+"""Inference: ONNX Runtime vs PyTorch eager, same model, same real images, one run.
+
+The `default` recipe's architecture (resnet18, 128 px; trained weights do not change the speed), shared
+Cohen images prepared as `predict` prepares them. Single-image latency (median of 200 calls after
+warm-up) and batch-of-32 throughput. Target: ONNX latency <= 0.6x eager. Last line: the ratio."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import machine, shared_manifests
+from covidxr.config import load_recipe
+from covidxr.data.imageio import read_grayscale
+from covidxr.data.preprocess import preprocess
+from covidxr.export import OnnxModel, write_onnx
+from covidxr.models.classifier import build_classifier
+
+CALLS, BATCH = 200, 32
+
+
+def median_seconds(function, calls: int) -> float:
+    function()
+    timings = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def main() -> None:
+    config = load_recipe("default")
+    size = config.preprocessing.size
+    cohen, _ = shared_manifests()
+    images = np.stack([preprocess(read_grayscale(p), config.preprocessing)[0] for p in cohen["path"].head(BATCH)])
+    pixels = images[:, None].astype(np.float32)
+    model, _ = build_classifier(config.model, 2, size)
+    model.eval()
+    with tempfile.TemporaryDirectory() as folder:
+        runtime = OnnxModel(write_onnx(model, size, Path(folder) / "model.onnx"))
+        one = pixels[:1]
+        with torch.no_grad():
+            eager_single = median_seconds(lambda: model(torch.from_numpy(one)), CALLS)
+            eager_batch = median_seconds(lambda: model(torch.from_numpy(pixels)), 10)
+            difference = float(np.abs(runtime.logits(pixels) - model(torch.from_numpy(pixels)).numpy()).max())
+        onnx_single = median_seconds(lambda: runtime.logits(one), CALLS)
+        onnx_batch = median_seconds(lambda: runtime.logits(pixels), 10)
+    print(f"machine: {machine()}; {config.model.name} {size}px; torch threads {torch.get_num_threads()}; "
+          f"max |logit difference| {difference:.1e}")
+    print(f"single image: eager {eager_single * 1000:.2f} ms, ONNX Runtime {onnx_single * 1000:.2f} ms")
+    print(f"batch of {BATCH}: eager {BATCH / eager_batch:.0f} img/s, ONNX Runtime {BATCH / onnx_batch:.0f} img/s")
+    print(f"inference latency: ONNX Runtime / eager = {onnx_single / eager_single:.2f} (target <= 0.6)")
+
+
+if __name__ == "__main__":
+    main()
