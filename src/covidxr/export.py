@@ -46,7 +46,8 @@ def write_onnx(model: torch.nn.Module, size: int, out: Path) -> Path:
     """The model as ONNX: input `pixels` (batch, 1, size, size) float grey 0..255, output `logits`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(2, 1, size, size),), out, dynamo=True, input_names=["pixels"],
+        torch.onnx.export(model.eval(), (torch.zeros(2, 1, size, size),), out, dynamo=True, verbose=False,
+                          input_names=["pixels"],
                           output_names=["logits"],
                           dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}})
     return out
