@@ -32,6 +32,10 @@ demo: install
 	$(BIN)/covidxr evaluate --run $(OUT)/run-demo --cache $(OUT)/cache
 	$(BIN)/covidxr audit --run $(OUT)/run-demo --cache $(OUT)/cache
 	$(BIN)/covidxr report --run $(OUT)/run-demo --cache $(OUT)/cache -o $(OUT)/report.html
+	$(BIN)/python -c "import pandas as p; m = p.read_csv('$(OUT)/run-demo/manifest.csv'); \
+		print('\n'.join(m[m.split == 'test'].groupby('label').head(4).path))" \
+		| xargs $(BIN)/covidxr predict --run $(OUT)/run-demo --csv $(OUT)/predictions.csv
+	cat $(OUT)/predictions.csv
 	@echo "demo outputs are in $(OUT)/: manifests, cache/, run-demo/ (model, metrics, evaluation/), report.html"
 
 bench: install
