@@ -97,3 +97,16 @@ def test_export_onnx_matches_pytorch_and_predict_uses_it(trained_run, folder, tm
     onnx.save(stale, str(run / "model.onnx"))
     assert covidxr.load_model(run).info["runtime"] == "pytorch"
     assert main(["export", "--run", str(tmp_path / "nothing"), "--format", "onnx"]) == 2
+
+
+def test_explain_command_and_api(trained_run, folder, tmp_path, capsys):
+    run, _ = trained_run
+    assert main(["explain", str(folder / "large.png"), "--run", str(run), "-o", str(tmp_path / "o.png"),
+                 "--method", "gradcam++"]) == 0
+    assert "heat inside the lung field" in capsys.readouterr().out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "o.png").format == "PNG"
+    result = covidxr.load_model(run).explain(folder / "large.png")
+    assert result["heatmap"].shape == (32, 32) and 0 <= result["lung_heat_share"] <= 1
+    assert main(["explain", str(folder / "notes.txt"), "--run", str(run), "-o", str(tmp_path / "x.png")]) == 3

@@ -261,31 +261,17 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import torch
+    from covidxr.data.imageio import ImageReadError
+    from covidxr.predict import load_model
 
-    from covidxr.data.imageio import ImageReadError, read_grayscale
-    from covidxr.data.preprocess import preprocess
-    from covidxr.evaluation.calibration import softmax
-    from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
-    from covidxr.models.loading import load_run
-
-    run = load_run(_require_run(args))
+    predictor = load_model(_require_run(args))
     try:
-        pixels, _ = preprocess(read_grayscale(args.image), run.preprocessing)
+        result = predictor.explain(args.image, args.out, args.method)
     except ImageReadError as error:
         _print_lines([f"error: {error}"])
         return EXIT_PARTIAL
-    tensor = torch.from_numpy(pixels)[None, None].float()
-    positive = run.classes.index("covid")
-    with torch.no_grad():
-        probability = float(softmax(run.model(tensor).numpy(), run.temperature)[0, positive])
-    heatmap = heatmaps(run.model, tensor, positive, args.method)[0]
-    share = lung_heat_share(heatmap)
-    title = (f"{Path(args.image).name[:40]}\nP(covid) {probability:.2f} (threshold {run.threshold:.2f}), "
-             f"{args.method}, {share:.0%} of heat in the lung field")
-    out = save_overlay(pixels, heatmap, title, args.out)
-    _print_lines([f"P(covid) {probability:.3f}; {share:.0%} of the {args.method} heat inside the lung field; "
-                  f"wrote {out}"])
+    _print_lines([f"P(covid) {result['probability_covid']:.3f}; {result['lung_heat_share']:.0%} of the "
+                  f"{args.method} heat inside the lung field; wrote {args.out}"])
     return EXIT_OK
 
 

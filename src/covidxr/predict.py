@@ -8,6 +8,7 @@ Unreadable files get `status="error"` with the reason; the others are still pred
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Predictor:
         self.run = run
         self.positive = run.classes.index("covid")
         self.onnx = matching_onnx(run)
+        self._cam_lock = threading.Lock()
 
     @property
     def info(self) -> dict:
@@ -120,6 +122,24 @@ class Predictor:
             self._finish([prediction], [self._pixels(item)])
             return prediction.as_dict()
         return self.predict_files([item])[0].as_dict()
+
+    def explain(self, item: str | Path | np.ndarray, out=None, method: str = "gradcam") -> dict:
+        """Class activation map of P(covid) for one image (path or 2-D grey uint8 array): the map, the
+        share of its heat inside the lung field, and, with `out` (a path or binary file), a PNG overlay."""
+        from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
+
+        gray = item if isinstance(item, np.ndarray) else read_grayscale(item)
+        pixels = self._pixels(gray)
+        probability = float(self.probabilities(pixels[None])[0, self.positive])
+        with self._cam_lock:
+            heatmap = heatmaps(self.run.model, torch.from_numpy(pixels)[None, None].float(), self.positive, method)[0]
+        share = lung_heat_share(heatmap)
+        if out is not None:
+            name = "image" if isinstance(item, np.ndarray) else Path(item).name[:40]
+            title = (f"{name}\nP(covid) {probability:.2f} (threshold {self.run.threshold:.2f}), {method}, "
+                     f"{share:.0%} of heat in the lung field")
+            save_overlay(pixels, heatmap, title, out)
+        return {"probability_covid": probability, "lung_heat_share": share, "method": method, "heatmap": heatmap}
 
     def predict_files(self, paths: Sequence[str | Path]) -> list[Prediction]:
         """Predictions for files, batched, with a progress bar; unreadable ones get status 'error'."""

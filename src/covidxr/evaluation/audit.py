@@ -82,10 +82,11 @@ def _grouped_auc(embeddings: np.ndarray, target: pd.Series, groups: pd.Series) -
     classes = np.unique(y)
     out_of_fold = np.zeros((len(y), len(classes)))
     for train, test in GroupKFold(n_splits=5).split(x, y, g):
-        if len(np.unique(y[train])) < len(classes):
+        if len(np.unique(y[train])) < 2:
             return None
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
-        out_of_fold[test] = model.predict_proba(x[test])
+        columns = np.searchsorted(classes, model.classes_)
+        out_of_fold[np.ix_(test, columns)] = model.predict_proba(x[test])
     if len(classes) == 2:
         return float(roc_auc_score(y == classes[1], out_of_fold[:, 1]))
     return float(roc_auc_score(y, out_of_fold, multi_class="ovr", labels=classes))

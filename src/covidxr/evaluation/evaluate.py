@@ -139,6 +139,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
         "ece_before_temperature": expected_calibration_error(
             np.stack([1 - softmax(logits)[:, positive], softmax(logits)[:, positive]], 1), truth.astype(int)),
         "brier": brier_score(truth, scores),
+        "brier_before_temperature": brier_score(truth, softmax(logits)[:, positive]),
         "within_source": _subgroups(rows, truth, scores, threshold, "source", resamples, seed),
         "within_site": _subgroups(rows, truth, scores, threshold, "site", resamples, seed),
         "ci_method": CI_METHOD,
@@ -156,7 +157,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     result["thresholds"] = threshold_table(validation, truth, scores, threshold, result["threshold_rule"])
     if len(run.classes) > 2:
         result |= multiclass_figures(rows, probabilities, run.classes, threshold, positive, resamples, seed)
-    _save(run, result, rows, truth, scores, name, split)
+    _save(run, result, rows, truth, (scores, softmax(logits)[:, positive]), name, split)
     return result
 
 
@@ -187,8 +188,9 @@ def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: l
     return {"per_class": per_class, "macro": macro}
 
 
-def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray,
-          name: str, split: str) -> None:
+def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray,
+          scores: tuple[np.ndarray, np.ndarray], name: str, split: str) -> None:
+    """JSON, plots and the model card; `scores` = (after, before) the temperature."""
     from covidxr.evaluation.plots import evaluation_plots
 
     folder = run.run / "evaluation"

@@ -36,8 +36,21 @@ def _pr(truth, scores):
     return np.interp(GRID, recall[::-1], precision[::-1])
 
 
-def evaluation_plots(truth: np.ndarray, scores: np.ndarray, patients: pd.Series, result: dict, stem: Path) -> None:
-    """Writes STEM-curves.png (ROC, PR, reliability, confusion)."""
+def _reliability(scores: np.ndarray, truth: np.ndarray) -> tuple[list[float], list[float]]:
+    edges = np.linspace(0, 1, 11)
+    centres, observed = [], []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (scores >= low) & (scores < high if high < 1 else scores <= high)
+        if inside.any():
+            centres.append(float(scores[inside].mean()))
+            observed.append(float(truth[inside].mean()))
+    return centres, observed
+
+
+def evaluation_plots(truth: np.ndarray, scores: tuple[np.ndarray, np.ndarray], patients: pd.Series, result: dict,
+                     stem: Path) -> None:
+    """Writes STEM-curves.png (ROC, PR, reliability before/after the temperature, confusion)."""
+    scores, uncalibrated = scores
     figure, axes = plt.subplots(1, 4, figsize=(16, 4))
     title = f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients"
     both = 0 < truth.sum() < len(truth)
@@ -54,16 +67,12 @@ def evaluation_plots(truth: np.ndarray, scores: np.ndarray, patients: pd.Series,
         axes[0].set_ylabel("sensitivity")
         axes[1].set_xlabel("recall (sensitivity)")
         axes[1].set_ylabel("precision")
-    edges = np.linspace(0, 1, 11)
-    centres, observed = [], []
-    for low, high in zip(edges[:-1], edges[1:]):
-        inside = (scores >= low) & (scores < high if high < 1 else scores <= high)
-        if inside.any():
-            centres.append(scores[inside].mean())
-            observed.append(truth[inside].mean())
     axes[2].plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    axes[2].plot(centres, observed, marker="o")
-    axes[2].set_title(f"reliability (ECE {result['ece']:.3f})")
+    axes[2].plot(*_reliability(uncalibrated, truth), marker="x", linestyle="--",
+                 label=f"before temperature (ECE {result['ece_before_temperature']:.3f})")
+    axes[2].plot(*_reliability(scores, truth), marker="o", label=f"after (ECE {result['ece']:.3f})")
+    axes[2].legend(fontsize=7)
+    axes[2].set_title("reliability")
     axes[2].set_xlabel("predicted P(covid)")
     axes[2].set_ylabel("observed share covid")
     matrix = np.array(result["confusion_matrix"])

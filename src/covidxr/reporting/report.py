@@ -139,6 +139,18 @@ def _model_card(card: dict) -> str:
         for k, v in items) + "</table>"
 
 
+def _cv_section(run: RunModel) -> str:
+    path = run.run / "evaluation" / "cv.json"
+    if not path.is_file():
+        return ("<h2>Cross-validation</h2><p>Not run for this model: <code>covidxr cv --config RECIPE --data MANIFEST "
+                "-o DIR</code>, then copy <code>DIR/cv.json</code> to <code>RUN/evaluation/</code>.</p>")
+    cv = json.loads(path.read_text())
+    folds = pd.DataFrame(cv["folds"]).round(3)
+    return (f"<h2>Cross-validation</h2><p>Pooled out-of-fold AUC {_with_ci(cv, 'pooled_out_of_fold_auc')} over "
+            f"{cv['n_images']} images; mean AUC {_number(cv['mean']['auc'])} (sd {_number(cv['sd']['auc'])}). "
+            f"{html.escape(cv['note'])}.</p>" + _table(folds))
+
+
 def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | None = None) -> Path:
     from covidxr.training.run import default_cache_root
 
@@ -168,6 +180,7 @@ def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | 
             f"<p>{html.escape(e['data'])} ({e['split']}): {e['n_images']} images, {e['n_patients']} patients, AUC "
             f"{_with_ci(e, 'auc')}; source-only {_with_ci(e, 'source_only_auc')}</p>" for e in external)
             or "<p>None evaluated: run <code>covidxr evaluate --run RUN --data OTHER.csv</code>.</p>"),
+        _cv_section(run),
         "<h2>Shortcut audit</h2>",
         *(f"<p class='verdict'>{html.escape(audited[k]['verdict'])}</p>"
           for k in ("source_predictability", "occlusion", "leave_one_site_out")),

@@ -11,11 +11,9 @@ import io
 import json
 import logging
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -69,7 +67,6 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
                max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
     predictor = predictor or load_model(run)
     card_path = predictor.run.run / "model_card.json"
-    explain_lock = threading.Lock()
     app = FastAPI(title="covidxr", description="Chest X-ray COVID-19 classifier for research and teaching. "
                                                 "Not for clinical use.", version="1")
 
@@ -110,17 +107,10 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
 
     @app.post("/v1/explain")
     async def explain(file: UploadFile = File(...)) -> Response:
-        from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
-
         content = await _read_upload(file, max_upload)
         gray = decode_upload(content, file.filename or "upload", max_pixels)
-        pixels = predictor._pixels(gray)
-        probability = predictor.predict(gray)["probabilities"]["covid"]
-        with explain_lock:
-            heatmap = heatmaps(predictor.run.model, torch.from_numpy(pixels)[None, None].float(), predictor.positive)[0]
         buffer = io.BytesIO()
-        title = f"P(covid) {probability:.2f}; {lung_heat_share(heatmap):.0%} of Grad-CAM heat in the lung field"
-        save_overlay(pixels, heatmap, title, buffer)
+        predictor.explain(gray, buffer)
         return Response(buffer.getvalue(), media_type="image/png")
 
     @app.get("/", include_in_schema=False)

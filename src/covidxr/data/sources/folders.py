@@ -65,8 +65,8 @@ def import_folders(root: str | Path, source: str | None = None, views: Sequence[
             row["patient_id"] = f"{source}:{row.get('patient_id') or _patient_from_name(name) or 'image:' + relpath}"
             rows.append(row)
     notes = [f"note: {hidden} hidden file(s) skipped"] if hidden else []
-    return finish_import(pd.DataFrame(rows, columns=["path", "relpath", "source", "site", "finding", "patient_id",
-                                                     "view", "modality", "sex", "age"]).fillna(""), views, notes)
+    columns = ["path", "relpath", "source", "site", "finding", "patient_id", "view", "modality", "sex", "age"]
+    return finish_import(pd.DataFrame(rows, columns=columns, dtype=object).fillna(""), views, notes)
 
 
 def _patient_from_name(name: str) -> str:
