@@ -68,6 +68,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from covidxr.data.download import download
+
+    folder = download(args.source, args.to, args.url)
+    _print_lines([f"downloaded and verified {args.source} into {folder}"])
+    return EXIT_OK
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from covidxr import data
 
@@ -444,6 +452,12 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     for layout in (cohen, table, folders):
         layout.add_argument("-o", "--out", type=Path, required=True, help="manifest to write (.csv or .parquet)")
         layout.set_defaults(handler=cmd_import)
+
+    fetch = data_commands.add_parser("download", help="fetch a public source (resumable, verified)")
+    fetch.add_argument("source", choices=("cohen", "rsna-normal"))
+    fetch.add_argument("--to", type=Path, required=True, metavar="DIR")
+    fetch.add_argument("--url", help="another address of the same archive (a mirror or a local copy)")
+    fetch.set_defaults(handler=cmd_download)
 
     build = data_commands.add_parser("build", help="label, filter, deduplicate, balance and split manifests")
     build.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
