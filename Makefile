@@ -2,10 +2,12 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data
+# Data: DATA=dir when given, else ../shared/data when present, else downloaded into ./data
+DATA ?= $(if $(wildcard ../shared/data/covid-chestxray-dataset/metadata.csv),../shared/data,data)
 OUT ?= out/demo
+SHIP := out/default-model
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo data bench default-model clean
 
 install: $(VENV)/.installed
 
@@ -18,13 +20,21 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-demo: install
-	@test -f "$(DATA)/covid-chestxray-dataset/metadata.csv" || { echo "No data in $(DATA): give DATA=dir holding covid-chestxray-dataset/ and rsna-normal-224/"; exit 1; }
-	$(BIN)/covidxr data import cohen "$(DATA)/covid-chestxray-dataset" -o $(OUT)/cohen.csv
+data: install
+	@test -f "$(DATA)/covid-chestxray-dataset/metadata.csv" || $(BIN)/covidxr data download cohen --to "$(DATA)"
+	@test -f "$(DATA)/rsna-normal-224/normal_xray_dataset.csv" || $(BIN)/covidxr data download rsna-normal --to "$(DATA)"
+
+# Import both sources and build a binary, patient-level split dataset into $(DIR).
+define build_dataset
+	$(BIN)/covidxr data import cohen "$(DATA)/covid-chestxray-dataset" -o $(1)/cohen.csv
 	$(BIN)/covidxr data import csv "$(DATA)/rsna-normal-224/normal_xray_dataset.csv" --image-col filename \
-		--label-col finding --root "$(DATA)/rsna-normal-224/normal_dataset" --source rsna -o $(OUT)/rsna.csv
-	$(BIN)/covidxr data build $(OUT)/cohen.csv $(OUT)/rsna.csv --task binary --folds 5 -o $(OUT)/binary.csv
-	$(BIN)/covidxr data check $(OUT)/binary.csv
+		--label-col finding --root "$(DATA)/rsna-normal-224/normal_dataset" --source rsna -o $(1)/rsna.csv
+	$(BIN)/covidxr data build $(1)/cohen.csv $(1)/rsna.csv --task binary --folds 5 -o $(1)/binary.csv
+	$(BIN)/covidxr data check $(1)/binary.csv
+endef
+
+demo: data
+	$(call build_dataset,$(OUT))
 	$(BIN)/covidxr data summary $(OUT)/binary.csv
 	$(BIN)/covidxr prepare $(OUT)/binary.csv --size 256 -o $(OUT)/cache --preview 8 --preview-out $(OUT)/prepare-preview.png
 	rm -rf $(OUT)/run-demo
@@ -33,14 +43,26 @@ demo: install
 	$(BIN)/covidxr audit --run $(OUT)/run-demo --cache $(OUT)/cache
 	$(BIN)/covidxr report --run $(OUT)/run-demo --cache $(OUT)/cache -o $(OUT)/report.html
 	$(BIN)/python -c "import pandas as p; m = p.read_csv('$(OUT)/run-demo/manifest.csv'); \
-		print('\n'.join(m[m.split == 'test'].groupby('label').head(4).path))" \
-		| xargs $(BIN)/covidxr predict --run $(OUT)/run-demo --csv $(OUT)/predictions.csv
-	cat $(OUT)/predictions.csv
-	@echo "demo outputs are in $(OUT)/: manifests, cache/, run-demo/ (model, metrics, evaluation/), report.html"
+		print('\n'.join(m[m.split == 'test'].groupby('label').head(4).path))" > $(OUT)/test-images.txt
+	xargs $(BIN)/covidxr predict --run $(OUT)/run-demo --csv $(OUT)/predictions-demo-run.csv < $(OUT)/test-images.txt
+	xargs $(BIN)/covidxr predict --csv $(OUT)/predictions-shipped-model.csv < $(OUT)/test-images.txt
+	@echo "the demo run's predictions:" && cat $(OUT)/predictions-demo-run.csv
+	@echo "the shipped model's predictions:" && cat $(OUT)/predictions-shipped-model.csv
+	@echo "demo outputs are in $(OUT)/: manifests, prepare-preview.png, run-demo/ (model, metrics, evaluation/), report.html, predictions-*.csv"
+
+# Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install).
+default-model: data
+	$(call build_dataset,$(SHIP))
+	rm -rf $(SHIP)/run
+	$(BIN)/covidxr train --config default --data $(SHIP)/binary.csv -o $(SHIP)/run
+	$(BIN)/covidxr evaluate --run $(SHIP)/run
+	$(BIN)/covidxr audit --run $(SHIP)/run
+	$(BIN)/covidxr report --run $(SHIP)/run -o $(SHIP)/report.html
+	$(BIN)/python -m covidxr.models.shipped $(SHIP)/run
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
-		bench_train_step.py; do \
+		bench_train_step.py bench_inference.py; do \
 		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:

@@ -137,7 +137,8 @@ def test_evaluate_writes_the_contract_json_and_extends_the_model_card(trained_ru
     assert not any(isinstance(v, float) and math.isnan(v) for v in result.values())
 
 
-def test_evaluate_on_another_manifest_and_usage_errors(trained_run, training_manifest, tmp_path, capsys):
+def test_evaluate_on_another_manifest_and_usage_errors(trained_run, training_manifest, tmp_path, capsys,
+                                                       monkeypatch):
     run, cache = trained_run
     from covidxr.data import load_manifest, save_manifest
 
@@ -148,7 +149,9 @@ def test_evaluate_on_another_manifest_and_usage_errors(trained_run, training_man
     out = capsys.readouterr().out
     assert "other-hospital / all" in out and "source-only baseline" in out
     assert (run / "evaluation" / "evaluate-other-hospital-all.json").is_file()
-    assert main(["evaluate", "--data", str(tmp_path / "other-hospital.csv")]) == 2
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--data", str(tmp_path / "other-hospital.csv"), "--cache", str(cache)]) == 0
+    assert (tmp_path / "evaluation-shipped-model" / "evaluate-other-hospital-all.json").is_file()
     assert main(["evaluate"]) == 2
     assert main(["evaluate", "--run", str(run), "--split", "holdout", "--cache", str(cache)]) == 2
 

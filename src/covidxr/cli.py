@@ -186,19 +186,26 @@ def cmd_weights_convert(args: argparse.Namespace) -> int:
 
 
 def _require_run(args: argparse.Namespace) -> Path:
-    if args.run is None:
-        if getattr(args, "data", None) is None:
-            raise UsageError(f"{args.command} without --data needs --run RUN")
-        raise UsageError("no model is shipped with this version yet: pass --run RUN")
-    return args.run
+    """--run, or the shipped model where the contract allows it (predict, explain, serve, --data)."""
+    if args.run is not None:
+        return args.run
+    if args.command in ("evaluate", "audit") and getattr(args, "data", None) is None:
+        raise UsageError(f"{args.command} without --data needs --run RUN (the shipped model has no test split here)")
+    from covidxr.models.shipped import shipped_run
+
+    return shipped_run()
+
+
+def _with_interval(figures: dict, key: str) -> str:
+    value, interval = figures.get(key), figures.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def _summary_line(result: dict) -> list[str]:
     def figure(key: str) -> str:
-        value, interval = result.get(key), result.get(f"{key}_ci")
-        if value is None:
-            return "n/a"
-        return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        return _with_interval(result, key)
 
     lines = [
         f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients, "
@@ -210,9 +217,8 @@ def _summary_line(result: dict) -> list[str]:
         lines.append("warning: which dataset an image comes from predicts the label about as well as the model "
                      "here; this figure measures the source at least as much as the disease")
     for source, figures in result["within_source"].items():
-        auc = figures["auc"]
         lines.append(f"within {source}: {figures['n_images']} images, {figures['n_patients']} patients, AUC "
-                     + ("n/a" if auc is None else f"{auc:.3f}"))
+                     + _with_interval(figures, "auc"))
     lines.append(f"at threshold {result['threshold']:.3f} ({result['threshold_rule']}): sensitivity "
                  f"{figure('sensitivity')}, specificity {figure('specificity')}, accuracy {figure('accuracy')}, "
                  f"F1 {figure('f1')}")
@@ -288,7 +294,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from covidxr.predict import expand_paths, load_model
 
-    predictor = load_model(args.run)
+    predictor = load_model(_require_run(args))
     paths = expand_paths(args.paths)
     if not paths:
         raise UsageError(f"no file found in {', '.join(map(str, args.paths))}")
@@ -325,7 +331,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from covidxr.serving.app import create_app
 
-    app = create_app(args.run)
+    app = create_app(_require_run(args))
     Console(stderr=True).print(f"covidxr serving on http://{args.host}:{args.port}/ (API docs at /docs); "
                                "not for clinical use", markup=False, highlight=False)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

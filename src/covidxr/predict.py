@@ -169,6 +169,6 @@ class Predictor:
 
 def load_model(run: str | Path | None = None) -> Predictor:
     """The model of run directory `run` (without one: the model shipped in the package)."""
-    if run is None:
-        raise UsageError("no model is shipped with this version yet: pass a run directory, load_model(run='RUN')")
-    return Predictor(load_run(run))
+    from covidxr.models.shipped import shipped_run
+
+    return Predictor(load_run(run if run is not None else shipped_run()))

@@ -185,11 +185,11 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
         "leave_one_site_out": leave_one_site_out(embeddings, rows, truth),
         "lung_field": {"rows": LUNG_ROWS, "columns": LUNG_COLUMNS, "border_band": BORDER_BAND},
     }
-    folder = run.run / "evaluation"
-    folder.mkdir(exist_ok=True)
+    folder = run.output_folder
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / f"audit-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     card_path = run.run / "model_card.json"
-    if card_path.is_file():
+    if card_path.is_file() and folder == run.run / "evaluation":
         card = json.loads(card_path.read_text())
         card.setdefault("audits", {})[name] = {
             key: result[key]["verdict"] for key in ("source_predictability", "occlusion", "leave_one_site_out")}

@@ -193,13 +193,13 @@ def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray,
     """JSON, plots and the model card; `scores` = (after, before) the temperature."""
     from covidxr.evaluation.plots import evaluation_plots
 
-    folder = run.run / "evaluation"
-    folder.mkdir(exist_ok=True)
+    folder = run.output_folder
+    folder.mkdir(parents=True, exist_ok=True)
     stem = f"evaluate-{name}-{split}"
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     evaluation_plots(truth, scores, rows["patient_id"], result, folder / stem)
     card_path = run.run / "model_card.json"
-    if card_path.is_file():
+    if card_path.is_file() and folder == run.run / "evaluation":
         card = json.loads(card_path.read_text())
         keys = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci",
                 "specificity", "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source")

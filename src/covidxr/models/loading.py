@@ -37,6 +37,13 @@ class RunModel:
         return float(self.contract["temperature"])
 
     @property
+    def output_folder(self) -> Path:
+        """Where evaluations are written: RUN/evaluation, or ./evaluation-shipped-model for the shipped model."""
+        from covidxr.models.shipped import is_shipped
+
+        return Path.cwd() / "evaluation-shipped-model" if is_shipped(self.run) else self.run / "evaluation"
+
+    @property
     def threshold(self) -> float:
         return float(self.contract["threshold"])
 
