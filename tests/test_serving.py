@@ -147,3 +147,26 @@ def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_pat
     assert errors == []
     assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
     assert 0.0 <= covid <= 1.0 and overlay_loaded
+
+
+def test_the_serve_command_answers_on_loopback(trained_run):
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "covidxr.cli", "serve", "--run", str(trained_run[0]),
+                               "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        deadline, answer = time.time() + 60, None
+        while time.time() < deadline and answer is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"file": ("c.png", _png())}, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answer == {"status": "ok"} and response.status_code == 200
