@@ -34,7 +34,7 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
         rows = manifest[manifest["split"] == "test"].head(count).reset_index(drop=True)
         report = prepare(rows, default_cache_root(), run.preprocessing)
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
-        images = CachedImages(rows.assign(label=rows["label"]), report.cache, run.classes)
+        images = CachedImages(rows, report.cache, run.classes)
         if len(images):
             return torch.stack([images[i][0] for i in range(len(images))]).float()
     except (OSError, CovidxrError, KeyError) as error:

@@ -48,7 +48,7 @@ def select_rows(manifest: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
         log.info("building the dataset here: task %s, balance %s, split %s, seed %d",
                  config.task, selection.balance, selection.split, config.seed)
         result = build([table], task=config.task, balance=balance, split=selection.split, seed=config.seed).manifest
-    if not len(find_leaks(result)) == 0:
+    if len(find_leaks(result)):
         raise CovidxrError("the training manifest has patients crossing splits; run `covidxr data check`")
     missing = [s for s in ("train", "val") if not (result["split"] == s).any()]
     if missing:
