@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -514,6 +515,9 @@ def _log_to(console: Console) -> None:
     if not root.handlers:
         root.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
         root.setLevel(logging.INFO)
+    # Lightning's banner lines (GPU/TPU availability, tips) add nothing to covidxr's own report.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*treespec.*is deprecated")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
