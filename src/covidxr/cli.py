@@ -18,6 +18,7 @@ from rich.console import Console
 
 from covidxr import __version__
 from covidxr.errors import CovidxrError, UsageError
+from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 stdout = Console(soft_wrap=True)
@@ -197,32 +198,22 @@ def _require_run(args: argparse.Namespace) -> Path:
     return shipped_run()
 
 
-def _with_interval(figures: dict, key: str) -> str:
-    value, interval = figures.get(key), figures.get(f"{key}_ci")
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def _summary_line(result: dict) -> list[str]:
-    def figure(key: str) -> str:
-        return _with_interval(result, key)
-
     lines = [
         f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients, "
         f"prevalence {result['prevalence']:.3f}",
-        f"model AUC {figure('auc')}  vs  source-only baseline AUC {figure('source_only_auc')}",
+        f"model AUC {format_estimate(result, 'auc')}  vs  source-only baseline AUC "
+        f"{format_estimate(result, 'source_only_auc')}",
     ]
-    baseline = result.get("source_only_auc")
-    if baseline is not None and result.get("auc") is not None and baseline >= result["auc"] - 0.05:
+    if source_explains_result(result):
         lines.append("warning: which dataset an image comes from predicts the label about as well as the model "
                      "here; this figure measures the source at least as much as the disease")
     for source, figures in result["within_source"].items():
         lines.append(f"within {source}: {figures['n_images']} images, {figures['n_patients']} patients, AUC "
-                     + _with_interval(figures, "auc"))
-    lines.append(f"at threshold {result['threshold']:.3f} ({result['threshold_rule']}): sensitivity "
-                 f"{figure('sensitivity')}, specificity {figure('specificity')}, accuracy {figure('accuracy')}, "
-                 f"F1 {figure('f1')}")
+                     + format_estimate(figures, "auc"))
+    at_threshold = ", ".join(f"{key} {format_estimate(result, key)}"
+                             for key in ("sensitivity", "specificity", "accuracy", "f1"))
+    lines.append(f"at threshold {result['threshold']:.3f} ({result['threshold_rule']}): {at_threshold}")
     lines.append(f"calibration: ECE {result['ece']:.3f} (before temperature {result['ece_before_temperature']:.3f}),"
                  f" Brier {result['brier']:.3f}; 95% CIs: {result['ci_method']}")
     return lines
@@ -250,9 +241,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _print_lines([
         f"audit of {result['data']}: {result['n_images']} images, {result['n_patients']} patients",
         f"1. origin: {result['source_predictability']['verdict']}",
-        f"2. occlusion: {occlusion['verdict']} (AUC all {_number(occlusion['auc'])}, lungs hidden "
-        f"{_number(occlusion['lungs_hidden']['auc'])}, lungs only {_number(occlusion['lungs_only']['auc'])}, "
-        f"borders only {_number(occlusion['borders_only']['auc'])})",
+        f"2. occlusion: {occlusion['verdict']} (AUC all {format_number(occlusion['auc'])}, "
+        + ", ".join(f"{name.replace('_', ' ')} {format_number(occlusion[name]['auc'])}"
+                    for name in ("lungs_hidden", "lungs_only", "borders_only")) + ")",
         f"3. leave-one-site-out: {result['leave_one_site_out']['verdict']}",
     ])
     return EXIT_OK
@@ -265,11 +256,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     result = cross_validate(load_recipe(args.config, args.set), args.data, args.out, args.folds, args.cache)
     if not result:
         return EXIT_OK
-    lines = [f"fold {f['fold']}: {f['n_images']} images, AUC {_number(f['auc'])}" for f in result["folds"]]
-    interval = result["pooled_out_of_fold_auc_ci"]
-    lines += [f"mean AUC {_number(result['mean']['auc'])} (sd {_number(result['sd']['auc'])}); pooled out-of-fold "
-              f"AUC {_number(result['pooled_out_of_fold_auc'])}"
-              + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""),
+    lines = [f"fold {f['fold']}: {f['n_images']} images, AUC {format_number(f['auc'])}" for f in result["folds"]]
+    lines += [f"mean AUC {format_number(result['mean']['auc'])} (sd {format_number(result['sd']['auc'])}); "
+              f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}",
               f"wrote {Path(args.out) / 'cv.json'} and one run per fold"]
     _print_lines(lines)
     return EXIT_OK
@@ -344,10 +333,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _print_lines([f"wrote {write_report(args.run, args.out, args.cache)}"])
     return EXIT_OK
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:

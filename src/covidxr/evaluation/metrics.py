@@ -106,3 +106,24 @@ def metrics_with_intervals(truth: np.ndarray, scores: np.ndarray, patients: pd.S
 
 def brier_score(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean((np.asarray(scores, float) - np.asarray(truth, float)) ** 2))
+
+
+SOURCE_MARGIN = 0.05
+
+
+def source_explains_result(result: dict) -> bool:
+    """True when the source-only baseline AUC comes within SOURCE_MARGIN of the model's (or beats it)."""
+    auc, baseline = result.get("auc"), result.get("source_only_auc")
+    return auc is not None and baseline is not None and baseline >= auc - SOURCE_MARGIN
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_estimate(figures: dict, key: str) -> str:
+    """'0.962 [0.926, 0.989]' from figures[key] and figures[key + '_ci']; 'n/a' when undefined."""
+    value, interval = figures.get(key), figures.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")

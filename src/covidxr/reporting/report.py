@@ -16,6 +16,7 @@ from covidxr.data.dataset import CachedImages
 from covidxr.data.manifest import load_dropped
 from covidxr.evaluation.audit import audit
 from covidxr.evaluation.evaluate import evaluate, model_probabilities
+from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result
 from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
 from covidxr.models.loading import RunModel, load_run
 from covidxr.training.rundir import NOT_FOR_CLINICAL_USE
@@ -33,16 +34,6 @@ def _png(path: Path) -> str:
            f'{base64.b64encode(path.read_bytes()).decode()}">'
 
 
-def _number(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _with_ci(result: dict, key: str) -> str:
-    interval = result.get(f"{key}_ci")
-    text = _number(result.get(key))
-    return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, border=0, escape=True, na_rep="")
 
@@ -53,11 +44,10 @@ def _cached(run: RunModel, name: str, compute) -> dict:
 
 
 def _headline(result: dict) -> str:
-    auc, baseline = result.get("auc"), result.get("source_only_auc")
     text = (f"<p>On the run's test split ({result['n_images']} images, {result['n_patients']} patients) the model "
-            f"reaches an AUC of <b>{_with_ci(result, 'auc')}</b>. Knowing only which dataset each image comes "
-            f"from gives an AUC of <b>{_with_ci(result, 'source_only_auc')}</b>.</p>")
-    if auc is not None and baseline is not None and baseline >= auc - 0.05:
+            f"reaches an AUC of <b>{format_estimate(result, 'auc')}</b>. Knowing only which dataset each image comes "
+            f"from gives an AUC of <b>{format_estimate(result, 'source_only_auc')}</b>.</p>")
+    if source_explains_result(result):
         text += ("<p class='verdict'>The source alone predicts the label about as well as the model: this headline "
                  "measures where the images come from at least as much as the disease. Read the within-source "
                  "figures and the audit below before believing it.</p>")
@@ -66,11 +56,11 @@ def _headline(result: dict) -> str:
 
 def _metrics_table(result: dict) -> str:
     keys = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
-    rows = [{"metric": k, "test (95% CI)": _with_ci(result, k),
-             "validation": _number((result.get("validation_at_threshold") or {}).get(k))} for k in keys]
+    rows = [{"metric": k, "test (95% CI)": format_estimate(result, k),
+             "validation": format_number((result.get("validation_at_threshold") or {}).get(k))} for k in keys]
     within = [{"subgroup": f"{kind} {name}", "images": f["n_images"], "patients": f["n_patients"],
-               "AUC (95% CI)": _with_ci(f, "auc"), "sensitivity": _number(f["sensitivity"]),
-               "specificity": _number(f["specificity"])}
+               "AUC (95% CI)": format_estimate(f, "auc"), "sensitivity": format_number(f["sensitivity"]),
+               "specificity": format_number(f["specificity"])}
               for kind in ("source", "site") for name, f in result[f"within_{kind}"].items()]
     return _table(pd.DataFrame(rows)) + ("<h3>Within each source / site holding both classes</h3>"
                                          + _table(pd.DataFrame(within)) if within else
@@ -146,8 +136,9 @@ def _cv_section(run: RunModel) -> str:
                 "-o DIR</code>, then copy <code>DIR/cv.json</code> to <code>RUN/evaluation/</code>.</p>")
     cv = json.loads(path.read_text())
     folds = pd.DataFrame(cv["folds"]).round(3)
-    return (f"<h2>Cross-validation</h2><p>Pooled out-of-fold AUC {_with_ci(cv, 'pooled_out_of_fold_auc')} over "
-            f"{cv['n_images']} images; mean AUC {_number(cv['mean']['auc'])} (sd {_number(cv['sd']['auc'])}). "
+    return (f"<h2>Cross-validation</h2><p>Pooled out-of-fold AUC {format_estimate(cv, 'pooled_out_of_fold_auc')} "
+            f"over {cv['n_images']} images; mean AUC {format_number(cv['mean']['auc'])} "
+            f"(sd {format_number(cv['sd']['auc'])}). "
             f"{html.escape(cv['note'])}.</p>" + _table(folds))
 
 
@@ -172,13 +163,13 @@ def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | 
         f" fitted on validation)</h2>", _metrics_table(result),
         f"<p>CIs: {html.escape(result['ci_method'])}.</p>",
         _png(folder / "evaluate-internal-test-curves.png"),
-        f"<p>Calibration: ECE {_number(result['ece'])} after temperature {run.temperature:.2f} "
-        f"(before {_number(result['ece_before_temperature'])}), Brier {_number(result['brier'])}.</p>",
+        f"<p>Calibration: ECE {format_number(result['ece'])} after temperature {run.temperature:.2f} "
+        f"(before {format_number(result['ece_before_temperature'])}), Brier {format_number(result['brier'])}.</p>",
         "<h3>Other thresholds (fitted on validation, applied to test)</h3>",
         _table(pd.DataFrame(result["thresholds"]).round(3)),
         "<h2>External data</h2>" + ("".join(
             f"<p>{html.escape(e['data'])} ({e['split']}): {e['n_images']} images, {e['n_patients']} patients, AUC "
-            f"{_with_ci(e, 'auc')}; source-only {_with_ci(e, 'source_only_auc')}</p>" for e in external)
+            f"{format_estimate(e, 'auc')}; source-only {format_estimate(e, 'source_only_auc')}</p>" for e in external)
             or "<p>None evaluated: run <code>covidxr evaluate --run RUN --data OTHER.csv</code>.</p>"),
         _cv_section(run),
         "<h2>Shortcut audit</h2>",

@@ -128,7 +128,7 @@ def _prepare_run(config: TrainConfig, manifest_path: Path, out: Path, resume: bo
         if stored != config:
             log.warning("--resume continues with the run's own config.yaml; the given recipe/--set are ignored")
         return stored, load_manifest(out / "manifest.csv")
-    if is_main_process() and (out / "model.json").exists() or (is_main_process() and (out / "config.yaml").exists()):
+    if is_main_process() and (out / "config.yaml").exists():
         raise UsageError(f"{out} already holds a run; choose another -o, or --resume to continue it")
     manifest = select_rows(load_manifest(manifest_path), config)
     if is_main_process():
