@@ -11,12 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from conftest import tiny_recipe_overrides
 from covidxr.cli import main
-from covidxr.evaluation.calibration import (
-    expected_calibration_error,
-    fit_temperature,
-    operating_threshold,
-    softmax,
-)
+from covidxr.evaluation.calibration import expected_calibration_error
 from covidxr.evaluation.evaluate import source_only
 from covidxr.evaluation.metrics import (
     at_prevalence,
@@ -26,6 +21,8 @@ from covidxr.evaluation.metrics import (
     metrics_with_intervals,
     patient_resamples,
 )
+from covidxr.runs import softmax_with_temperature
+from covidxr.training.calibration import fit_temperature, operating_threshold
 
 RNG = np.random.default_rng(0)
 TRUTH = RNG.random(300) < 0.3
@@ -88,8 +85,8 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
     logits = np.stack([np.zeros(2000), (truth * 2 - 1) * 1.0 + RNG.normal(0, 1.5, 2000)], axis=1) * 6
     temperature = fit_temperature(logits, truth)
     assert temperature > 2
-    assert expected_calibration_error(softmax(logits, temperature), truth) < \
-        0.5 * expected_calibration_error(softmax(logits), truth)
+    assert expected_calibration_error(softmax_with_temperature(logits, temperature), truth) < \
+        0.5 * expected_calibration_error(softmax_with_temperature(logits, 1.0), truth)
 
 
 def test_thresholds_by_rule():

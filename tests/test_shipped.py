@@ -7,8 +7,8 @@ import numpy as np
 import covidxr
 from conftest import lesion_image
 from covidxr.cli import main
-from covidxr.models.shipped import MAX_BYTES, shipped_run
-from covidxr.training.rundir import file_sha256
+from covidxr.models.shipped import MAX_BYTES
+from covidxr.runs import file_sha256, shipped_run
 
 
 def test_shipped_weights_match_their_metadata():

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from conftest import tiny_recipe_overrides
 from covidxr.cli import main
 from covidxr.config import load_recipe
+from covidxr.runs import file_sha256
 from covidxr.training import run as run_module
 from covidxr.training.callbacks import METRIC_COLUMNS
 from covidxr.training.run import train
-from covidxr.training.rundir import file_sha256
 
 MODEL_JSON_KEYS = {"format_version", "architecture", "classes", "preprocessing", "threshold", "threshold_rule",
                    "temperature", "weights_sha256", "data", "pretrained", "created"}

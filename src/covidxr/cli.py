@@ -1,4 +1,4 @@
-"""The `covidxr` command: thin over the library; parses, calls, prints (CONTRACTS.md § Command line).
+"""The `covidxr` command: thin over the library; parses, calls, prints (docs/reference.md, "Command line").
 
 Exit codes: 0 done; 1 failed or found what it checks for; 2 usage error; 3 done, some named inputs failed.
 Results go to stdout; progress and logs to stderr.
@@ -193,7 +193,7 @@ def _require_run(args: argparse.Namespace) -> Path:
         return args.run
     if args.command in ("evaluate", "audit") and getattr(args, "data", None) is None:
         raise UsageError(f"{args.command} without --data needs --run RUN (the shipped model has no test split here)")
-    from covidxr.models.shipped import shipped_run
+    from covidxr.runs import shipped_run
 
     return shipped_run()
 
@@ -298,8 +298,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": predictor.info, "predictions": [p.as_dict() for p in predictions]}, indent=2))
     elif not args.csv:
+        positive = predictor.run.positive_class
         for p in predictions:
-            text = f"{p.label} (P(covid) {p.probabilities['covid']:.3f})" if p.status == "ok" else f"error: {p.error}"
+            text = (f"{p.label} (P({positive}) {p.probabilities[positive]:.3f})" if p.status == "ok"
+                    else f"error: {p.error}")
             _print_lines([f"{p.path}: {text}" + (f"  [{'; '.join(p.warnings)}]" if p.warnings else "")])
     failed = sum(p.status != "ok" for p in predictions)
     summary = f"{len(predictions) - failed} predicted, {failed} failed" + (f"; wrote {args.csv}" if args.csv else "")

@@ -1,4 +1,4 @@
-"""Exception types the command line maps to exit codes (CONTRACTS.md § Command line)."""
+"""Exception types the command line maps to exit codes (docs/reference.md, "Exit codes")."""
 
 
 class CovidxrError(Exception):

@@ -15,6 +15,7 @@ import torch
 
 from covidxr.errors import CovidxrError
 from covidxr.models.loading import RunModel, load_run
+from covidxr.runs import default_cache_root
 
 log = logging.getLogger("covidxr.export")
 PARITY_TOLERANCE = 1e-4
@@ -26,7 +27,6 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
 
     from covidxr.data.cache import prepare
     from covidxr.data.dataset import CachedImages
-    from covidxr.training.run import default_cache_root
 
     size = run.preprocessing.size
     try:

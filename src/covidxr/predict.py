@@ -19,11 +19,9 @@ import torch
 from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import preprocess
 from covidxr.errors import UsageError
-from covidxr.evaluation.calibration import softmax
-from covidxr.evaluation.evaluate import predicted_classes
 from covidxr.models.loading import RunModel, load_run
 from covidxr.progress import progress_bar
-from covidxr.training.rundir import NOT_FOR_CLINICAL_USE
+from covidxr.runs import NOT_FOR_CLINICAL_USE, predicted_classes, shipped_run, softmax_with_temperature
 
 LOW_RESOLUTION = 256
 BATCH = 32
@@ -77,7 +75,7 @@ class Predictor:
         from covidxr.export import matching_onnx
 
         self.run = run
-        self.positive = run.classes.index("covid")
+        self.positive = run.positive_index
         self.onnx = matching_onnx(run)
         self._cam_lock = threading.Lock()
 
@@ -101,16 +99,16 @@ class Predictor:
         else:
             with torch.no_grad():
                 logits = self.run.model(torch.from_numpy(pixels)).numpy()
-        return softmax(logits, self.run.temperature)
+        return softmax_with_temperature(logits, self.run.temperature)
 
     def _finish(self, predictions: list[Prediction], pixels: list[np.ndarray]) -> None:
         if not predictions:
             return
         probabilities = self.probabilities(np.stack(pixels))
-        labels = predicted_classes(probabilities, self.run.threshold, self.positive)
+        labels = predicted_classes(probabilities, self.run.classes, self.run.positive_class, self.run.threshold)
         for prediction, row, label in zip(predictions, probabilities, labels):
             prediction.probabilities = {name: float(p) for name, p in zip(self.run.classes, row)}
-            prediction.label = self.run.classes[label]
+            prediction.label = str(label)
             prediction.threshold = self.run.threshold
 
     def predict(self, item: str | Path | np.ndarray) -> dict:
@@ -169,6 +167,4 @@ class Predictor:
 
 def load_model(run: str | Path | None = None) -> Predictor:
     """The model of run directory `run` (without one: the model shipped in the package)."""
-    from covidxr.models.shipped import shipped_run
-
     return Predictor(load_run(run if run is not None else shipped_run()))

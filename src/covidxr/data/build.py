@@ -65,7 +65,8 @@ def build(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
 ) -> BuildResult:
-    """Build a dataset from imported manifests (files, tables or ImportResults); CONTRACTS.md § Duplicates.
+    """Build a dataset from imported manifests (files, tables or ImportResults): label, filter, deduplicate,
+    balance and split as docs/reference.md describes ("Duplicates and splits").
 
     `balance=True` keeps the smallest class's count of images per class; an int keeps that many.
     """

@@ -1,4 +1,4 @@
-"""Exact and near-duplicate images (CONTRACTS.md § Duplicates).
+"""Exact and near-duplicate images (docs/reference.md, "Duplicates and splits").
 
 Exact: same file bytes (`sha256`) or same decoded pixels. Near: pHash Hamming distance at most
 `max_distance` *and* Pearson r of the two images as 64x64 grey at least `min_correlation`. pHash alone

@@ -1,4 +1,4 @@
-"""The finding -> label table, in one place (CONTRACTS.md § Labels).
+"""The finding -> label table, in one place (docs/reference.md, "Labels").
 
 Matching is case-insensitive on the whole (stripped) finding, except that any finding containing
 `COVID-19` takes the label of `COVID-19`. A finding the table does not list is never guessed: it has no
@@ -14,7 +14,8 @@ import yaml
 from covidxr.errors import UsageError
 
 TASKS = ("binary", "three-class")
-CLASSES = {"binary": ("non-covid", "covid"), "three-class": ("normal", "pneumonia", "covid")}
+POSITIVE_CLASS = "covid"
+CLASSES = {"binary": ("non-covid", POSITIVE_CLASS), "three-class": ("normal", "pneumonia", POSITIVE_CLASS)}
 COVID = "COVID-19"
 _PNEUMONIA = (
     "SARS", "MERS", "Pneumocystis", "Pneumonia", "Streptococcus", "Mycoplasma Bacterial Pneumonia", "Legionella",
@@ -24,8 +25,8 @@ _NORMAL = ("No Finding", "Normal")
 _NOT_PNEUMONIA = ("ARDS", "Lipoid")
 
 DEFAULT_TABLE: dict[str, dict[str, str]] = {
-    "binary": {COVID: "covid"} | {f: "non-covid" for f in _PNEUMONIA + _NORMAL + _NOT_PNEUMONIA},
-    "three-class": {COVID: "covid"} | {f: "pneumonia" for f in _PNEUMONIA} | {f: "normal" for f in _NORMAL},
+    "binary": {COVID: POSITIVE_CLASS} | {f: "non-covid" for f in _PNEUMONIA + _NORMAL + _NOT_PNEUMONIA},
+    "three-class": {COVID: POSITIVE_CLASS} | {f: "pneumonia" for f in _PNEUMONIA} | {f: "normal" for f in _NORMAL},
 }
 
 LabelTable = dict[str, dict[str, str]]

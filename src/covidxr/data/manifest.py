@@ -1,4 +1,4 @@
-"""The one table every stage reads and writes: one row per image occurrence (CONTRACTS.md § Manifest)."""
+"""The one table every stage reads and writes: one row per image occurrence (docs/reference.md, "Manifest")."""
 
 from __future__ import annotations
 

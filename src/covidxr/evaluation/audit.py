@@ -3,9 +3,8 @@
 1. Source predictability: a logistic regression on the model's own embeddings (grouped by patient,
    5-fold) predicts `source` and `site`. A high AUC means the images carry their origin.
 2. Occlusion: the model re-evaluated with the lung field hidden (replaced by mean grey), with only the
-   lung field kept, and with only an outer border band kept. The lung field is a fixed approximate
-   region of the prepared square image: rows 12%..82%, columns 12%..88% (both lungs in a centred frontal
-   radiograph). If the classes stay separable with the lungs hidden, the model uses shortcuts.
+   lung field kept, and with only an outer border band kept (the regions of `covidxr.data.regions`).
+   If the classes stay separable with the lungs hidden, the model uses shortcuts.
 3. Leave-one-site-out on the embeddings: a classifier fitted on the other sites, tested on each site
    that holds both classes; labels that come from a single site cannot be left out, and it says so.
 Each result has a one-line verdict.
@@ -13,7 +12,6 @@ Each result has a one-line verdict.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,37 +27,21 @@ from torch.utils.data import DataLoader
 
 from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
-from covidxr.evaluation.calibration import softmax
+from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask, lung_field_mask
 from covidxr.evaluation.evaluate import evaluation_rows
 from covidxr.evaluation.metrics import auc_or_none
 from covidxr.models.loading import RunModel, load_run
+from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
 
 log = logging.getLogger("covidxr.audit")
-LUNG_ROWS, LUNG_COLUMNS = (0.12, 0.82), (0.12, 0.88)
-BORDER_BAND = 0.10
 MIN_SITE_PATIENTS = 5
-
-
-def lung_mask(size: int) -> torch.Tensor:
-    """True inside the approximate lung field of a `size` x `size` prepared image."""
-    mask = torch.zeros(size, size, dtype=torch.bool)
-    top, bottom = (int(round(f * size)) for f in LUNG_ROWS)
-    left, right = (int(round(f * size)) for f in LUNG_COLUMNS)
-    mask[top:bottom, left:right] = True
-    return mask
-
-
-def border_mask(size: int) -> torch.Tensor:
-    band = max(1, int(round(BORDER_BAND * size)))
-    mask = torch.ones(size, size, dtype=torch.bool)
-    mask[band:-band, band:-band] = False
-    return mask
 
 
 @torch.no_grad()
 def _scores_and_embeddings(run: RunModel, images: CachedImages, keep: torch.Tensor | None):
-    """P(covid) per image and the pooled backbone embedding, with pixels outside `keep` set to mean grey."""
-    positive = run.classes.index("covid")
+    """P(positive class) per image and the pooled backbone embedding, with pixels outside `keep` set to mean
+    grey."""
+    positive = run.positive_index
     scores, embeddings = [], []
     for pixels, _ in DataLoader(images, batch_size=64):
         pixels = pixels.float()
@@ -67,7 +49,7 @@ def _scores_and_embeddings(run: RunModel, images: CachedImages, keep: torch.Tens
             pixels = torch.where(keep, pixels, pixels.mean(dim=(2, 3), keepdim=True))
         features = run.model.features(pixels)
         logits = run.model.head(features).numpy()
-        scores.append(softmax(logits, run.temperature)[:, positive])
+        scores.append(softmax_with_temperature(logits, run.temperature)[:, positive])
         embeddings.append(features.mean(dim=(2, 3)).numpy())
     return np.concatenate(scores), np.concatenate(embeddings)
 
@@ -119,10 +101,10 @@ def occlusion_results(truth, scores, hidden, lungs_only, borders_only) -> dict:
     return results
 
 
-def leave_one_site_out(embeddings: np.ndarray, rows: pd.DataFrame, truth: np.ndarray) -> dict:
+def leave_one_site_out(embeddings: np.ndarray, rows: pd.DataFrame, truth: np.ndarray, positive_class: str) -> dict:
     """Per site holding both classes: AUC on it of a classifier fitted on all other sites' embeddings."""
     results, notes = {}, []
-    for label, part in rows.assign(label_=np.where(truth, "covid", "other")).groupby("label_"):
+    for label, part in rows.assign(label_=np.where(truth, positive_class, "other")).groupby("label_"):
         sites = part.groupby("site")["patient_id"].nunique()
         enough = sites[sites >= MIN_SITE_PATIENTS]
         if len(enough) < 2:
@@ -162,18 +144,16 @@ def source_verdict(source_auc: float | None, site_auc: float | None) -> str:
 
 
 def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None) -> dict:
-    from covidxr.training.run import default_cache_root
-
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
     report = prepare(rows, Path(cache_root or default_cache_root()), run.preprocessing)
     rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     images = CachedImages(rows, report.cache, run.classes)
     size = run.preprocessing.size
-    truth = (rows["label"] == "covid").to_numpy()
+    truth = (rows["label"] == run.positive_class).to_numpy()
     scores, embeddings = _scores_and_embeddings(run, images, None)
-    variants = [_scores_and_embeddings(run, images, keep)[0]
-                for keep in (~lung_mask(size), lung_mask(size), border_mask(size))]
+    lungs, borders = torch.from_numpy(lung_field_mask(size)), torch.from_numpy(border_mask(size))
+    variants = [_scores_and_embeddings(run, images, keep)[0] for keep in (~lungs, lungs, borders)]
     source_auc = _grouped_auc(embeddings, rows["source"], rows["patient_id"])
     site_auc = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
     result = {
@@ -182,16 +162,12 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
         "source_predictability": {"source_auc": source_auc, "site_auc": site_auc,
                                   "verdict": source_verdict(source_auc, site_auc)},
         "occlusion": occlusion_results(truth, scores, *variants),
-        "leave_one_site_out": leave_one_site_out(embeddings, rows, truth),
+        "leave_one_site_out": leave_one_site_out(embeddings, rows, truth, run.positive_class),
         "lung_field": {"rows": LUNG_ROWS, "columns": LUNG_COLUMNS, "border_band": BORDER_BAND},
     }
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"audit-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    card_path = run.run / "model_card.json"
-    if card_path.is_file() and folder == run.run / "evaluation":
-        card = json.loads(card_path.read_text())
-        card.setdefault("audits", {})[name] = {
-            key: result[key]["verdict"] for key in ("source_predictability", "occlusion", "leave_one_site_out")}
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_json(folder / f"audit-{name}.json", result)
+    run.rundir.update_card("audits", name, {key: result[key]["verdict"]
+                                            for key in ("source_predictability", "occlusion", "leave_one_site_out")})
     return result

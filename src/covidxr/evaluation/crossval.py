@@ -10,7 +10,6 @@ are optimistic; the AUCs are threshold-free.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,9 @@ from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import model_probabilities
 from covidxr.evaluation.metrics import CI_METHOD, auc_or_none, binary_metrics, bootstrap_intervals
 from covidxr.models.loading import load_run
+from covidxr.runs import default_cache_root, write_json
 from covidxr.training.data import select_rows
+from covidxr.training.run import train
 
 FOLD_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1")
 
@@ -43,8 +44,6 @@ def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int) -> p
 
 def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Path, folds: int | None = None,
                    cache_root: str | Path | None = None) -> dict:
-    from covidxr.training.run import default_cache_root, train
-
     out = Path(out)
     rows = development_folds(select_rows(load_manifest(manifest_path), config), folds, config.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +58,8 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
         model = load_run(run)
         held_out, _, probabilities = model_probabilities(model, manifest[manifest["split"] == "val"].reset_index(
             drop=True), Path(cache_root or default_cache_root()))
-        truth = (held_out["label"] == "covid").to_numpy()
-        scores = probabilities[:, model.classes.index("covid")]
+        truth = (held_out["label"] == model.positive_class).to_numpy()
+        scores = probabilities[:, model.positive_index]
         figures = binary_metrics(truth, scores, model.threshold)
         per_fold.append({"fold": fold, "n_images": int(len(held_out)),
                          "n_patients": int(held_out["patient_id"].nunique()),
@@ -79,7 +78,7 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
         "ci_method": CI_METHOD,
         "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
     }
-    (out / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "cv.json", result)
     return result
 
 

@@ -1,9 +1,9 @@
 """`covidxr evaluate`: a run's model on its test split or on any other manifest, with patient-level
-bootstrap CIs, calibration, within-source figures and the source-only baseline (CONTRACTS.md § Outputs)."""
+bootstrap CIs, calibration, within-source figures and the source-only baseline (docs/reference.md,
+"Outputs")."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from covidxr.data.dataset import CachedImages
 from covidxr.data.labels import label_for
 from covidxr.data.manifest import load_manifest
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.evaluation.calibration import expected_calibration_error, operating_threshold, softmax
+from covidxr.evaluation.calibration import expected_calibration_error
 from covidxr.evaluation.metrics import (
     CI_METHOD,
     at_prevalence,
@@ -26,11 +26,16 @@ from covidxr.evaluation.metrics import (
     confusion,
     metrics_with_intervals,
 )
+from covidxr.evaluation.plots import evaluation_plots
 from covidxr.models.inference import predict_logits
 from covidxr.models.loading import RunModel, load_run
+from covidxr.runs import default_cache_root, predicted_classes, softmax_with_temperature, write_json
+from covidxr.training.calibration import operating_threshold
 
 log = logging.getLogger("covidxr.evaluate")
 SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
+CARD_KEYS = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci", "specificity",
+             "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source")
 
 
 def _labelled(manifest: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
@@ -74,7 +79,7 @@ def model_probabilities(
         log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     logits, _ = predict_logits(run.model, CachedImages(rows, report.cache, run.classes))
-    return rows, logits, softmax(logits, run.temperature)
+    return rows, logits, softmax_with_temperature(logits, run.temperature)
 
 
 def _subgroups(rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray, threshold: float, by: str,
@@ -117,17 +122,16 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
              prevalence: float | None = None, cache_root: str | Path | None = None,
              resamples: int = 1000, seed: int = 0) -> dict:
     """The contract's evaluation object; also written to RUN/evaluation/evaluate-<data>-<split>.json."""
-    from covidxr.training.run import default_cache_root
-
     if prevalence is not None and not 0 < prevalence < 1:
         raise UsageError(f"--prevalence {prevalence}: must be between 0 and 1")
     run = load_run(run_dir)
     cache_root = Path(cache_root or default_cache_root())
     rows, name, split = evaluation_rows(run, Path(data) if data else None, split)
     rows, logits, probabilities = model_probabilities(run, rows, cache_root)
-    positive = run.classes.index("covid")
-    truth = (rows["label"] == "covid").to_numpy()
+    positive = run.positive_index
+    truth = (rows["label"] == run.positive_class).to_numpy()
     scores = probabilities[:, positive]
+    untempered = softmax_with_temperature(logits, 1.0)[:, positive]
     threshold = run.threshold
     result = {
         "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
@@ -136,10 +140,10 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
         "threshold": threshold, "threshold_rule": run.contract["threshold_rule"],
         "confusion_matrix": confusion(truth, scores, threshold),
         "ece": expected_calibration_error(np.stack([1 - scores, scores], 1), truth.astype(int)),
-        "ece_before_temperature": expected_calibration_error(
-            np.stack([1 - softmax(logits)[:, positive], softmax(logits)[:, positive]], 1), truth.astype(int)),
+        "ece_before_temperature": expected_calibration_error(np.stack([1 - untempered, untempered], 1),
+                                                             truth.astype(int)),
         "brier": brier_score(truth, scores),
-        "brier_before_temperature": brier_score(truth, softmax(logits)[:, positive]),
+        "brier_before_temperature": brier_score(truth, untempered),
         "within_source": _subgroups(rows, truth, scores, threshold, "source", resamples, seed),
         "within_site": _subgroups(rows, truth, scores, threshold, "site", resamples, seed),
         "ci_method": CI_METHOD,
@@ -152,29 +156,23 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     if data is None and split != "val":
         val_rows, _, _ = evaluation_rows(run, None, "val")
         val_rows, _, val_probabilities = model_probabilities(run, val_rows, cache_root)
-        validation = ((val_rows["label"] == "covid").to_numpy(), val_probabilities[:, positive])
+        validation = ((val_rows["label"] == run.positive_class).to_numpy(), val_probabilities[:, positive])
         result["validation_at_threshold"] = binary_metrics(*validation, threshold)
     result["thresholds"] = threshold_table(validation, truth, scores, threshold, result["threshold_rule"])
     if len(run.classes) > 2:
-        result |= multiclass_figures(rows, probabilities, run.classes, threshold, positive, resamples, seed)
-    _save(run, result, rows, truth, (scores, softmax(logits)[:, positive]), name, split)
+        result |= multiclass_figures(rows, probabilities, run.classes, threshold, run.positive_class, resamples,
+                                     seed)
+    _save(run, result, rows, truth, (scores, untempered), name, split)
     return result
 
 
-def predicted_classes(probabilities: np.ndarray, threshold: float, positive: int) -> np.ndarray:
-    """The positive class when its probability reaches the threshold, else the likeliest other class."""
-    others = probabilities.copy()
-    others[:, positive] = -1
-    return np.where(probabilities[:, positive] >= threshold, positive, others.argmax(axis=1))
-
-
 def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str], threshold: float,
-                       positive: int, resamples: int, seed: int) -> dict:
-    predicted = predicted_classes(probabilities, threshold, positive)
+                       positive_class: str, resamples: int, seed: int) -> dict:
+    predicted = predicted_classes(probabilities, classes, positive_class, threshold)
     per_class = {}
     for index, name in enumerate(classes):
         truth = (rows["label"] == name).to_numpy()
-        called = predicted == index
+        called = predicted == name
         figures = binary_metrics(truth, called.astype(float), 0.5)
         auc = auc_or_none(truth, probabilities[:, index])
         interval = bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], probabilities[r, index])},
@@ -191,17 +189,9 @@ def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: l
 def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray,
           scores: tuple[np.ndarray, np.ndarray], name: str, split: str) -> None:
     """JSON, plots and the model card; `scores` = (after, before) the temperature."""
-    from covidxr.evaluation.plots import evaluation_plots
-
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"evaluate-{name}-{split}"
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(folder / f"{stem}.json", result)
     evaluation_plots(truth, scores, rows["patient_id"], result, folder / stem)
-    card_path = run.run / "model_card.json"
-    if card_path.is_file() and folder == run.run / "evaluation":
-        card = json.loads(card_path.read_text())
-        keys = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci",
-                "specificity", "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source")
-        card.setdefault("evaluations", {})[f"{name}-{split}"] = {k: result[k] for k in keys}
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+    run.rundir.update_card("evaluations", f"{name}-{split}", {k: result[k] for k in CARD_KEYS})

@@ -17,8 +17,8 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from torch import nn  # noqa: E402
 
+from covidxr.data.regions import lung_field_box, lung_field_mask  # noqa: E402
 from covidxr.errors import UsageError  # noqa: E402
-from covidxr.evaluation.audit import LUNG_COLUMNS, LUNG_ROWS, lung_mask  # noqa: E402
 from covidxr.models.classifier import Classifier  # noqa: E402
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
@@ -47,16 +47,14 @@ def heatmaps(model: Classifier, pixels: torch.Tensor, class_index: int, method: 
 def lung_heat_share(heatmap: np.ndarray) -> float:
     """Share of the map's total heat inside the approximate lung field."""
     total = float(heatmap.sum())
-    return float(heatmap[lung_mask(heatmap.shape[0]).numpy()].sum() / total) if total > 0 else 0.0
+    return float(heatmap[lung_field_mask(heatmap.shape[0])].sum() / total) if total > 0 else 0.0
 
 
 def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str) -> None:
-    size = pixels.shape[0]
     axis.imshow(pixels, cmap="gray", vmin=0, vmax=255)
     axis.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    top, bottom = (f * size for f in LUNG_ROWS)
-    left, right = (f * size for f in LUNG_COLUMNS)
-    axis.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white",
+    top, bottom, left, right = lung_field_box(pixels.shape[0])
+    axis.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="white",
                              linestyle="--", linewidth=0.8))
     axis.set_title(title, fontsize=8)
     axis.set_axis_off()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,57 +9,67 @@ from safetensors.torch import load_file
 
 from covidxr.config import ModelSpec
 from covidxr.data.preprocess import Preprocessing
-from covidxr.errors import CovidxrError, UsageError
 from covidxr.models.classifier import Classifier, build_classifier
-from covidxr.training.rundir import file_sha256
+from covidxr.runs import ModelContract, RunDir
 
 
 @dataclass
 class RunModel:
     """A classifier with everything needed to use it as trained."""
 
-    run: Path
+    rundir: RunDir
     model: Classifier
-    contract: dict
+    model_json: ModelContract
+
+    @property
+    def run(self) -> Path:
+        return self.rundir.root
+
+    @property
+    def contract(self) -> dict:
+        """model.json as written."""
+        return self.model_json.content
 
     @property
     def classes(self) -> list[str]:
-        return list(self.contract["classes"])
+        return self.model_json.classes
+
+    @property
+    def positive_class(self) -> str:
+        return self.model_json.positive_class
+
+    @property
+    def positive_index(self) -> int:
+        return self.model_json.positive_index
 
     @property
     def preprocessing(self) -> Preprocessing:
         fields = Preprocessing.model_fields
-        return Preprocessing(**{k: v for k, v in self.contract["preprocessing"].items() if k in fields})
+        return Preprocessing(**{k: v for k, v in self.model_json.preprocessing.items() if k in fields})
 
     @property
     def temperature(self) -> float:
-        return float(self.contract["temperature"])
-
-    @property
-    def output_folder(self) -> Path:
-        """Where evaluations are written: RUN/evaluation, or ./evaluation-shipped-model for the shipped model."""
-        from covidxr.models.shipped import is_shipped
-
-        return Path.cwd() / "evaluation-shipped-model" if is_shipped(self.run) else self.run / "evaluation"
+        return self.model_json.temperature
 
     @property
     def threshold(self) -> float:
-        return float(self.contract["threshold"])
+        return self.model_json.threshold
+
+    @property
+    def output_folder(self) -> Path:
+        """Where evaluations are written (see RunDir.evaluation)."""
+        return self.rundir.evaluation
 
 
 def load_run(run: str | Path) -> RunModel:
     """Load a run's model, checking that its weights are the ones `model.json` describes."""
-    run = Path(run)
-    contract_path, weights = run / "model.json", run / "model.safetensors"
-    if not contract_path.is_file() or not weights.is_file():
-        raise UsageError(f"{run}: not a finished run (needs model.json and model.safetensors)")
-    contract = json.loads(contract_path.read_text())
-    if file_sha256(weights) != contract["weights_sha256"]:
-        raise CovidxrError(f"{weights}: its sha256 differs from model.json's weights_sha256; the run was altered")
-    architecture = contract["architecture"]
+    rundir = RunDir(run)
+    contract = rundir.read_contract()
+    rundir.check_weights(contract)
+    architecture = contract.architecture
     kwargs = architecture["kwargs"]
     spec = ModelSpec(name=architecture["name"], head=kwargs["head"], in_chans=kwargs["in_chans"],
                      dropout=kwargs["dropout"], pretrained="none")
-    model, _ = build_classifier(spec, kwargs["num_classes"], int(contract["preprocessing"]["size"]))
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    return RunModel(run, model.eval(), contract)
+    model, _ = build_classifier(spec, kwargs["num_classes"], contract.image_size)
+    model.load_state_dict(load_file(str(rundir.weights)), strict=True)
+    return RunModel(rundir, model.eval(), contract)

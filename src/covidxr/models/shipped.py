@@ -1,4 +1,5 @@
-"""The model shipped inside the package (`covidxr/shipped/`), used when no `--run` is given.
+"""Packaging a run as the model shipped inside the package (`covidxr/shipped/`, located by
+`covidxr.runs.shipped_dir`), which predict, explain, serve and evaluate/audit with --data use without --run.
 
 `python -m covidxr.models.shipped RUN` packages a finished, evaluated and audited run: weights stored as
 float16 safetensors (under 25 MB), `model.json` with the hash of that file, and the run's model card with
@@ -7,55 +8,37 @@ its evaluation and audit figures. `make default-model` trains, evaluates, audits
 
 from __future__ import annotations
 
-import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from covidxr.errors import CovidxrError, UsageError
-from covidxr.training.rundir import file_sha256
+from covidxr.errors import CovidxrError
+from covidxr.runs import RunDir, file_sha256, shipped_dir
 
 MAX_BYTES = 25 * 1024 * 1024
 
 
-def shipped_dir() -> Path:
-    return Path(str(resources.files("covidxr") / "shipped"))
-
-
-def shipped_run() -> Path:
-    """The shipped model's folder; a usage error when this installation has none."""
-    folder = shipped_dir()
-    if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise UsageError(f"no model is shipped in this installation ({folder}): pass --run RUN, or create it with "
-                         "`make default-model`")
-    return folder
-
-
-def is_shipped(run: Path) -> bool:
-    return Path(run).resolve() == shipped_dir().resolve()
-
-
 def package_run(run: str | Path, target: Path | None = None) -> Path:
     """Copy a run into the package as the shipped model (float16 weights)."""
-    run, target = Path(run), target or shipped_dir()
-    card = json.loads((run / "model_card.json").read_text())
+    source, shipped = RunDir(run), RunDir(target or shipped_dir())
+    contract = source.read_contract().content
+    card = source.read_card()
     missing = [key for key in ("evaluations", "audits") if key not in card]
     if missing:
-        raise CovidxrError(f"{run}: run `covidxr evaluate` and `covidxr audit` first (model card lacks {missing})")
-    full = load_file(str(run / "model.safetensors"))
+        raise CovidxrError(f"{source.root}: run `covidxr evaluate` and `covidxr audit` first (model card lacks "
+                           f"{missing})")
+    full = load_file(str(source.weights))
     tensors = {key: value.half() if value.is_floating_point() else value for key, value in full.items()}
-    target.mkdir(parents=True, exist_ok=True)
-    weights = target / "model.safetensors"
-    save_file(tensors, str(weights))
-    if weights.stat().st_size > MAX_BYTES:
-        raise CovidxrError(f"{weights}: {weights.stat().st_size:,} bytes is over the {MAX_BYTES:,}-byte limit")
-    contract = json.loads((run / "model.json").read_text())
-    contract.update(weights_sha256=file_sha256(weights), weights_dtype="float16", shipped_from=run.name)
-    (target / "model.json").write_text(json.dumps(contract, indent=2) + "\n")
-    (target / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    return target
+    shipped.root.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(shipped.weights))
+    size = shipped.weights.stat().st_size
+    if size > MAX_BYTES:
+        raise CovidxrError(f"{shipped.weights}: {size:,} bytes is over the {MAX_BYTES:,}-byte limit")
+    shipped.write_contract({**contract, "weights_sha256": file_sha256(shipped.weights), "weights_dtype": "float16",
+                            "shipped_from": source.root.name})
+    shipped.write_card(card)
+    return shipped.root
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from covidxr.evaluation.evaluate import evaluate, model_probabilities
 from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result
 from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
 from covidxr.models.loading import RunModel, load_run
-from covidxr.training.rundir import NOT_FOR_CLINICAL_USE
+from covidxr.runs import NOT_FOR_CLINICAL_USE, default_cache_root, read_json
 
 GALLERY_PER_CLASS, TOP_LOSSES = 4, 6
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -39,8 +39,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def _cached(run: RunModel, name: str, compute) -> dict:
-    path = run.run / "evaluation" / name
-    return json.loads(path.read_text()) if path.is_file() else compute()
+    path = run.output_folder / name
+    return read_json(path) if path.is_file() else compute()
 
 
 def _headline(result: dict) -> str:
@@ -68,11 +68,11 @@ def _metrics_table(result: dict) -> str:
 
 
 def _data_section(run: RunModel) -> str:
-    manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(run.rundir.manifest, dtype=str, keep_default_na=False)
     crossed = pd.crosstab([manifest["source"], manifest["label"]], manifest["split"], margins=True,
                           margins_name="total").reset_index()
     crossed.columns.name = None
-    dropped = load_dropped(run.run / "manifest.csv")
+    dropped = load_dropped(run.rundir.manifest)
     drops = dropped["reason"].value_counts().rename_axis("reason").reset_index(name="rows") if len(dropped) else None
     groups = manifest.loc[manifest["dup_group"] != "", "dup_group"].value_counts()
     licences = manifest["license"].value_counts().rename_axis("licence").reset_index(name="images")
@@ -84,11 +84,11 @@ def _data_section(run: RunModel) -> str:
 
 
 def _explanations(run: RunModel, cache_root: Path, folder: Path) -> str:
-    manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(run.rundir.manifest, dtype=str, keep_default_na=False)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     rows, _, probabilities = model_probabilities(run, test, cache_root)
     cache = prepare(rows, cache_root, run.preprocessing).cache
-    positive = run.classes.index("covid")
+    positive = run.positive_index
     truth = rows["label"].map(run.classes.index).to_numpy()
     rng = np.random.default_rng(0)
     chosen = np.concatenate([rng.permutation(np.flatnonzero(truth == k))[:GALLERY_PER_CLASS]
@@ -103,8 +103,8 @@ def _explanations(run: RunModel, cache_root: Path, folder: Path) -> str:
         pixels = torch.stack([images[i][0] for i in range(len(images))])
         maps = heatmaps(run.model, pixels.float(), positive)
         shares = [lung_heat_share(m) for m in maps]
-        titles = [f"true {rows['label'].iloc[i]}, P(covid) {probabilities[i, positive]:.2f}\nheat in lungs {s:.0%}"
-                  for i, s in zip(indices, shares)]
+        titles = [f"true {rows['label'].iloc[i]}, P({run.positive_class}) {probabilities[i, positive]:.2f}\n"
+                  f"heat in lungs {s:.0%}" for i, s in zip(indices, shares)]
         out = gallery(pixels[:, 0].numpy(), maps, titles, folder / f"{title.split()[0].lower()}.png")
         sections.append(f"<h3>{html.escape(title)}</h3><p>Mean share of Grad-CAM heat inside the approximate lung "
                         f"field: {np.mean(shares):.0%}.</p>{_png(out)}")
@@ -117,7 +117,7 @@ def _model_card(card: dict) -> str:
         ("Intended use", card.get("intended_use", "")),
         ("Source of data", ", ".join(f"{k} ({v} images)" for k, v in data.get("sources", {}).items())),
         ("Participants", f"{data.get('images')} images of {data.get('patients')} patients; split by patient"),
-        ("Outcome", "label from the published finding (label table in CONTRACTS / README)"),
+        ("Outcome", "label from the published finding (label table in docs/reference.md)"),
         ("Model", f"{card['model']['architecture']} with head {card['model']['head']}, pretrained: "
                   f"{card['model']['pretrained']}, transfer: {card['model']['transfer']}"),
         ("Operating point", json.dumps(card.get("operating_point", {}))),
@@ -130,11 +130,11 @@ def _model_card(card: dict) -> str:
 
 
 def _cv_section(run: RunModel) -> str:
-    path = run.run / "evaluation" / "cv.json"
+    path = run.output_folder / "cv.json"
     if not path.is_file():
         return ("<h2>Cross-validation</h2><p>Not run for this model: <code>covidxr cv --config RECIPE --data MANIFEST "
                 "-o DIR</code>, then copy <code>DIR/cv.json</code> to <code>RUN/evaluation/</code>.</p>")
-    cv = json.loads(path.read_text())
+    cv = read_json(path)
     folds = pd.DataFrame(cv["folds"]).round(3)
     return (f"<h2>Cross-validation</h2><p>Pooled out-of-fold AUC {format_estimate(cv, 'pooled_out_of_fold_auc')} "
             f"over {cv['n_images']} images; mean AUC {format_number(cv['mean']['auc'])} "
@@ -143,22 +143,20 @@ def _cv_section(run: RunModel) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | None = None) -> Path:
-    from covidxr.training.run import default_cache_root
-
     run = load_run(run_dir)
     cache_root = Path(cache_root or default_cache_root())
     result = _cached(run, "evaluate-internal-test.json", lambda: evaluate(run.run, cache_root=cache_root))
     audited = _cached(run, "audit-internal.json", lambda: audit(run.run, cache_root=cache_root))
-    external = [json.loads(p.read_text()) for p in sorted((run.run / "evaluation").glob("evaluate-*.json"))
+    folder = run.output_folder
+    external = [read_json(p) for p in sorted(folder.glob("evaluate-*.json"))
                 if not p.name.startswith("evaluate-internal-")]
-    card = json.loads((run.run / "model_card.json").read_text())
-    folder = run.run / "evaluation"
+    card = run.rundir.read_card()
     parts = [
         f"<h1>covidxr report: {html.escape(run.run.name)}</h1>",
         f"<p class='banner'>{html.escape(NOT_FOR_CLINICAL_USE)}</p>",
         "<h2>The model against the source-only baseline</h2>", _headline(result),
         _data_section(run),
-        "<h2>Training</h2>" + (_png(run.run / "curves.png") if (run.run / "curves.png").is_file() else ""),
+        "<h2>Training</h2>" + (_png(run.rundir.curves) if run.rundir.curves.is_file() else ""),
         f"<h2>Metrics at the operating threshold {result['threshold']:.3f} ({html.escape(result['threshold_rule'])},"
         f" fitted on validation)</h2>", _metrics_table(result),
         f"<p>CIs: {html.escape(result['ci_method'])}.</p>",

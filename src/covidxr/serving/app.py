@@ -1,4 +1,4 @@
-"""`covidxr serve`: the REST API and the web page (CONTRACTS.md § HTTP service).
+"""`covidxr serve`: the REST API and the web page (docs/reference.md, "HTTP service").
 
 The model is loaded once. Uploads are read with a size limit, written only to a private temporary
 folder for decoding, and deleted before the answer is sent. Every bad request gets a 4xx JSON error

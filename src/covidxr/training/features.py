@@ -30,12 +30,13 @@ def backbone_features(model: Classifier, images: CachedImages, batch_size: int =
     was_training = model.training
     model.eval()
     chunks = []
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False)
-    with progress_bar() as bar:
-        task = bar.add_task("backbone features", total=len(images))
-        for pixels, _ in loader:
-            chunks.append(model.features(pixels).to(torch.float16))
-            bar.advance(task, len(pixels))
-    images.transform = transform
-    model.train(was_training)
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("backbone features", total=len(images))
+            for pixels, _ in DataLoader(images, batch_size=batch_size, shuffle=False):
+                chunks.append(model.features(pixels).to(torch.float16))
+                bar.advance(task, len(pixels))
+    finally:
+        images.transform = transform
+        model.train(was_training)
     return FeatureSet(torch.cat(chunks), images.targets)

@@ -11,13 +11,12 @@ from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES
 from covidxr.data.manifest import load_manifest
 from covidxr.models.classifier import build_classifier
+from covidxr.runs import default_cache_root
 from covidxr.training.data import ensure_cache, loader, select_rows, split_datasets
 from covidxr.training.module import LitClassifier
 
 
 def find_learning_rate(config: TrainConfig, manifest_path, out: Path, cache_root=None) -> tuple[float, Path]:
-    from covidxr.training.run import default_cache_root
-
     L.seed_everything(config.seed, workers=True, verbose=False)
     manifest = select_rows(load_manifest(manifest_path), config)
     datasets = split_datasets(manifest, ensure_cache(manifest, cache_root or default_cache_root(), config), config)

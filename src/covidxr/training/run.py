@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -12,34 +13,25 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset
 
 from covidxr.config import TrainConfig, validated
-from covidxr.data.labels import CLASSES
+from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
-from covidxr.evaluation.calibration import fit_temperature, operating_threshold, softmax
 from covidxr.models.classifier import Classifier, build_classifier
 from covidxr.models.inference import predict_logits
+from covidxr.runs import RunDir, default_cache_root, softmax_with_temperature, write_json
+from covidxr.training.calibration import fit_temperature, operating_threshold
 from covidxr.training.callbacks import EpochCsv
 from covidxr.training.data import class_weights, ensure_cache, loader, select_rows, split_datasets
 from covidxr.training.features import backbone_features
 from covidxr.training.module import LitClassifier
-from covidxr.training.rundir import (
-    environment,
-    model_card,
-    model_contract,
-    plot_curves,
-    random_frozen_backbone,
-    write_json,
-)
+from covidxr.training.rundir import environment, model_card, model_contract, plot_curves, random_frozen_backbone
 
 log = logging.getLogger("covidxr.train")
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "covidxr" / "pixels"
 
 
 def is_main_process() -> bool:
@@ -76,20 +68,27 @@ def _trainer(
     return trainer, best
 
 
-Calibration = tuple[nn.Module, Dataset]
+@dataclass(frozen=True)
+class StageResult:
+    """A finished stage: `scorer` applied to `validation` gives the validation logits that the temperature and
+    threshold are fitted on (the head on cached backbone features after head-only training, else the whole
+    model on validation images). `main_process` is False in DDP worker processes, which stop there."""
+
+    scorer: nn.Module
+    validation: Dataset
+    main_process: bool = True
 
 
-def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, config: TrainConfig, out: Path,
-               offset: int, resume: bool) -> Calibration | None:
-    """Train one stage. Returns what to fit temperature and threshold with (the head on cached validation
-    features after head-only training, else the model on validation images); None in DDP workers."""
-    stage_dir = out / "checkpoints" / stage
+def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, config: TrainConfig, run: RunDir,
+               offset: int, resume: bool) -> StageResult:
+    """Train one stage (`head`: the head on frozen backbone features; `full`: the whole model)."""
+    stage_dir = run.checkpoints / stage
     finished = stage_dir / "final.safetensors"
     target = model.head if stage == "head" else model
     if resume and finished.is_file():
         target.load_state_dict(load_file(str(finished)))
         log.info("stage %s already finished: loaded %s", stage, finished)
-        return model, datasets["val"]
+        return StageResult(model, datasets["val"])
     if stage == "head":
         model.backbone.requires_grad_(False)
         if random_frozen_backbone(config):
@@ -105,45 +104,45 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         config.optimisation.label_smoothing, weights if config.optimisation.class_balance == "weights" else None,
         config.transfer.backbone_lr_factor if config.transfer.mode == "two-stage" and stage == "full" else 1.0,
     )
-    trainer, best = _trainer(config, stage_dir, epochs, EpochCsv(out / "metrics.csv", offset))
+    trainer, best = _trainer(config, stage_dir, epochs, EpochCsv(run.metrics, offset))
     last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
                 ckpt_path=str(last) if resume and last.is_file() else None)
     if not trainer.is_global_zero:
-        return None
+        return StageResult(target, val_set, main_process=False)
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     save_file({k: v.contiguous() for k, v in target.state_dict().items()}, str(finished))
     model.backbone.requires_grad_(True)
-    return (model.head, val_set) if stage == "head" else (model, val_set)
+    return StageResult(target, val_set)
 
 
-def _prepare_run(config: TrainConfig, manifest_path: Path, out: Path, resume: bool) -> tuple[TrainConfig, pd.DataFrame]:
-    config_path = out / "config.yaml"
+def _prepare_run(config: TrainConfig, manifest_path: Path, run: RunDir,
+                 resume: bool) -> tuple[TrainConfig, pd.DataFrame]:
     if resume:
-        if not config_path.is_file():
-            raise UsageError(f"--resume: {out} holds no run to continue (no config.yaml)")
-        stored = validated(TrainConfig, yaml.safe_load(config_path.read_text()), str(config_path))
+        if not run.config.is_file():
+            raise UsageError(f"--resume: {run.root} holds no run to continue (no config.yaml)")
+        stored = validated(TrainConfig, yaml.safe_load(run.config.read_text()), str(run.config))
         if stored != config:
             log.warning("--resume continues with the run's own config.yaml; the given recipe/--set are ignored")
-        return stored, load_manifest(out / "manifest.csv")
-    if is_main_process() and (out / "config.yaml").exists():
-        raise UsageError(f"{out} already holds a run; choose another -o, or --resume to continue it")
+        return stored, load_manifest(run.manifest)
+    if is_main_process() and run.config.exists():
+        raise UsageError(f"{run.root} already holds a run; choose another -o, or --resume to continue it")
     manifest = select_rows(load_manifest(manifest_path), config)
     if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        save_manifest(manifest, out / "manifest.csv")
-        save_dropped(load_dropped(manifest_path), out / "manifest.csv")
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        save_manifest(manifest, run.manifest)
+        save_dropped(load_dropped(manifest_path), run.manifest)
     return config, manifest
 
 
 def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache_root: str | Path | None = None,
           resume: bool = False) -> Path | None:
     """Train a recipe on a manifest into run directory `out`; returns it (None in DDP worker processes)."""
-    out = Path(out)
-    config, manifest = _prepare_run(config, Path(manifest_path), out, resume)
+    run = RunDir(out)
+    config, manifest = _prepare_run(config, Path(manifest_path), run, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     cache = ensure_cache(manifest, cache_root or default_cache_root(), config)
     model, report = build_classifier(config.model, len(CLASSES[config.task]), config.preprocessing.size)
@@ -151,42 +150,35 @@ def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache
         for line in report.lines():
             log.info("weights %s: %s", config.model.weights, line)
     datasets = split_datasets(manifest, cache, config)
-    offset, calibration = 0, None
+    offset, result = 0, None
     for stage, epochs in _stages(config):
-        calibration = _run_stage(stage, epochs, model, datasets, config, out, offset, resume)
-        if calibration is None:
+        result = _run_stage(stage, epochs, model, datasets, config, run, offset, resume)
+        if not result.main_process:
             return None
-        offset = int(pd.read_csv(out / "metrics.csv")["epoch"].max()) + 1 if (out / "metrics.csv").is_file() else 0
-    return finish_run(model, calibration, manifest, config, out)
+        offset = int(pd.read_csv(run.metrics)["epoch"].max()) + 1 if run.metrics.is_file() else 0
+    return finish_run(model, result, manifest, config, run)
 
 
-def finish_run(model: Classifier, calibration: Calibration, manifest: pd.DataFrame, config: TrainConfig,
-               out: Path) -> Path:
+def finish_run(model: Classifier, stage: StageResult, manifest: pd.DataFrame, config: TrainConfig,
+               run: RunDir) -> Path:
     """Fit temperature and threshold on validation, write weights and the run's JSON files and plots."""
-    classes = CLASSES[config.task]
-    positive = classes.index("covid")
-    logits, targets = predict_logits(*calibration)
+    positive = CLASSES[config.task].index(POSITIVE_CLASS)
+    logits, targets = predict_logits(stage.scorer, stage.validation)
     temperature = fit_temperature(logits, targets)
-    probabilities = softmax(logits, temperature)
+    probabilities = softmax_with_temperature(logits, temperature)
     threshold = operating_threshold(probabilities[:, positive], targets == positive, config.threshold.rule,
                                     config.threshold.target)
-    weights = out / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    contract = model_contract(config, weights, temperature, threshold, manifest)
-    write_json(out / "model.json", contract)
-    write_json(out / "env.json", environment(config))
-    from sklearn.metrics import roc_auc_score
-
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run.weights))
+    contract = model_contract(config, run.weights, temperature, threshold, manifest)
+    run.write_contract(contract)
+    write_json(run.env, environment(config))
     positives = targets == positive
     auc = float(roc_auc_score(positives, probabilities[:, positive])) if 0 < positives.sum() < len(positives) else None
-    validation_figures = {"split": "val", "images": int(len(targets)), "auc_covid_vs_rest": auc,
+    validation_figures = {"split": "val", "images": int(len(targets)), f"auc_{POSITIVE_CLASS}_vs_rest": auc,
                           "note": "validation figures chose the checkpoint and threshold: optimistic"}
-    write_json(out / "model_card.json", model_card(config, contract, validation_figures))
-    if (out / "metrics.csv").is_file():
-        plot_curves(out / "metrics.csv", out / "curves.png")
-    log.info("validation AUC (covid vs rest) %s; threshold %.3f (%s); temperature %.2f",
+    run.write_card(model_card(config, contract, validation_figures))
+    if run.metrics.is_file():
+        plot_curves(run.metrics, run.curves)
+    log.info("validation AUC (%s vs rest) %s; threshold %.3f (%s); temperature %.2f", POSITIVE_CLASS,
              "n/a" if auc is None else f"{auc:.3f}", threshold, contract["threshold_rule"], temperature)
-    return out
-
-
-
+    return run.root

@@ -1,10 +1,9 @@
-"""What a run directory holds besides weights: model.json (the inference contract), env.json,
-model_card.json and curves.png (CONTRACTS.md § Run directory)."""
+"""What training writes into a run directory besides the weights: the content of model.json (the
+inference contract), env.json, model_card.json and curves.png (docs/reference.md, "Run directory").
+Where they go and how they are read is `covidxr.runs`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -17,19 +16,9 @@ import pandas as pd
 import torch
 
 from covidxr.config import TrainConfig
-from covidxr.data.labels import CLASSES
+from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD
-
-FORMAT_VERSION = 1
-NOT_FOR_CLINICAL_USE = "Research and teaching only. Not for clinical use: not a medical device, not validated."
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256
 
 
 def data_provenance(manifest: pd.DataFrame) -> dict:
@@ -61,7 +50,7 @@ def model_contract(config: TrainConfig, weights: Path, temperature: float, thres
             "head": config.model.head, "in_chans": config.model.in_chans, "dropout": config.model.dropout,
             "num_classes": len(CLASSES[config.task])}},
         "classes": list(CLASSES[config.task]),
-        "positive_class": "covid",
+        "positive_class": POSITIVE_CLASS,
         "preprocessing": {
             "decode": "covidxr.data.imageio.read_grayscale: 2-D uint8, 0=black; >8-bit scaled by own min..max; "
                       "DICOM modality+VOI LUT, MONOCHROME1 inverted",
@@ -128,10 +117,6 @@ def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
             "Data licences include non-commercial and no-derivatives terms where listed above.",
         ],
     }
-
-
-def write_json(path: Path, content: dict) -> None:
-    path.write_text(json.dumps(content, indent=2, default=str) + "\n")
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:

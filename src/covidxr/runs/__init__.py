@@ -1,0 +1,27 @@
+"""The run directory and the inference contract: the bottom layer every model-using stage reads.
+
+    >>> from covidxr.runs import RunDir
+    >>> contract = RunDir("out/run").read_contract()
+    >>> contract.positive_class, contract.threshold, contract.temperature
+"""
+
+from covidxr.runs.inference import predicted_classes, softmax_with_temperature
+from covidxr.runs.rundir import (
+    FORMAT_VERSION,
+    NOT_FOR_CLINICAL_USE,
+    ModelContract,
+    RunDir,
+    default_cache_root,
+    file_sha256,
+    is_shipped,
+    read_json,
+    shipped_dir,
+    shipped_run,
+    write_json,
+)
+
+__all__ = [
+    "FORMAT_VERSION", "NOT_FOR_CLINICAL_USE", "ModelContract", "RunDir", "default_cache_root", "file_sha256",
+    "is_shipped", "predicted_classes", "read_json", "shipped_dir", "shipped_run", "softmax_with_temperature",
+    "write_json",
+]

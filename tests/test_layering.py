@@ -1,0 +1,137 @@
+"""The import graph runs down the pipeline only, and holds no cycle.
+
+Every `import` in src/covidxr (at module level or inside a function) is read with `ast`. An import of a
+module in a higher layer fails, and so does any import cycle: a function-level import cannot hide one.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidxr"
+# The pipeline order, bottom first. A module belongs to the entry naming it or its longest named parent;
+# `covidxr` itself (the package's __init__, which re-exports load_model) is matched exactly.
+LAYERS = [
+    ("covidxr.errors", "covidxr.progress"),
+    ("covidxr.data", "covidxr.config", "covidxr.recipes"),
+    ("covidxr.runs",),
+    ("covidxr.models",),
+    ("covidxr.lungs",),
+    ("covidxr.training",),
+    ("covidxr.evaluation",),
+    ("covidxr.explain", "covidxr.reporting"),
+    ("covidxr.predict", "covidxr.export", "covidxr.serving", "covidxr.dicom"),
+    ("covidxr.cli", "covidxr"),
+]
+LEAN_RUNS_IMPORTS = {"numpy", "pandas", "pydantic"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> int:
+    if module == "covidxr":
+        return len(LAYERS) - 1
+    candidates = [module] + [module.rsplit(".", k)[0] for k in range(1, module.count("."))]
+    for candidate in candidates:
+        for rank, names in enumerate(LAYERS):
+            if candidate in names and candidate != "covidxr":
+                return rank
+    raise AssertionError(f"{module} has no layer: add it (or its package) to LAYERS in tests/test_layering.py")
+
+
+def imported_names(path: Path, source: str | None = None) -> list[tuple[str, int]]:
+    """(absolute module name, line) of every import in a file (or in `source`, read as that file);
+    `from a import b` names a.b when b is a module of this package, else a."""
+    own = module_name(path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source, str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}".rstrip(".")
+            for alias in node.names:
+                found.append((f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base, node.lineno))
+    return found
+
+
+def own_imports(path: Path) -> list[tuple[str, int]]:
+    return sorted({(name, line) for name, line in imported_names(path)
+                   if name == "covidxr" or name.startswith("covidxr.")}, key=lambda item: item[1])
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        layer(module)
+
+
+def test_no_import_runs_up_the_pipeline():
+    upward = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} (layer {layer(target)} > {layer(module)})"
+              for module, path in MODULES.items() for target, line in own_imports(path)
+              if layer(target) > layer(module)]
+    assert not upward, "imports that run up the pipeline:\n" + "\n".join(upward)
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {module: {target for target, _ in own_imports(path) if target != module and target in MODULES}
+             for module, path in MODULES.items()}
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return trail + [module, target]
+            if target not in state and (cycle := visit(target, trail + [module])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module, [])
+            assert cycle is None, "import cycle: " + " -> ".join(cycle[cycle.index(cycle[-1]):])
+
+
+def test_the_runs_package_imports_only_the_standard_library_numpy_pandas_and_pydantic():
+    allowed = set(sys.stdlib_module_names) | LEAN_RUNS_IMPORTS
+    for module, path in MODULES.items():
+        if module == "covidxr.runs" or module.startswith("covidxr.runs."):
+            for target, line in imported_names(path):
+                top = target.split(".")[0]
+                if top == "covidxr":
+                    assert target in ("covidxr.errors",) or target.startswith("covidxr.runs") \
+                        or target.startswith("covidxr.data"), f"{path.name}:{line} imports {target}"
+                else:
+                    assert top in allowed, f"{path.name}:{line} imports {target}"
+
+
+def test_importing_the_runs_package_loads_no_heavy_library():
+    heavy = ["torch", "lightning", "sklearn", "matplotlib", "timm", "onnxruntime", "scipy"]
+    code = f"import sys, covidxr.runs; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from covidxr.training.run import train\n", ["covidxr.training.run"]),
+    ("def f():\n    from covidxr.evaluation import audit\n", ["covidxr.evaluation.audit"]),
+    ("from covidxr import __version__\n", ["covidxr"]),
+    ("from . import metrics\n", ["covidxr.evaluation.metrics"]),
+])
+def test_imports_are_found_at_any_depth(source, expected):
+    assert [name for name, _ in imported_names(PACKAGE / "evaluation" / "example.py", source)] == expected

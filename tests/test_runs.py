@@ -1,0 +1,155 @@
+"""The run directory and the inference contract (covidxr.runs) and the fixed image regions."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from covidxr.data.regions import border_mask, lung_field_box, lung_field_mask
+from covidxr.errors import CovidxrError, UsageError
+from covidxr.runs import (
+    RunDir,
+    default_cache_root,
+    file_sha256,
+    predicted_classes,
+    shipped_dir,
+    shipped_run,
+    softmax_with_temperature,
+    write_json,
+)
+from covidxr.runs import rundir as rundir_module
+
+CONTRACT = {"architecture": {"name": "resnet18", "kwargs": {}}, "classes": ["non-covid", "covid"],
+            "positive_class": "covid", "preprocessing": {"size": 32}, "threshold": 0.4, "threshold_rule": "youden",
+            "temperature": 1.5, "weights_sha256": "0" * 64}
+
+
+def finished_run(root, **changes):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.safetensors").write_bytes(b"weights")
+    write_json(root / "model.json", {**CONTRACT, "weights_sha256": file_sha256(root / "model.safetensors"),
+                                     **changes})
+    return RunDir(root)
+
+
+def test_softmax_with_temperature_matches_scipy_and_flattens_with_a_higher_temperature():
+    logits = np.array([[2.0, -1.0, 0.5], [1000.0, 999.0, -1000.0]])
+    for temperature in (0.5, 1.0, 3.0):
+        assert np.allclose(softmax_with_temperature(logits, temperature), softmax(logits / temperature, axis=1))
+    assert softmax_with_temperature(logits, 3.0)[0].max() < softmax_with_temperature(logits, 1.0)[0].max()
+    with pytest.raises(UsageError, match="temperature 0"):
+        softmax_with_temperature(logits, 0)
+
+
+def test_predicted_classes_binary_follow_the_threshold_on_the_positive_class():
+    probabilities = np.array([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
+    labels = predicted_classes(probabilities, ["non-covid", "covid"], "covid", 0.4)
+    assert labels.tolist() == ["non-covid", "covid", "covid"]
+    flipped = predicted_classes(probabilities, ["non-covid", "covid"], "non-covid", 0.65)
+    assert flipped.tolist() == ["non-covid", "covid", "covid"]
+
+
+def test_predicted_classes_three_class_call_the_positive_class_at_the_threshold_else_the_likeliest_other():
+    classes = ["normal", "pneumonia", "covid"]
+    probabilities = np.array([[0.5, 0.2, 0.3], [0.1, 0.45, 0.45], [0.2, 0.3, 0.5], [0.05, 0.15, 0.8]])
+    assert predicted_classes(probabilities, classes, "covid", 0.6).tolist() == \
+        ["normal", "pneumonia", "pneumonia", "covid"]
+    assert predicted_classes(probabilities, classes, "covid", 0.25).tolist() == ["covid", "covid", "covid", "covid"]
+
+
+def test_predicted_classes_reject_a_positive_class_or_a_shape_that_does_not_fit():
+    with pytest.raises(UsageError, match="'covid'.*'normal', 'other'"):
+        predicted_classes(np.full((1, 2), 0.5), ["normal", "other"], "covid", 0.5)
+    with pytest.raises(UsageError, match=r"\(images, 3\)"):
+        predicted_classes(np.full((2, 2), 0.5), ["normal", "pneumonia", "covid"], "covid", 0.5)
+
+
+def test_a_run_directory_names_its_files(tmp_path):
+    run = RunDir(str(tmp_path))
+    assert run.model_json == tmp_path / "model.json" and run.weights == tmp_path / "model.safetensors"
+    assert run.model_card.name == "model_card.json" and run.onnx.name == "model.onnx"
+    assert run.manifest.name == "manifest.csv" and run.config.name == "config.yaml"
+    assert run.checkpoints == tmp_path / "checkpoints" and run.evaluation == tmp_path / "evaluation"
+    assert not run.is_finished() and not run.is_shipped
+
+
+def test_the_contract_is_read_with_its_positive_class_and_checked(tmp_path):
+    run = finished_run(tmp_path / "run", classes=["normal", "pneumonia", "covid"], positive_class="pneumonia")
+    contract = run.read_contract()
+    assert (contract.positive_class, contract.positive_index) == ("pneumonia", 1)
+    assert contract.threshold == 0.4 and contract.temperature == 1.5 and contract.image_size == 32
+    run.check_weights(contract)
+    (run.weights).write_bytes(b"other weights")
+    with pytest.raises(CovidxrError, match="model.safetensors: its sha256 differs"):
+        run.check_weights(contract)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "model.json: not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({k: v for k, v in CONTRACT.items() if k != "positive_class"}), "lacks positive_class"),
+    (json.dumps({**CONTRACT, "positive_class": "flu"}), "positive_class 'flu' is not one of the classes"),
+    (json.dumps({**CONTRACT, "threshold": "high"}), r"wrong type for threshold \(str\)"),
+    (json.dumps({**CONTRACT, "temperature": 0}), "temperature 0 must be above 0"),
+    (json.dumps({**CONTRACT, "threshold": 1.5}), r"threshold 1.5 is not a probability"),
+])
+def test_a_malformed_model_json_is_an_error_naming_the_file_and_the_problem(tmp_path, content, message):
+    run = finished_run(tmp_path / "run")
+    run.model_json.write_text(content)
+    with pytest.raises(CovidxrError, match=message) as caught:
+        run.read_contract()
+    assert str(run.model_json) in str(caught.value)
+
+
+def test_an_unfinished_run_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="not a finished run"):
+        RunDir(tmp_path).read_contract()
+
+
+def test_update_card_changes_one_entry_and_keeps_the_rest(tmp_path):
+    run = finished_run(tmp_path / "run")
+    run.write_card({"intended_use": "teaching", "evaluations": {"internal-test": {"auc": 0.9}}})
+    assert run.update_card("evaluations", "other-all", {"auc": 0.7})
+    assert run.update_card("audits", "internal", {"occlusion": "fine"})
+    assert run.read_card() == {"intended_use": "teaching", "audits": {"internal": {"occlusion": "fine"}},
+                               "evaluations": {"internal-test": {"auc": 0.9}, "other-all": {"auc": 0.7}}}
+    assert not RunDir(tmp_path / "no-card").update_card("audits", "internal", {})
+
+
+def test_the_shipped_model_is_not_written_to_and_evaluates_into_the_working_folder(tmp_path, monkeypatch):
+    shipped = tmp_path / "package" / "shipped"
+    finished_run(shipped).write_card({"intended_use": "teaching"})
+    monkeypatch.setattr(rundir_module, "shipped_dir", lambda: shipped)
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(shipped_run())
+    assert run.is_shipped and run.evaluation == tmp_path / "evaluation-shipped-model"
+    assert not run.update_card("evaluations", "x-all", {"auc": 0.5})
+    assert run.read_card() == {"intended_use": "teaching"}
+    shutil.rmtree(shipped)
+    with pytest.raises(UsageError, match="no model is shipped.*--run RUN"):
+        shipped_run()
+
+
+def test_the_package_ships_a_model_whose_contract_reads(tmp_path):
+    contract = RunDir(shipped_dir()).read_contract()
+    assert contract.positive_class == "covid" and contract.classes == ["non-covid", "covid"]
+
+
+def test_file_sha256_and_the_default_cache_root(tmp_path, monkeypatch):
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 3_000_000)
+    assert file_sha256(path) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    assert default_cache_root() == tmp_path / "cache-home" / "covidxr" / "pixels"
+
+
+def test_the_lung_field_and_border_regions():
+    mask = lung_field_mask(100)
+    assert lung_field_box(100) == (12, 82, 12, 88) and mask.sum() == 70 * 76
+    assert mask[50, 50] and not mask[5, 50] and not mask[50, 95]
+    border = border_mask(100)
+    assert border[0, 50] and border[99, 99] and not border[50, 50] and border.sum() == 100 * 100 - 80 * 80
+    assert border_mask(4).sum() == 12
