@@ -11,6 +11,7 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import load_file, save_file
+from timm.models import adapt_input_conv
 from torch import nn
 
 from covidxr.errors import CovidxrError, UsageError
@@ -84,10 +85,10 @@ def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
 
 
 def _adapt_first_conv(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """RGB conv weights -> grey (sum over input channels), as timm does for in_chans=1."""
+    """RGB conv weights -> the model's input channels with timm's `adapt_input_conv` (summed for grey)."""
     if tensor.ndim == 4 and target.ndim == 4 and tensor.shape[0] == target.shape[0] \
-            and tensor.shape[2:] == target.shape[2:] and tensor.shape[1] == 3 and target.shape[1] == 1:
-        return tensor.sum(dim=1, keepdim=True)
+            and tensor.shape[2:] == target.shape[2:] and tensor.shape[1] == 3:
+        return adapt_input_conv(target.shape[1], tensor)
     return None
 
 
