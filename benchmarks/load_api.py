@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from _common import machine, shared_manifests
+from _common import DATA, machine
 
 REQUESTS, CONCURRENCY, TIME_LIMIT, HEALTH_EVERY = 200, 50, 300, 0.05
 
@@ -48,8 +48,10 @@ def percentiles(seconds: list[float]) -> str:
 def main() -> None:
     if len(sys.argv) > 2:
         sys.exit("usage: python load_api.py [RUN]")
-    cohen, _ = shared_manifests()
-    payloads = [(Path(p).name, Path(p).read_bytes()) for p in cohen["path"].head(20)]
+    images = sorted((DATA / "covid-chestxray-dataset" / "images").glob("*.jp*g"))[:20]
+    if not images:
+        sys.exit(f"shared data not found in {DATA}; set DATA=dir")
+    payloads = [(path.name, path.read_bytes()) for path in images]
     port = free_port()
     run = ["--run", sys.argv[1]] if len(sys.argv) == 2 else []
     server = subprocess.Popen([sys.executable, "-m", "covidxr.cli", "serve", *run, "--port", str(port)],

@@ -3,7 +3,8 @@
 
 `python -m covidxr.models.shipped RUN` packages a finished, evaluated and audited run: weights stored as
 float16 safetensors (under 25 MB), `model.json` with the hash of that file, and the run's model card with
-its evaluation and audit figures. `make default-model` trains, evaluates, audits and packages it.
+its evaluation and audit figures. The previous model's `model.onnx` is removed; `covidxr export` of the
+shipped folder writes the new one (`make default-model` trains, evaluates, audits, packages and exports).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def package_run(run: str | Path, target: Path | None = None) -> Path:
     full = load_file(str(source.weights))
     tensors = {key: value.half() if value.is_floating_point() else value for key, value in full.items()}
     shipped.root.mkdir(parents=True, exist_ok=True)
+    shipped.onnx.unlink(missing_ok=True)
     save_file(tensors, str(shipped.weights))
     size = shipped.weights.stat().st_size
     if size > MAX_BYTES:
