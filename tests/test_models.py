@@ -121,7 +121,7 @@ def test_imagenet_offline_and_uncached_says_what_to_do(tmp_path, monkeypatch):
         imagenet_backbone("resnet18", in_chans=1)
     message = str(error.value)
     assert "timm/resnet18.a1_in1k/model.safetensors" in message and str(tmp_path / "hub") in message
-    assert "--set model.weights=FILE.safetensors" in message and "--set model.pretrained=none" in message
+    assert "model.weights=FILE.safetensors" in message and "model.pretrained=none" in message
 
 
 def test_imagenet_weights_come_from_timms_cache_when_present(tmp_path, monkeypatch):

@@ -35,10 +35,11 @@ def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int) -> p
     if folds is None:
         if development["fold"].notna().all():
             return development
-        raise UsageError("the manifest has no folds: pass --folds K (or build it with `data build --folds K`)")
+        raise UsageError("the manifest has no folds: give a number of folds (or build it with `data build --folds K`)",
+                         "folds")
     units = split_units(development)
     if not 2 <= folds <= units.nunique():
-        raise UsageError(f"--folds {folds}: must be between 2 and the {units.nunique()} patient units available")
+        raise UsageError(f"must be between 2 and the {units.nunique()} patient units available", "folds", folds)
     return development.assign(fold=grouped_folds(development["label"], units, folds, seed))
 
 

@@ -60,7 +60,7 @@ def evaluation_rows(run: RunModel, data: Path | None, split: str | None) -> tupl
         manifest, name = load_manifest(data), Path(data).stem
     if split is not None and (manifest["split"] != "").any():
         if split not in set(manifest["split"]):
-            raise UsageError(f"--split {split!r}: the manifest has splits {sorted(set(manifest['split']) - {''})}")
+            raise UsageError(f"the manifest has splits {sorted(set(manifest['split']) - {''})}", "split", split)
         manifest = manifest[manifest["split"] == split]
     else:
         split = "all"
@@ -123,7 +123,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
              resamples: int = 1000, seed: int = 0) -> dict:
     """The contract's evaluation object; also written to RUN/evaluation/evaluate-<data>-<split>.json."""
     if prevalence is not None and not 0 < prevalence < 1:
-        raise UsageError(f"--prevalence {prevalence}: must be between 0 and 1")
+        raise UsageError("must be between 0 and 1", "prevalence", prevalence)
     run = load_run(run_dir)
     cache_root = Path(cache_root or default_cache_root())
     rows, name, split = evaluation_rows(run, Path(data) if data else None, split)

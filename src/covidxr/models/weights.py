@@ -75,10 +75,10 @@ def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
     if not _hub_reachable():
         raise WeightsUnavailable(
             f"ImageNet weights for {name} are not available here: {hub_id}/{filename} is not in the Hugging Face "
-            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached. Either (1) pass a local file with "
-            f"--set model.weights=FILE.safetensors (on a machine with internet: python -c \"import timm; "
+            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached. Either (1) set the recipe key "
+            f"model.weights=FILE.safetensors to a local file (on a machine with internet: python -c \"import timm; "
             f"timm.create_model('{name}', pretrained=True)\" fills that cache, which you can copy here), or "
-            f"(2) train from scratch with --set model.pretrained=none."
+            f"(2) train from scratch with model.pretrained=none."
         )
     return timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans)
 
