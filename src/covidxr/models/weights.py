@@ -4,12 +4,14 @@ safetensors files, and `.pth` -> `.safetensors` conversion. Foreign pickles are 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -102,7 +104,7 @@ def load_weights(module: nn.Module, path: str | Path) -> LoadReport:
         raise UsageError(f"{path}: weights file not found")
     try:
         tensors = load_file(str(path))
-    except Exception as error:
+    except (SafetensorError, OSError) as error:
         raise CovidxrError(f"{path}: not a readable safetensors file ({error})") from None
     own = module.state_dict()
     report = LoadReport(loaded=0)
@@ -133,7 +135,7 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> int:
         content = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{source}: file not found") from None
-    except Exception as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:  # measured: what torch.load raises
         raise CovidxrError(f"{source}: not a plain tensor checkpoint; refused to unpickle it ({error})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):
