@@ -7,9 +7,19 @@ DATA ?= $(if $(wildcard ../shared/data/covid-chestxray-dataset/metadata.csv),../
 OUT ?= out/demo
 SHIP := out/default-model
 
-.PHONY: install test demo data bench default-model clean
+# Debian packages the tests use: Chromium opens the HTML report and the service's page headless.
+SYSTEM_PACKAGES := chromium
 
-install: $(VENV)/.installed
+.PHONY: install system-deps system-packages test demo data bench default-model clean
+
+install: system-deps $(VENV)/.installed
+
+# Installs the missing SYSTEM_PACKAGES with apt-get as root; otherwise names them (the tests that need them skip).
+system-deps:
+	@.ci/apt-packages $(SYSTEM_PACKAGES) || echo "covidxr: continuing without them; the tests that need them skip"
+
+system-packages:
+	@echo $(SYSTEM_PACKAGES)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
