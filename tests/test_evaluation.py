@@ -300,3 +300,21 @@ def test_every_interval_and_band_of_an_evaluation_comes_from_one_bootstrap(train
     result = evaluate(run, cache_root=cache, resamples=40, seed=7)
     assert set(used) == {(40, 7)} and len(used) >= 4, "CIs, subgroups, source-only and the curve bands"
     assert result["ci_method"].startswith("percentile bootstrap over patients, 40 resamples (seed 7), 95%")
+
+
+def test_audit_command_prints_the_three_verdicts_and_json(trained_run, capsys):
+    run, cache = trained_run
+    assert main(["audit", "--run", str(run), "--cache", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    saved = json.loads((run / "evaluation" / "audit-internal.json").read_text())
+    occlusion = saved["occlusion"]
+    assert lines[0] == f"audit of internal: {saved['n_images']} images, {saved['n_patients']} patients"
+    assert lines[1] == f"1. origin: {saved['source_predictability']['verdict']}"
+    assert lines[2].startswith(f"2. occlusion: {occlusion['verdict']} (AUC all ")
+    assert f"lungs hidden {occlusion['lungs_hidden']['auc']:.3f}" in lines[2] and "borders only" in lines[2]
+    assert lines[3] == f"3. leave-one-site-out: {saved['leave_one_site_out']['verdict']}"
+    assert saved["n_images"] == 72 and len(lines) == 4
+    assert main(["audit", "--run", str(run), "--cache", str(cache), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == saved
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["audits"]["internal"]["occlusion"] == occlusion["verdict"]

@@ -39,7 +39,7 @@ def find_learning_rate(config: TrainConfig, manifest_path, out: Path, cache_root
 
 def plot_range_test(rates: list[float], losses: list[float], suggestion: float | None, title: str) -> Figure:
     """Smoothed training loss against the learning rate (log scale), the suggestion marked, as Lightning draws it
-    (its own `plot` goes through pyplot's global state)."""
+    (its own `plot` draws through matplotlib's global figure manager)."""
     figure = Figure(figsize=(6, 4))
     axis = figure.subplots()
     axis.plot(rates, losses)
