@@ -36,7 +36,7 @@ def test_full_training_writes_the_contract_run_directory(tmp_path, training_mani
     contract = json.loads((run / "model.json").read_text())
     assert MODEL_JSON_KEYS <= set(contract)
     assert contract["weights_sha256"] == file_sha256(run / "model.safetensors")
-    assert contract["classes"] == ["non-covid", "covid"] and contract["pretrained"] == "none"
+    assert contract["classes"] == ["non-covid", "covid"] and contract["pretrained"] == {"source": "none"}
     assert 0 < contract["threshold"] <= 1 and contract["temperature"] > 0
     assert contract["preprocessing"]["size"] == 32 and contract["data"]["images"] == 72
     metrics = pd.read_csv(run / "metrics.csv")

@@ -13,15 +13,34 @@ import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.models import adapt_input_conv
 from torch import nn
 
 from covidxr.errors import CovidxrError, UsageError
+from covidxr.runs import file_sha256
 
 HUB_HOST = "huggingface.co"
 
 
 class WeightsUnavailable(CovidxrError):
     """Pretrained weights that are neither cached nor downloadable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The file a backbone's weights came from, and who provided it: what `model.json` `pretrained` records."""
+
+    source: str
+    """imagenet | torchxrayvision | file"""
+    path: Path
+    package: str | None = None
+    version: str | None = None
+    provider: str | None = None
+
+    def provenance(self) -> dict:
+        described = {"source": self.source, "file": self.path.name, "sha256": file_sha256(self.path)}
+        extra = {"package": self.package, "version": self.version, "provider": self.provider}
+        return described | {key: value for key, value in extra.items() if value is not None}
 
 
 @dataclass
@@ -45,7 +64,7 @@ class LoadReport:
         return lines
 
 
-def _hub_file(name: str) -> tuple[str, str]:
+def hub_file(name: str) -> tuple[str, str]:
     """(Hugging Face repo, file) of timm's default pretrained weights for `name`."""
     config = timm.models.get_pretrained_cfg(name)
     if config is None or not config.hf_hub_id:
@@ -63,12 +82,22 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def cached_hub_weights(name: str) -> WeightsFile | None:
+    """timm's ImageNet weights file for `name` in the local Hugging Face cache, if there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id, filename = hub_file(name)
+    cached = try_to_load_from_cache(hub_id, filename)
+    return WeightsFile(source="imagenet", path=Path(cached), provider=f"timm hub {hub_id}") \
+        if isinstance(cached, str) else None
+
+
 def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
     """timm's ImageNet weights for `name` from the local cache, else the hub; fails fast when offline."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    hub_id, filename = _hub_file(name)
+    hub_id, filename = hub_file(name)
     cached = try_to_load_from_cache(hub_id, filename)
     if isinstance(cached, str):
         overlay = {"file": cached}
@@ -86,10 +115,10 @@ def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
 
 
 def _adapt_first_conv(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """RGB conv weights -> grey (sum over input channels), as timm does for in_chans=1."""
+    """RGB conv weights -> the model's input channels with timm's `adapt_input_conv` (summed for grey)."""
     if tensor.ndim == 4 and target.ndim == 4 and tensor.shape[0] == target.shape[0] \
-            and tensor.shape[2:] == target.shape[2:] and tensor.shape[1] == 3 and target.shape[1] == 1:
-        return tensor.sum(dim=1, keepdim=True)
+            and tensor.shape[2:] == target.shape[2:] and tensor.shape[1] == 3:
+        return adapt_input_conv(target.shape[1], tensor)
     return None
 
 
