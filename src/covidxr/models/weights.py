@@ -20,6 +20,10 @@ from covidxr.errors import CovidxrError, UsageError
 from covidxr.runs import file_sha256
 
 HUB_HOST = "huggingface.co"
+# What torch.load(weights_only=True) raises on a file that is not a plain tensor checkpoint (measured: a refused
+# class or a foreign pickle, a truncated zip, an empty file, an unreadable one); get_unsafe_globals_in_checkpoint
+# raises ValueError on a non-checkpoint.
+CHECKPOINT_READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError)
 
 
 class WeightsUnavailable(CovidxrError):
@@ -164,7 +168,7 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> int:
         content = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{source}: file not found") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:  # measured: what torch.load raises
+    except CHECKPOINT_READ_ERRORS as error:
         raise CovidxrError(f"{source}: not a plain tensor checkpoint; refused to unpickle it ({error})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):
