@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from covidxr.errors import CovidxrError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 DEFAULT_MAX_PIXELS = 50_000_000
 _MAGIC = (
@@ -129,19 +133,26 @@ def scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 def _read_dicom(path: str | Path, max_pixels: int) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         dataset = pydicom.dcmread(path)
     except Exception as error:  # pydicom raises many types for broken files
         raise ImageReadError(path, f"cannot parse DICOM ({type(error).__name__})") from None
+    return dicom_grayscale(dataset, path, max_pixels)
+
+
+def dicom_grayscale(dataset: Dataset, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Grey pixels of a parsed DICOM dataset (first frame), as `read_grayscale` returns them; `path`
+    names the dataset in errors (a file, or an instance retrieved from a server)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if "PixelData" not in dataset:
         raise ImageReadError(path, "DICOM file has no pixel data")
     _check_pixel_count(path, int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), max_pixels)
     try:
         pixels = dataset.pixel_array
     except Exception as error:
-        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
+        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
         raise ImageReadError(path, f"cannot decode DICOM pixel data (transfer syntax {name}: {error})") from None
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
