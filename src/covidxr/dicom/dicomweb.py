@@ -71,6 +71,10 @@ class Server:
     client: DICOMwebClient
     attempts: int = DEFAULT_ATTEMPTS
 
+    @property
+    def tries(self) -> str:
+        return f"{self.attempts} attempt" + ("s" if self.attempts != 1 else "")
+
     def call(self, action: str, request: Callable[[], T]) -> T:
         """`request()`, its errors turned into one clear message (the client retries within `attempts`)."""
         try:
@@ -78,7 +82,7 @@ class Server:
         except RetryError as error:
             response = error.last_attempt.value
             raise DicomWebError(f"{self.url}: the server kept answering HTTP {response.status_code} {response.reason} "
-                                f"to {action} ({self.attempts} attempts)") from None
+                                f"to {action} ({self.tries})") from None
         except requests.HTTPError as error:
             status, reason = error.response.status_code, error.response.reason
             message = f"{self.url}: the server refused to {action} (HTTP {status} {reason})"
@@ -87,7 +91,7 @@ class Server:
             raise RequestFailed(message) from None
         except (requests.ConnectionError, requests.Timeout) as error:
             raise DicomWebError(f"cannot reach the DICOMweb server at {self.url} to {action} "
-                                f"({self.attempts} attempts): {_short(error)}") from None
+                                f"({self.tries}): {_short(error)}") from None
 
 
 def _short(error: Exception) -> str:
@@ -97,11 +101,12 @@ def _short(error: Exception) -> str:
     return "timed out" if isinstance(error, requests.Timeout) else type(error).__name__
 
 
-def connect(url: str, attempts: int = DEFAULT_ATTEMPTS, wait_ms: int = DEFAULT_WAIT_MS,
-            timeout: float = 60.0) -> Server:
+def connect(url: str, attempts: int | None = None, wait_ms: int = DEFAULT_WAIT_MS, timeout: float = 60.0) -> Server:
     """A client of the DICOMweb service at `url` (e.g. http://localhost:8042/dicom-web for Orthanc): up to
     `attempts` tries per request, waiting 2x, 4x, ... `wait_ms` between them, when the server cannot be
-    reached or answers 408/429/503/504. A bearer token is read from $COVIDXR_DICOMWEB_TOKEN when set."""
+    reached or answers 408/429/503/504 (default attempts: DEFAULT_ATTEMPTS). A bearer token is read from
+    $COVIDXR_DICOMWEB_TOKEN when set."""
+    attempts = DEFAULT_ATTEMPTS if attempts is None else attempts
     if attempts < 1:
         raise UsageError(f"attempts {attempts}: must be at least 1")
     token = os.environ.get(TOKEN_ENVIRONMENT)

@@ -13,6 +13,7 @@ image gives the same UIDs, so a second run finds its earlier results and a serve
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -22,7 +23,6 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from covidxr.runs import NOT_FOR_CLINICAL_USE
 
@@ -92,13 +92,22 @@ class ResultUIDs:
     sc_series: str
     sc_instance: str
 
+    tracking: str
+
     @classmethod
     def derive(cls, source: Dataset, model: ModelIdentity) -> ResultUIDs:
-        """UIDs (2.25 form) determined by the source study and instance and the model's weights."""
-        def uid(kind: str, of: str) -> str:
-            return generate_uid(prefix=None, entropy_srcs=["covidxr", kind, str(of), model.weights_sha256])
-        return cls(sr_series=uid("sr-series", source.StudyInstanceUID), sr_instance=uid("sr", source.SOPInstanceUID),
-                   sc_series=uid("sc-series", source.StudyInstanceUID), sc_instance=uid("sc", source.SOPInstanceUID))
+        """UIDs determined by the source study and instance and the model's weights."""
+        study, instance = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
+        return cls(sr_series=derived_uid("sr-series", study, model.weights_sha256),
+                   sr_instance=derived_uid("sr", instance, model.weights_sha256),
+                   sc_series=derived_uid("sc-series", study, model.weights_sha256),
+                   sc_instance=derived_uid("sc", instance, model.weights_sha256),
+                   tracking=derived_uid("tracking", instance, model.weights_sha256))
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID in the 2.25 form of a name-based (SHA-1) UUID of `parts`: the same parts, the same UID."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, '/'.join(('covidxr',) + parts)).int}"
 
 
 def _instance_number(source: Dataset) -> int:
@@ -125,7 +134,7 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
                                               parameters=model.parameters(), manufacturer=MANUFACTURER)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.sr_instance, identifier="covidxr classification"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking, identifier="covidxr classification"),
         finding_type=COVID_19,
         algorithm_id=algorithm,
         measurements=[
@@ -140,7 +149,7 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(prefix=None, entropy_srcs=["covidxr", "device", model.weights_sha256]),
+            uid=derived_uid("device", model.weights_sha256),
             name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=model.name))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
