@@ -410,3 +410,48 @@ def test_the_service_returns_the_sr_of_a_dicom_upload(tmp_path, predictor):
         assert answer.status_code == status, (name, answer.text)
         assert answer.json()["error"]["message"].startswith(name)
         assert not any(value in answer.text for value in IDENTIFYING)
+
+
+def test_the_web_page_offers_the_dicom_sr_of_a_dicom_upload_only(tmp_path, predictor):
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from covidxr.serving.app import create_app
+    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+
+    chromium = chromium_or_skip()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor=predictor), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.1)
+    path = write_radiograph(tmp_path / "chest.dcm", xray_pixels(8, size=200), "DX", "MONOCHROME2")
+    png = save_image(xray_pixels(8, size=200), tmp_path / "chest.png")
+    errors = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            page = browser.new_page(accept_downloads=True)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#dicom-sr:not([hidden])", timeout=60_000)
+            with page.expect_download(timeout=60_000) as download:
+                page.click("#dicom-sr")
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            page.set_input_files("#file", str(png))
+            page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)  # shown after the button's check
+            button_hidden_for_png = page.evaluate("document.getElementById('dicom-sr').hidden")
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert errors == []
+    source = pydicom.dcmread(path)
+    assert saved.name == f"{source.SOPInstanceUID}.sr.dcm"
+    check_sr(saved, source, predictor)
+    assert button_hidden_for_png
