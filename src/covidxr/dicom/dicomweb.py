@@ -108,13 +108,13 @@ def connect(url: str, attempts: int | None = None, wait_ms: int = DEFAULT_WAIT_M
     $COVIDXR_DICOMWEB_TOKEN when set."""
     attempts = DEFAULT_ATTEMPTS if attempts is None else attempts
     if attempts < 1:
-        raise UsageError(f"attempts {attempts}: must be at least 1")
+        raise UsageError("must be at least 1", "attempts", attempts)
     token = os.environ.get(TOKEN_ENVIRONMENT)
     try:
         client = DICOMwebClient(url.rstrip("/"), headers={"Authorization": f"Bearer {token}"} if token else None,
                                 timeout=timeout)
     except ValueError as error:
-        raise UsageError(f"--url {url!r}: {error}; expected http(s)://HOST[:PORT]/PATH of a DICOMweb service") from None
+        raise UsageError(f"{error}; expected http(s)://HOST[:PORT]/PATH of a DICOMweb service", "url", url) from None
     client.set_http_retry_params(retry=True, max_attempts=attempts, wait_exponential_multiplier=wait_ms)
     return Server(url, client, attempts)
 
@@ -144,7 +144,7 @@ def find_studies(server: Server, studies: Sequence[str] | None) -> list[Study]:
         except RequestFailed as error:
             raise DicomWebError(str(error)) from None
         except ValueError as error:
-            raise UsageError(f"--study {uid!r}: {error}") from None
+            raise UsageError(str(error), "studies", uid) from None
         headers = [Dataset.from_json(item) for item in found]
         for header in headers:
             header.StudyInstanceUID = header.get("StudyInstanceUID") or uid

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 
-from covidxr.data.imageio import ImageReadError, dicom_grayscale, file_format
+from covidxr.data.imageio import ImageReadError, dicom_grayscale, file_format, malformed_dicom_errors
 from covidxr.data.preprocess import preprocess
 from covidxr.dicom.source import evidence_header, skip_reason
 from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
@@ -65,7 +65,7 @@ def _built(name: str, build):
     try:
         return build()
     except (ValueError, TypeError, AttributeError) as error:
-        raise DicomResultError(name, f"cannot build the DICOM result ({error})") from None
+        raise DicomResultError(name, f"cannot build the DICOM result ({type(error).__name__})") from None
 
 
 def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: bool = False) -> Dataset:
@@ -114,7 +114,7 @@ def _read_dicom_file(path: Path) -> Dataset | None:
         return None
     try:
         return pydicom.dcmread(path)
-    except Exception as error:  # pydicom raises many types for broken files
+    except malformed_dicom_errors() as error:
         raise DicomResultError(os.fspath(path), f"cannot parse DICOM ({type(error).__name__})") from None
 
 

@@ -6,22 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from torch import nn  # noqa: E402
-
-from covidxr.data.regions import lung_field_box, lung_field_mask  # noqa: E402
-from covidxr.errors import UsageError  # noqa: E402
-from covidxr.models.classifier import Classifier  # noqa: E402
+from covidxr.data.regions import lung_field_box, lung_field_mask
+from covidxr.errors import UsageError
+from covidxr.models.classifier import Classifier
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
 
@@ -71,8 +67,7 @@ def overlay_figure(pixels: np.ndarray, heatmap: np.ndarray, title: str,
                    lung_mask: np.ndarray | None = None) -> Figure:
     """The overlay as a matplotlib Figure of its own (no pyplot state, so threads do not share it)."""
     figure = Figure(figsize=(4, 4.3))
-    FigureCanvasAgg(figure)
-    draw_overlay(figure.add_subplot(), pixels, heatmap, title, lung_mask)
+    draw_overlay(figure.subplots(), pixels, heatmap, title, lung_mask)
     figure.tight_layout()
     return figure
 
@@ -92,20 +87,21 @@ def overlay_rgb(pixels: np.ndarray, heatmap: np.ndarray, title: str, lung_mask: 
     """The overlay rendered as an (H, W, 3) uint8 RGB array (for a DICOM Secondary Capture)."""
     figure = overlay_figure(pixels, heatmap, title, lung_mask)
     figure.set_dpi(dpi)
-    figure.canvas.draw()
-    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def gallery(pixels: np.ndarray, maps: np.ndarray, titles: list[str], out: str | Path, columns: int = 4) -> Path:
     rows = int(np.ceil(len(pixels) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    figure = Figure(figsize=(3 * columns, 3.2 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.set_axis_off()
     for axis, image, heatmap, title in zip(axes.ravel(), pixels, maps, titles):
         draw_overlay(axis, image, heatmap, title)
     figure.tight_layout()
     figure.savefig(out, dpi=90)
-    plt.close(figure)
     return Path(out)
 
 

@@ -21,7 +21,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydicom import Dataset
 from starlette.exceptions import HTTPException
 
-from covidxr.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, file_format, read_grayscale, sniff_format
+from covidxr.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    file_format,
+    malformed_dicom_errors,
+    read_grayscale,
+    sniff_format,
+)
 from covidxr.dicom.results import DicomResultError, sr_of
 from covidxr.predict import Predictor, image_warnings, load_model
 
@@ -72,7 +79,7 @@ def _parse_dicom(content: bytes, name: str) -> Dataset:
                                                  "study and image UIDs")
     try:
         return pydicom.dcmread(io.BytesIO(content))
-    except Exception as error:  # pydicom raises many types for broken files
+    except malformed_dicom_errors() as error:
         raise ApiError(422, "unusable_dicom", f"{name}: cannot parse DICOM ({type(error).__name__})") from None
 
 
