@@ -455,3 +455,17 @@ def test_the_web_page_offers_the_dicom_sr_of_a_dicom_upload_only(tmp_path, predi
     assert saved.name == f"{source.SOPInstanceUID}.sr.dcm"
     check_sr(saved, source, predictor)
     assert button_hidden_for_png
+
+
+def test_the_overlay_is_an_rgb_array_and_outlines_a_lung_mask_when_given():
+    from covidxr.explain.cam import overlay_rgb
+
+    pixels, heatmap = xray_pixels(9, size=64), np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 8:28] = 255
+    plain, outlined = overlay_rgb(pixels, heatmap, "title"), overlay_rgb(pixels, heatmap, "title", lung_mask=mask)
+    assert plain.dtype == np.uint8 and plain.ndim == 3 and plain.shape[2] == 3 and plain.shape == outlined.shape
+    changed = np.argwhere((plain != outlined).any(axis=2))
+    assert len(changed) > 0
+    # Only the outline's neighbourhood changes: the left half of the image (the mask lies in columns 8..28 of 64).
+    assert changed[:, 1].max() < plain.shape[1] * 0.6
