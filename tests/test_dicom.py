@@ -469,3 +469,18 @@ def test_the_overlay_is_an_rgb_array_and_outlines_a_lung_mask_when_given():
     assert len(changed) > 0
     # Only the outline's neighbourhood changes: the left half of the image (the mask lies in columns 8..28 of 64).
     assert changed[:, 1].max() < plain.shape[1] * 0.6
+
+
+def test_no_header_value_reaches_a_warning_while_results_are_built(tmp_path, predictor):
+    import warnings
+
+    from covidxr.dicom.results import results_of
+
+    path = write_radiograph(tmp_path / "cr.dcm", xray_pixels(10, size=96))
+    source = pydicom.dcmread(path)
+    source.PatientName = "SECRETNAME"  # one component: highdicom warns quoting it unless covidxr silences it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = results_of(predictor, source, "cr.dcm")
+    assert str(results.sr.PatientName) == "SECRETNAME"
+    assert not [w for w in caught if "SECRETNAME" in str(w.message)]

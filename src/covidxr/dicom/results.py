@@ -14,7 +14,7 @@ from pydicom import Dataset
 
 from covidxr.data.imageio import ImageReadError, dicom_grayscale, file_format, malformed_dicom_errors
 from covidxr.data.preprocess import preprocess
-from covidxr.dicom.source import evidence_header, skip_reason
+from covidxr.dicom.source import evidence_header, quiet_about_headers, skip_reason
 from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
 from covidxr.errors import CovidxrError
 from covidxr.explain.cam import overlay_rgb
@@ -68,6 +68,7 @@ def _built(name: str, build):
         raise DicomResultError(name, f"cannot build the DICOM result ({type(error).__name__})") from None
 
 
+@quiet_about_headers()
 def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: bool = False) -> Dataset:
     """The SR alone (no Grad-CAM) of one source instance; DicomResultError when it gets none."""
     reason = skip_reason(dataset, radiographs_only)
@@ -77,6 +78,7 @@ def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: b
     return _built(name, lambda: build_sr(evidence_header(dataset), result, model_identity(predictor)))
 
 
+@quiet_about_headers()
 def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: dict | None = None,
                radiographs_only: bool = False, lung_mask: np.ndarray | None = None) -> ResultObjects:
     """The SR and the SC of one source instance (`prediction`, when given, is reused); DicomResultError when
@@ -105,6 +107,7 @@ class DicomOutput:
     sc: Path | None = None
 
 
+@quiet_about_headers()
 def _read_dicom_file(path: Path) -> Dataset | None:
     """The parsed file; None when it is not a DICOM file; DicomResultError when it cannot be parsed."""
     try:

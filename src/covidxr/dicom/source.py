@@ -6,6 +6,10 @@ DICOMweb server (from the QIDO-RS search result, before anything is retrieved).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from pydicom import Dataset
 from pydicom.uid import UID
 
@@ -62,3 +66,13 @@ def evidence_header(dataset: Dataset) -> Dataset:
         if keyword not in header:
             setattr(header, keyword, "")
     return header
+
+
+@contextmanager
+def quiet_about_headers() -> Iterator[None]:
+    """pydicom and highdicom warn about odd header values by quoting them (a patient's name among them:
+    highdicom does for any one-part name), so their warnings are silenced while covidxr reads sources and
+    builds results. Also a decorator. (Python's warning filters are process-wide: not for threads racing.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
