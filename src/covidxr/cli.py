@@ -440,7 +440,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     dicomweb.add_argument("--study", action="append", metavar="UID",
                           help="a StudyInstanceUID (repeatable); default: every study on the server")
     dicomweb.add_argument("--run", type=Path, metavar="RUN")
-    dicomweb.add_argument("--attempts", type=_positive,
+    dicomweb.add_argument("--attempts", type=_positive, metavar="N",
                           help="tries per request when the server is down or busy (default 4)")
     dicomweb.set_defaults(handler=cmd_dicomweb, data=None)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
