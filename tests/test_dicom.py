@@ -291,6 +291,12 @@ def test_dicomweb_round_trip_with_orthanc(orthanc, tmp_path, capsys, predictor):
     assert "skipped 4: a covidxr result of this model" in printed.out
     assert len(study_instances(rest, study_a)) == 8 and len(study_instances(rest, study_b)) == 3
 
+    # A study the server does not hold is a named input that failed (exit 3), not a reason to stop.
+    unknown = generate_uid()
+    code = main(["dicomweb", "--url", url, "--study", unknown])
+    printed = capsys.readouterr()
+    assert code == 3 and f"study {unknown} instance -: failed" in printed.out
+
 
 def test_a_server_that_is_down_gives_one_clear_error_after_bounded_retries(capsys):
     started = time.time()

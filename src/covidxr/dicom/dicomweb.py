@@ -123,6 +123,7 @@ def connect(url: str, attempts: int | None = None, wait_ms: int = DEFAULT_WAIT_M
 class Study:
     uid: str
     headers: list[Dataset] = field(default_factory=list)
+    problem: str = ""
 
     @property
     def present(self) -> set[str]:
@@ -142,8 +143,9 @@ def find_studies(server: Server, studies: Sequence[str] | None) -> list[Study]:
             found = server.call(f"list the instances of study {uid}", lambda uid=uid: (
                 server.client.search_for_instances(study_instance_uid=uid, fields=list(INSTANCE_FIELDS),
                                                    get_remaining=True)))
-        except RequestFailed as error:
-            raise DicomWebError(str(error)) from None
+        except RequestFailed as error:  # e.g. 404 for a study the server does not hold
+            listed.append(Study(uid, problem=str(error)))
+            continue
         except ValueError as error:
             raise UsageError(str(error), "studies", uid) from None
         headers = [Dataset.from_json(item) for item in found]
@@ -185,8 +187,8 @@ def _store_both(server: Server, header: Dataset, objects: ResultObjects, present
     if failure:
         return _report(header, "failed", f"SR not stored ({failure}); its SC {objects.sc.SOPInstanceUID} is stored "
                                          "without it")
-    label = objects.classification
-    return _report(header, "stored", f"{label.label}, P(COVID-19) {label.probability:.3f}")
+    result = objects.classification
+    return _report(header, "stored", f"{result.label}, P(COVID-19) {result.probability:.3f}")
 
 
 def _classify_instance(server: Server, predictor: Predictor, header: Dataset, present: set[str]) -> InstanceReport:
@@ -231,7 +233,8 @@ def classify_studies(server: Server, predictor: Predictor,
     reports, todo = [], []
     for study in find_studies(server, studies):
         if not study.headers:
-            reports.append(InstanceReport(study.uid, "", "", "failed", "no instance found in this study"))
+            reports.append(InstanceReport(study.uid, "", "", "failed",
+                                          study.problem or "no instance found in this study"))
         for header, reason in _triage(study, model):
             if reason:
                 reports.append(_report(header, "skipped", reason))
