@@ -8,7 +8,7 @@ OUT ?= out/demo
 SHIP := out/default-model
 
 # Debian packages the tests use: Chromium opens the HTML report and the service's page headless.
-SYSTEM_PACKAGES := chromium
+SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
 .PHONY: install system-deps system-packages test demo data bench default-model clean
 
