@@ -7,7 +7,8 @@ DATA ?= $(if $(wildcard ../shared/data/covid-chestxray-dataset/metadata.csv),../
 OUT ?= out/demo
 SHIP := out/default-model
 
-# Debian packages the tests use: Chromium opens the HTML report and the service's page headless.
+# Debian packages the tests use: Chromium (the HTML report and the page, headless), Orthanc + its DICOMweb
+# plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
 .PHONY: install system-deps system-packages test demo data bench default-model clean
