@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
+import pandas as pd
 import torch
 
+from covidxr.data.cache import prepare
+from covidxr.data.dataset import CachedImages
 from covidxr.errors import CovidxrError
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root
@@ -23,11 +26,6 @@ PARITY_TOLERANCE = 1e-4
 
 def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
     """Real prepared test images of the run when its cache is reachable, else seeded random pixels."""
-    import pandas as pd
-
-    from covidxr.data.cache import prepare
-    from covidxr.data.dataset import CachedImages
-
     size = run.preprocessing.size
     try:
         manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)

@@ -6,20 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from torch import nn  # noqa: E402
-
-from covidxr.data.regions import lung_field_box, lung_field_mask  # noqa: E402
-from covidxr.errors import UsageError  # noqa: E402
-from covidxr.models.classifier import Classifier  # noqa: E402
+from covidxr.data.regions import lung_field_box, lung_field_mask
+from covidxr.errors import UsageError
+from covidxr.models.classifier import Classifier
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
 
@@ -62,27 +59,26 @@ def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str) -> N
 
 def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path | BinaryIO) -> Path | BinaryIO:
     """PNG overlay to a path (folders made) or a binary file object."""
-    figure, axis = plt.subplots(figsize=(4, 4.3))
-    draw_overlay(axis, pixels, heatmap, title)
+    figure = Figure(figsize=(4, 4.3))
+    draw_overlay(figure.subplots(), pixels, heatmap, title)
     figure.tight_layout()
     if isinstance(out, (str, Path)):
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100, format="png")
-    plt.close(figure)
     return out
 
 
 def gallery(pixels: np.ndarray, maps: np.ndarray, titles: list[str], out: str | Path, columns: int = 4) -> Path:
     rows = int(np.ceil(len(pixels) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    figure = Figure(figsize=(3 * columns, 3.2 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.set_axis_off()
     for axis, image, heatmap, title in zip(axes.ravel(), pixels, maps, titles):
         draw_overlay(axis, image, heatmap, title)
     figure.tight_layout()
     figure.savefig(out, dpi=90)
-    plt.close(figure)
     return Path(out)
 
 

@@ -160,10 +160,12 @@ def _load_weights_file(model: Classifier, spec: ModelSpec) -> LoadReport:
 
 
 def _names_whole_model(path) -> bool:
-    from safetensors import safe_open
+    """Whether a safetensors file holds a whole classifier; False for one that cannot be read (loading it next
+    names the problem)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as handle:
             return any(key.startswith(("backbone.", "head.")) for key in handle.keys())
-    except Exception:
+    except (SafetensorError, OSError):
         return False

@@ -4,13 +4,16 @@ safetensors files, and `.pth` -> `.safetensors` conversion. Foreign pickles are 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.models import adapt_input_conv
 from torch import nn
 
 from covidxr.errors import CovidxrError, UsageError
@@ -103,19 +106,19 @@ def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
     if not _hub_reachable():
         raise WeightsUnavailable(
             f"ImageNet weights for {name} are not available here: {hub_id}/{filename} is not in the Hugging Face "
-            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached. Either (1) pass a local file with "
-            f"--set model.weights=FILE.safetensors (on a machine with internet: python -c \"import timm; "
+            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached. Either (1) set the recipe key "
+            f"model.weights=FILE.safetensors to a local file (on a machine with internet: python -c \"import timm; "
             f"timm.create_model('{name}', pretrained=True)\" fills that cache, which you can copy here), or "
-            f"(2) train from scratch with --set model.pretrained=none."
+            f"(2) train from scratch with model.pretrained=none."
         )
     return timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans)
 
 
 def _adapt_first_conv(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """RGB conv weights -> grey (sum over input channels), as timm does for in_chans=1."""
+    """RGB conv weights -> the model's input channels with timm's `adapt_input_conv` (summed for grey)."""
     if tensor.ndim == 4 and target.ndim == 4 and tensor.shape[0] == target.shape[0] \
-            and tensor.shape[2:] == target.shape[2:] and tensor.shape[1] == 3 and target.shape[1] == 1:
-        return tensor.sum(dim=1, keepdim=True)
+            and tensor.shape[2:] == target.shape[2:] and tensor.shape[1] == 3:
+        return adapt_input_conv(target.shape[1], tensor)
     return None
 
 
@@ -130,7 +133,7 @@ def load_weights(module: nn.Module, path: str | Path) -> LoadReport:
         raise UsageError(f"{path}: weights file not found")
     try:
         tensors = load_file(str(path))
-    except Exception as error:
+    except (SafetensorError, OSError) as error:
         raise CovidxrError(f"{path}: not a readable safetensors file ({error})") from None
     own = module.state_dict()
     report = LoadReport(loaded=0)
@@ -161,7 +164,7 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> int:
         content = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{source}: file not found") from None
-    except Exception as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:  # measured: what torch.load raises
         raise CovidxrError(f"{source}: not a plain tensor checkpoint; refused to unpickle it ({error})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):

@@ -122,13 +122,13 @@ def _prepare_run(config: TrainConfig, manifest_path: Path, run: RunDir,
                  resume: bool) -> tuple[TrainConfig, pd.DataFrame]:
     if resume:
         if not run.config.is_file():
-            raise UsageError(f"--resume: {run.root} holds no run to continue (no config.yaml)")
+            raise UsageError(f"{run.root} holds no run to continue (no config.yaml)", "resume")
         stored = validated(TrainConfig, yaml.safe_load(run.config.read_text()), str(run.config))
         if stored != config:
-            log.warning("--resume continues with the run's own config.yaml; the given recipe/--set are ignored")
+            log.warning("resuming with the run's own config.yaml; the recipe and overrides given now are ignored")
         return stored, load_manifest(run.manifest)
     if is_main_process() and run.config.exists():
-        raise UsageError(f"{run.root} already holds a run; choose another -o, or --resume to continue it")
+        raise UsageError("already holds a run; write to another folder, or resume this one", "out", run.root)
     manifest = select_rows(load_manifest(manifest_path), config)
     if is_main_process():
         run.root.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
@@ -125,13 +126,9 @@ def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = pd.read_csv(metrics_csv)
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    figure = Figure(figsize=(12, 3.4))
+    axes = figure.subplots(1, 3)
     for axis, (title, columns) in zip(axes, [("loss", ["train_loss", "val_loss"]),
                                              ("accuracy", ["train_accuracy", "val_accuracy"]),
                                              ("validation AUC", ["val_auc"])]):
@@ -143,4 +140,3 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
-    plt.close(figure)
