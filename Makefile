@@ -7,9 +7,20 @@ DATA ?= $(if $(wildcard ../shared/data/covid-chestxray-dataset/metadata.csv),../
 OUT ?= out/demo
 SHIP := out/default-model
 
-.PHONY: install test demo data bench default-model clean
+# Debian packages the tests use: Chromium (the HTML report and the page, headless), Orthanc + its DICOMweb
+# plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
+SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-install: $(VENV)/.installed
+.PHONY: install system-deps system-packages test demo data bench default-model clean
+
+install: system-deps $(VENV)/.installed
+
+# Installs the missing SYSTEM_PACKAGES with apt-get as root; otherwise names them (the tests that need them skip).
+system-deps:
+	@.ci/apt-packages $(SYSTEM_PACKAGES) || echo "covidxr: continuing without them; the tests that need them skip"
+
+system-packages:
+	@echo $(SYSTEM_PACKAGES)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -21,8 +21,19 @@ from covidxr.errors import CovidxrError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # The commands `_add_evaluation_commands` defines: those that use a trained model.
-INFERENCE_COMMANDS = ("evaluate", "audit", "report", "export", "serve", "predict", "explain")
+INFERENCE_COMMANDS = ("evaluate", "audit", "report", "export", "serve", "predict", "dicomweb", "explain")
 stdout = Console(soft_wrap=True)
+# Library parameters whose flag is not `--` + the name with dashes (argparse's own rule, `max_distance` ->
+# `--max-distance`); usage errors name parameters and are printed with the flag.
+FLAG_OF_PARAMETER = {"overrides": "--set", "out": "-o", "studies": "--study"}
+
+
+def usage_message(error: UsageError) -> str:
+    """The error as the command line says it: `split='val': ...` -> `--split 'val': ...`."""
+    if error.parameter is None:
+        return str(error)
+    flag = FLAG_OF_PARAMETER.get(error.parameter, "--" + error.parameter.replace("_", "-"))
+    return error.naming(flag, separator=" ")
 
 
 def _views(text: str) -> tuple[str, ...]:
@@ -38,7 +49,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         return parse_fractions(text)
     except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(error.problem) from None
 
 
 def _positive(text: str) -> int:
@@ -319,7 +330,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = sum(p.status != "ok" for p in predictions)
     summary = f"{len(predictions) - failed} predicted, {failed} failed" + (f"; wrote {args.csv}" if args.csv else "")
     Console(stderr=True).print(summary, markup=False, highlight=False)
-    return EXIT_PARTIAL if failed else EXIT_OK
+    dicom_failed = _write_dicom_outputs(predictor, predictions, args.dicom_out, args.json) if args.dicom_out else 0
+    return EXIT_PARTIAL if failed or dicom_failed else EXIT_OK
+
+
+def _write_dicom_outputs(predictor, predictions: list, out: Path, quiet_stdout: bool) -> int:
+    """--dicom-out: SR and SC per input DICOM, a note per other input; returns how many DICOM inputs failed."""
+    from covidxr.dicom.results import write_dicom_outputs
+
+    outputs = write_dicom_outputs(predictor, predictions, out)
+    console = Console(stderr=True, soft_wrap=True) if quiet_stdout else stdout
+    for output in outputs:
+        text = f"wrote {output.sr.name} and {output.sc.name}" if output.status == "written" else output.note
+        console.print(f"{output.path}: {text}", markup=False, highlight=False)
+    written = sum(output.status == "written" for output in outputs)
+    failed = sum(output.status == "failed" for output in outputs)
+    Console(stderr=True).print(f"DICOM results: {written} written to {out}, {failed} DICOM input(s) without, "
+                               f"{len(outputs) - written - failed} non-DICOM input(s)", markup=False, highlight=False)
+    return failed
+
+
+def cmd_dicomweb(args: argparse.Namespace) -> int:
+    from covidxr.dicom.dicomweb import DicomWebError, classify_studies, connect, summary
+    from covidxr.predict import load_model
+
+    logging.getLogger("retrying").setLevel(logging.CRITICAL)  # covidxr reports the outcome of its retries itself
+    logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)
+    server = connect(args.url, attempts=args.attempts)
+    predictor = load_model(_require_run(args))
+    try:
+        reports = classify_studies(server, predictor, args.study)
+    except DicomWebError as error:
+        _print_dicomweb_reports(error.reports)
+        raise
+    _print_dicomweb_reports(reports)
+    _print_lines(summary(reports))
+    return EXIT_PARTIAL if any(report.status == "failed" for report in reports) else EXIT_OK
+
+
+def _print_dicomweb_reports(reports: list) -> None:
+    _print_lines([f"study {r.study} instance {r.instance or '-'}: {r.status}" + (f" ({r.reason})" if r.reason else "")
+                  for r in reports])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -385,10 +436,26 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     predict.add_argument("--run", type=Path, metavar="RUN")
+    predict.add_argument("--dicom-out", type=Path, metavar="DIR",
+                         help="also write DIR/<SOPInstanceUID>.sr.dcm (DICOM SR) and .sc.dcm (Grad-CAM overlay) "
+                              "per input DICOM")
     outputs = predict.add_mutually_exclusive_group()
     outputs.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     outputs.add_argument("--csv", type=Path, metavar="OUT", help="write one row per input file")
     predict.set_defaults(handler=cmd_predict)
+    dicomweb = commands.add_parser(
+        "dicomweb", help="classify the CR/DX images of studies on a DICOMweb server (PACS) and store SR and "
+                         "overlay back in each study",
+        description="Searches (QIDO-RS), retrieves (WADO-RS) and stores (STOW-RS). A bearer token, when the server "
+                    "needs one, is read from $COVIDXR_DICOMWEB_TOKEN. Research and teaching only; not for clinical "
+                    "use.")
+    dicomweb.add_argument("--url", required=True, help="the DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    dicomweb.add_argument("--study", action="append", metavar="UID",
+                          help="a StudyInstanceUID (repeatable); default: every study on the server")
+    dicomweb.add_argument("--run", type=Path, metavar="RUN")
+    dicomweb.add_argument("--attempts", type=_positive, metavar="N",
+                          help="tries per request when the server is down or busy (default 4)")
+    dicomweb.set_defaults(handler=cmd_dicomweb, data=None)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
     explain.add_argument("image", type=Path, metavar="IMAGE")
     explain.add_argument("--run", type=Path, metavar="RUN")
@@ -533,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as error:
-        errors.print(f"covidxr: usage error: {error}", markup=False, highlight=False)
+        errors.print(f"covidxr: usage error: {usage_message(error)}", markup=False, highlight=False)
         return EXIT_USAGE
     except CovidxrError as error:
         errors.print(f"covidxr: error: {error}", markup=False, highlight=False)

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from covidxr.errors import UsageError
+
 BorderKind = Literal["black", "white", "uniform"]
 
 
@@ -124,7 +126,8 @@ def make_square(image: np.ndarray, mode: Literal["crop", "pad"]) -> np.ndarray:
 def preprocess(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
     """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut."""
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"expected a 2-D uint8 grayscale image, got shape {image.shape} dtype {image.dtype}")
+        raise UsageError(f"shape {image.shape} dtype {image.dtype}: expected a 2-D uint8 grey array (height, width), "
+                         "as read_grayscale returns", "image")
     cropped, cut = remove_borders(image, config)
     if config.crop_top:
         cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]

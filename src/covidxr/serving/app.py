@@ -19,13 +19,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydicom import Dataset
 from starlette.exceptions import HTTPException
 
-from covidxr.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, file_format, read_grayscale
+from covidxr.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    file_format,
+    malformed_dicom_errors,
+    read_grayscale,
+    sniff_format,
+)
 from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE
@@ -124,6 +133,36 @@ def decode_upload(content: bytes, name: str, max_pixels: int) -> np.ndarray:
     return gray
 
 
+def _parse_dicom(content: bytes, name: str) -> Dataset:
+    if sniff_format(content[:132]) != "dicom":
+        raise ApiError(415, "unsupported_media", f"{name}: not a DICOM file; a DICOM SR needs the source's patient, "
+                                                 "study and image UIDs")
+    try:
+        return pydicom.dcmread(io.BytesIO(content))
+    except malformed_dicom_errors() as error:
+        raise ApiError(422, "unusable_dicom", f"{name}: cannot parse DICOM ({type(error).__name__})") from None
+
+
+def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int) -> tuple[bytes, str]:
+    """The SR of an uploaded DICOM image as DICOM file bytes, and the file name to give it (parsed in memory;
+    nothing is written)."""
+    from covidxr.dicom.results import DicomResultError, sr_of  # lazy: highdicom takes a second to import
+
+    dataset = _parse_dicom(content, name)
+    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+    if rows * columns > max_pixels:
+        raise ApiError(422, "unusable_image", f"{name}: {columns}x{rows} pixels exceeds the limit of {max_pixels:,}")
+    if "PixelData" in dataset and min(rows, columns) < MIN_SIDE:
+        raise ApiError(422, "too_small", f"{name}: {columns}x{rows} is below {MIN_SIDE} pixels a side")
+    try:
+        sr = sr_of(predictor, dataset, name)
+    except DicomResultError as error:
+        raise ApiError(422, "unusable_dicom", f"{name}: {error.problem}") from None
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), f"{dataset.SOPInstanceUID}.sr.dcm"
+
+
 def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
     """The service for run directory `run` (without one: the model shipped in the package)."""
@@ -183,6 +222,16 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         with slots:
             predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
         return Response(buffer.getvalue(), media_type="image/png")
+
+    @app.post("/v1/dicom-sr", response_class=Response, responses={
+        200: {"content": {"application/dicom": {}}, "description": "the DICOM Comprehensive SR"}, **UPLOAD_ERRORS})
+    def dicom_sr(file: UploadFile = File(...)) -> Response:
+        """The DICOM Comprehensive SR of an uploaded DICOM image (same patient and study, a new series)."""
+        content = _read_upload(file, max_upload)
+        with slots:
+            sr, filename = dicom_sr_of(content, file.filename or "upload", predictor, max_pixels)
+        return Response(sr, media_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
