@@ -167,6 +167,8 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
                max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
     """The service for run directory `run` (without one: the model shipped in the package)."""
     predictor = predictor or load_model(run)
+    if predictor.onnx is None:
+        predictor.torch_run  # without a matching model.onnx, PyTorch loads now, not during the first request
     # More uploads at once than the cores can work on would only hold more decoded images in memory and
     # starve the event loop of the interpreter.
     slots = threading.BoundedSemaphore(SLOTS_PER_CORE * worker_count())
