@@ -38,7 +38,7 @@ class ResultObjects:
 
 
 def model_identity(predictor: Predictor) -> ModelIdentity:
-    return ModelIdentity.from_contract(predictor.run.contract)
+    return ModelIdentity.from_contract(predictor.contract.content)
 
 
 def _grayscale(dataset: Dataset, name: str) -> np.ndarray:
@@ -52,7 +52,7 @@ def _grayscale(dataset: Dataset, name: str) -> np.ndarray:
 
 def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | None) -> Classification:
     prediction = prediction if prediction is not None else predictor.predict(gray)
-    return Classification.from_prediction(prediction, predictor.run.positive_class)
+    return Classification.from_prediction(prediction, predictor.contract.positive_class)
 
 
 def overlay_title(result: Classification, model: ModelIdentity) -> str:
@@ -89,7 +89,7 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
     gray = _grayscale(dataset, name)
     result, model = _classification(predictor, gray, prediction), model_identity(predictor)
     heatmap = predictor.explain(gray)["heatmap"]
-    pixels, _ = preprocess(gray, predictor.run.preprocessing)
+    pixels, _ = preprocess(gray, predictor.preprocessing)
     overlay = overlay_rgb(pixels, heatmap, overlay_title(result, model), lung_mask)
     header = evidence_header(dataset)
     return _built(name, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),
