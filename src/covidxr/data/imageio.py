@@ -11,11 +11,15 @@ from __future__ import annotations
 import struct
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from covidxr.errors import CovidxrError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 DEFAULT_MAX_PIXELS = 50_000_000
 _MAGIC = (
@@ -150,6 +154,13 @@ def _read_dicom(path: str | Path, max_pixels: int) -> np.ndarray:
         dataset = pydicom.dcmread(path)
     except malformed as error:
         raise ImageReadError(path, f"cannot parse DICOM ({type(error).__name__})") from None
+    return dicom_grayscale(dataset, path, max_pixels)
+
+
+def dicom_grayscale(dataset: Dataset, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Grey pixels of a parsed DICOM dataset (first frame), as `read_grayscale` returns them; `path` names the
+    dataset in errors (a file, or an instance retrieved from a server)."""
+    malformed = malformed_dicom_errors()
     if "PixelData" not in dataset:
         raise ImageReadError(path, "DICOM file has no pixel data")
     try:
@@ -165,7 +176,7 @@ def _dicom_pixels(path: str | Path, dataset, malformed: tuple[type[Exception], .
     try:
         return dataset.pixel_array
     except malformed as error:
-        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
+        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
         raise ImageReadError(path, f"cannot decode DICOM pixel data (transfer syntax {name}: {error})") from None
 

@@ -38,6 +38,12 @@ class Preprocessing(BaseModel):
     clahe_clip: float = Field(2.0, gt=0)
     clahe_tiles: int = Field(8, ge=1, le=64)
 
+    @classmethod
+    def from_recorded(cls, recorded: dict) -> Preprocessing:
+        """The settings as a run's model.json records them (which adds notes such as `decode` and
+        `normalisation` beside the settings)."""
+        return cls(**{name: value for name, value in recorded.items() if name in cls.model_fields})
+
     def key(self) -> str:
         """Short stable hash of every setting: the cache folder name."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -44,8 +44,7 @@ class RunModel:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        fields = Preprocessing.model_fields
-        return Preprocessing(**{k: v for k, v in self.inference.preprocessing.items() if k in fields})
+        return Preprocessing.from_recorded(self.inference.preprocessing)
 
     @property
     def temperature(self) -> float:

@@ -3,7 +3,8 @@
 
 `python -m covidxr.models.shipped RUN` packages a finished, evaluated and audited run: weights stored as
 float16 safetensors (under 25 MB), `model.json` with the hash of that file, and the run's model card with
-its evaluation and audit figures. `make default-model` trains, evaluates, audits and packages it.
+its evaluation and audit figures. The previous model's `model.onnx` is removed; `covidxr export` of the
+shipped folder writes the new one (`make default-model` trains, evaluates, audits, packages and exports).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def package_run(run: str | Path, target: Path | None = None) -> Path:
         candidate.unlink()
         raise CovidxrError(f"{source.weights}: {size:,} bytes as float16 is over the {MAX_BYTES:,}-byte limit of a "
                            "shipped model; the shipped model was left as it was")
+    shipped.onnx.unlink(missing_ok=True)
     os.replace(candidate, shipped.weights)
     shipped.write_contract({**contract, "weights_sha256": file_sha256(shipped.weights), "weights_dtype": "float16",
                             "shipped_from": source.root.name})

@@ -4,7 +4,7 @@
 The architectures are timm's `densenet121` and `resnet50` with one input channel: their tensors carry the
 same names as torchxrayvision's. The weights are the files torchxrayvision keeps in its cache folder
 (`~/.torchxrayvision/models_data/`, the file name from its `model_urls`), or the file given with
-`model.weights=FILE`; covidxr never downloads them. torchxrayvision stores DenseNets as whole
+the recipe key `model.weights=FILE`; covidxr never downloads them. torchxrayvision stores DenseNets as whole
 pickled modules: they are read with `torch.load(weights_only=True)`, allowing only the torchxrayvision
 and `torch.nn` classes the file names (any other class is refused). Its pixel scaling (0..255 ->
 [-1024, 1024]) is the model's input normalisation, applied inside it. The package (`covidxr[xrv]`) is
@@ -22,7 +22,7 @@ import torch
 
 from covidxr.errors import UsageError
 from covidxr.models.pretrained import WeightsConversionError
-from covidxr.models.weights import CHECKPOINT_READ_ERRORS, WeightsFile, WeightsUnavailable
+from covidxr.models.weights import WeightsFile, WeightsUnavailable
 
 PREFIX = "xrv-"
 ARCHITECTURES = ("densenet121", "resnet50")
@@ -61,7 +61,7 @@ def _package():
         return importlib.import_module("torchxrayvision")
     except ImportError:
         raise WeightsUnavailable("torchxrayvision backbones need the torchxrayvision package: pip install "
-                                 "'covidxr[xrv]'; or set model.weights to a .safetensors file") from None
+                                 "'covidxr[xrv]'; or set the recipe key model.weights=FILE.safetensors") from None
 
 
 def cache_folder() -> Path:
@@ -84,7 +84,7 @@ def cached_file(name: str) -> WeightsFile:
             f"torchxrayvision weights for {name} are not available here: {path.name} is not in torchxrayvision's "
             f"cache ({cache_folder()}) and covidxr does not download them. Either (1) copy the file there (on a "
             f"machine with internet: python -c \"import torchxrayvision as xrv; xrv.models.get_model('{key}')\" "
-            f"fills that cache, or download {url}), or (2) set model.weights=FILE to it, or (3) use "
+            f"fills that cache, or download {url}), or (2) set the recipe key model.weights=FILE to it, or (3) use "
             f"another backbone (model.name=efficientnet_lite0 with model.pretrained=imagenet works offline).")
     return WeightsFile(source="torchxrayvision", path=path, package="torchxrayvision",
                        version=metadata.version("torchxrayvision"))
@@ -115,7 +115,9 @@ def read_xrv_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(_allowed_classes(path)):
             content = torch.load(path, map_location="cpu", weights_only=True)
-    except CHECKPOINT_READ_ERRORS + (ImportError, AttributeError) as error:  # + a class this version lacks
+    except WeightsConversionError:
+        raise
+    except Exception as error:
         raise WeightsConversionError(f"{path}: not a torchxrayvision weights file ({error})") from None
     if isinstance(content, torch.nn.Module):
         content = content.state_dict()
