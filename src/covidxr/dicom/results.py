@@ -17,7 +17,6 @@ from covidxr.data.preprocess import preprocess
 from covidxr.dicom.source import evidence_header, quiet_about_headers, skip_reason
 from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
 from covidxr.errors import CovidxrError
-from covidxr.explain.cam import overlay_rgb
 from covidxr.predict import Prediction, Predictor
 from covidxr.progress import progress_bar
 
@@ -83,6 +82,8 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
                radiographs_only: bool = False, lung_mask: np.ndarray | None = None) -> ResultObjects:
     """The SR and the SC of one source instance (`prediction`, when given, is reused); DicomResultError when
     it gets none. `lung_mask` (in the model's prepared geometry) is outlined on the overlay."""
+    from covidxr.explain.cam import overlay_rgb  # lazy: PyTorch; `sr_of` (predict, serve) runs without it
+
     reason = skip_reason(dataset, radiographs_only)
     if reason:
         raise DicomResultError(name, reason)
