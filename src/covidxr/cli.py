@@ -289,6 +289,19 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from covidxr.evaluation.compare import compare
+    from covidxr.reporting.comparison import comparison_rows, write_comparison
+
+    entries = compare(args.recipes, args.data, args.out, args.set, args.folds, args.within, args.cache)
+    if not entries:
+        return EXIT_OK
+    page = write_comparison(entries, args.out)
+    _print_lines([comparison_rows(entries).to_string(index=False),
+                  f"95% CIs: {entries[0]['ci_method']}; wrote {Path(args.out) / 'compare.json'} and {page}"])
+    return EXIT_OK
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from covidxr.data.imageio import ImageReadError
     from covidxr.predict import load_model
@@ -431,6 +444,19 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cv.add_argument("-o", "--out", type=Path, required=True, metavar="DIR")
     cv.set_defaults(handler=cmd_cv)
+    compare = commands.add_parser("compare", help="recipes side by side on one split: test, within-source, "
+                                                  "out-of-fold within-source, lungs-hidden and origin AUCs")
+    compare.add_argument("recipes", nargs="+", metavar="RECIPE", help=f"shipped ({recipes}) or YAML paths")
+    compare.add_argument("--data", required=True, type=Path, metavar="MANIFEST")
+    compare.add_argument("--folds", type=_positive, default=5, metavar="K",
+                         help="cross-validation folds over all patients (default 5)")
+    compare.add_argument("--within", metavar="SOURCE",
+                         help="source of the pooled out-of-fold within-source AUC (default: the source holding "
+                              "both classes with the most patients)")
+    compare.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    compare.add_argument("-o", "--out", type=Path, required=True, metavar="DIR")
+    compare.set_defaults(handler=cmd_compare)
     train.add_argument("-o", "--out", type=Path, required=True, metavar="RUN")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     train.set_defaults(handler=cmd_train)

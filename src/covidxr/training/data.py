@@ -23,6 +23,11 @@ from covidxr.errors import CovidxrError, UsageError
 log = logging.getLogger("covidxr.train")
 
 
+def is_built_for(manifest: pd.DataFrame, task: str) -> bool:
+    """True when the manifest is built for `task`: labels within its classes, train and val rows."""
+    return set(manifest["label"]) <= set(CLASSES[task]) and {"train", "val"} <= set(manifest["split"])
+
+
 def select_rows(manifest: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     """The manifest rows a recipe trains on, with labels and splits.
 
@@ -41,12 +46,10 @@ def select_rows(manifest: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
             present = sorted(set(manifest["source"]))
             raise UsageError(f"data.sources {sorted(unknown)} not in the manifest; it has {present}")
         table = table[table["source"].isin(selection.sources)]
-    classes = CLASSES[config.task]
     if len(table) and (table["split"] == "test").all():
         raise UsageError("the manifest holds test rows only (built with --split 0,0,1 for external validation): "
                          "evaluate a model on it with `covidxr evaluate --data`, do not train on it")
-    built_for_task = set(table["label"]) <= set(classes) and {"train", "val"} <= set(table["split"])
-    if built_for_task and selection.balance is None:
+    if is_built_for(table, config.task) and selection.balance is None:
         log.info("using the manifest's own splits (%d rows)", len(table))
         result = table.reset_index(drop=True)
     else:
