@@ -7,9 +7,20 @@ DATA ?= $(if $(wildcard ../shared/data/covid-chestxray-dataset/metadata.csv),../
 OUT ?= out/demo
 SHIP := out/default-model
 
-.PHONY: install test demo data bench default-model clean
+# Debian packages the tests use: Chromium (the HTML report and the page, headless), Orthanc + its DICOMweb
+# plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
+SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-install: $(VENV)/.installed
+.PHONY: install system-deps system-packages test demo data bench default-model clean
+
+install: system-deps $(VENV)/.installed
+
+# Installs the missing SYSTEM_PACKAGES with apt-get as root; otherwise names them (the tests that need them skip).
+system-deps:
+	@.ci/apt-packages $(SYSTEM_PACKAGES) || echo "covidxr: continuing without them; the tests that need them skip"
+
+system-packages:
+	@echo $(SYSTEM_PACKAGES)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +61,8 @@ demo: data
 	@echo "the shipped model's predictions:" && cat $(OUT)/predictions-shipped-model.csv
 	@echo "demo outputs are in $(OUT)/: manifests, prepare-preview.png, run-demo/ (model, metrics, evaluation/), report.html, predictions-*.csv"
 
-# Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install).
+# Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install): float16
+# weights, model.json, model card, and model.onnx (parity-checked) so predict and serve run without PyTorch.
 default-model: data
 	$(call build_dataset,$(SHIP))
 	rm -rf $(SHIP)/run
@@ -59,6 +71,7 @@ default-model: data
 	$(BIN)/covidxr audit --run $(SHIP)/run
 	$(BIN)/covidxr report --run $(SHIP)/run -o $(SHIP)/report.html
 	$(BIN)/python -m covidxr.models.shipped $(SHIP)/run
+	$(BIN)/covidxr export --format onnx --run "$$($(BIN)/python -c 'from covidxr.runs import shipped_dir; print(shipped_dir())')"
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \

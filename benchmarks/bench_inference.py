@@ -18,8 +18,9 @@ from _common import machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.preprocess import preprocess
-from covidxr.export import OnnxModel, write_onnx
+from covidxr.export import write_onnx
 from covidxr.models.classifier import build_classifier
+from covidxr.models.onnx_runtime import OnnxModel
 
 CALLS, BATCH = 200, 32
 

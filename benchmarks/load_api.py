@@ -1,8 +1,10 @@
-"""Load test of `covidxr serve` on loopback: 200 requests, 50 at a time, bounded in count and time.
+"""Load test of `covidxr serve` on loopback: 200 uploads, 50 at a time, bounded in count and time.
 
-Starts the server for RUN (`python load_api.py RUN`, e.g. out/demo/run-demo from `make demo`) on a free
-127.0.0.1 port, posts real shared Cohen images to /v1/predict, and prints the status counts (no 5xx
-allowed), p50/p95 latency and the server's resident memory before and after. Last line: the summary."""
+Starts the server (`python load_api.py [RUN]`: a run directory, e.g. out/demo/run-demo from `make demo`;
+without one, the shipped model) on a free 127.0.0.1 port, posts real shared Cohen images to /v1/predict,
+and meanwhile asks GET /health every 50 ms: while inference blocks the event loop, even /health waits.
+Prints the status counts (no 5xx allowed), p50/p95 latency of the uploads and of /health under load, and
+the server's resident memory before and after. Last line: the summary."""
 
 from __future__ import annotations
 
@@ -10,15 +12,16 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
-from _common import machine, shared_manifests
+from _common import DATA, machine
 
-REQUESTS, CONCURRENCY, TIME_LIMIT = 200, 50, 300
+REQUESTS, CONCURRENCY, TIME_LIMIT, HEALTH_EVERY = 200, 50, 300, 0.05
 
 
 def free_port() -> int:
@@ -34,15 +37,27 @@ def resident_mib(pid: int) -> float:
     return float("nan")
 
 
+def percentiles(seconds: list[float]) -> str:
+    if not seconds:
+        return "no answer"
+    ordered = sorted(seconds)
+    p95 = ordered[int(0.95 * (len(ordered) - 1))]
+    return f"p50 {statistics.median(ordered) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+
+
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: python load_api.py RUN")
-    cohen, _ = shared_manifests()
-    payloads = [(Path(p).name, Path(p).read_bytes()) for p in cohen["path"].head(20)]
+    if len(sys.argv) > 2:
+        sys.exit("usage: python load_api.py [RUN]")
+    images = sorted((DATA / "covid-chestxray-dataset" / "images").glob("*.jp*g"))[:20]
+    if not images:
+        sys.exit(f"shared data not found in {DATA}; set DATA=dir")
+    payloads = [(path.name, path.read_bytes()) for path in images]
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "covidxr.cli", "serve", "--run", sys.argv[1], "--port", str(port)],
+    run = ["--run", sys.argv[1]] if len(sys.argv) == 2 else []
+    server = subprocess.Popen([sys.executable, "-m", "covidxr.cli", "serve", *run, "--port", str(port)],
                               stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    health: list[float] = []
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -53,6 +68,7 @@ def main() -> None:
                 time.sleep(0.5)
         before = resident_mib(server.pid)
         started = time.time()
+        loaded = threading.Event()
 
         def call(index: int) -> tuple[int, float]:
             if time.time() - started > TIME_LIMIT:
@@ -62,8 +78,20 @@ def main() -> None:
             response = httpx.post(f"{base}/v1/predict", files={"file": (name, content)}, timeout=120)
             return response.status_code, time.perf_counter() - start
 
+        def probe_health() -> None:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                while not loaded.is_set():
+                    start = time.perf_counter()
+                    client.get("/health")
+                    health.append(time.perf_counter() - start)
+                    time.sleep(HEALTH_EVERY)
+
+        prober = threading.Thread(target=probe_health)
+        prober.start()
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             results = list(pool.map(call, range(REQUESTS)))
+        loaded.set()
+        prober.join()
         wall = time.time() - started
         after = resident_mib(server.pid)
     finally:
@@ -72,14 +100,15 @@ def main() -> None:
     statuses: dict[int, int] = {}
     for status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
-    latencies = sorted(seconds for status, seconds in results if status == 200)
-    p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
-    print(f"machine: {machine()}; {REQUESTS} requests, {CONCURRENCY} concurrent, {len(payloads)} Cohen images")
+    latencies = [seconds for status, seconds in results if status == 200]
+    print(f"machine: {machine()}; {REQUESTS} requests, {CONCURRENCY} concurrent, {len(payloads)} Cohen images; "
+          f"model: {sys.argv[1] if len(sys.argv) == 2 else 'shipped'}")
     print(f"statuses: {statuses}; {len(results) / wall:.1f} requests/s over {wall:.1f} s")
     print(f"server memory: {before:.0f} MiB before, {after:.0f} MiB after")
+    print(f"GET /health while loaded: {len(health)} calls, {percentiles(health)}")
     errors_5xx = sum(n for s, n in statuses.items() if s >= 500)
-    print(f"load: {errors_5xx} errors 5xx; p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms "
-          f"(latency under {CONCURRENCY} concurrent requests)")
+    print(f"load: {errors_5xx} errors 5xx; uploads {percentiles(latencies)}; /health {percentiles(health)} "
+          f"(under {CONCURRENCY} concurrent uploads)")
 
 
 if __name__ == "__main__":

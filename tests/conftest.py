@@ -186,3 +186,35 @@ def trained_run(tmp_path_factory, training_manifest) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("trained")
     config = load_recipe("default", tiny_recipe_overrides(**{"trainer.max_epochs": "4"}))
     return train(config, training_manifest, folder / "run", cache_root=folder / "cache"), folder / "cache"
+
+
+def write_radiograph(path: Path, pixels: np.ndarray, modality: str = "CR", photometric: str = "MONOCHROME2",
+                     study_uid: str | None = None, patient_id: str = "SECRET-ID", frames: int = 1) -> Path:
+    """A CR or DX image as a modality would store it: UIDs, patient and study modules (identifying values, to
+    prove they never leak), 12-bit pixels in 16, stored inverted when MONOCHROME1 (so it decodes as `pixels`)."""
+    from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+
+    sop_class = ComputedRadiographyImageStorage if modality == "CR" else DigitalXRayImageStorageForPresentation
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    dataset.PatientID, dataset.PatientName, dataset.PatientBirthDate, dataset.PatientSex = (
+        patient_id, "Doe^Jane", "19700101", "F")
+    dataset.StudyDate, dataset.StudyTime, dataset.AccessionNumber, dataset.StudyID = "20200401", "101500", "ACC-77", "7"
+    dataset.ReferringPhysicianName, dataset.Modality, dataset.SeriesNumber, dataset.InstanceNumber = "", modality, 1, 1
+    dataset.ViewPosition, dataset.PatientOrientation = "PA", ["L", "F"]
+    stored = (255 - pixels if photometric == "MONOCHROME1" else pixels).astype(np.uint16) * 16
+    dataset.Rows, dataset.Columns = stored.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+        stored = np.stack([stored] * frames)
+    dataset.PixelData = stored.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path

@@ -86,3 +86,52 @@ def test_failures_exit_1_with_the_file_named(tmp_path, capsys):
     assert "missing column(s) image_id" in capsys.readouterr().err
     assert main(["data", "build", str(tmp_path / "m.txt"), "--task", "binary", "-o", str(tmp_path / "o.csv")]) == 1
     assert "must end in .csv or .parquet" in capsys.readouterr().err
+
+
+def test_library_errors_name_parameters_and_the_command_line_names_flags(built, tmp_path, capsys):
+    from covidxr.data import build
+    from covidxr.errors import UsageError
+
+    with pytest.raises(UsageError, match="^folds=50: must be between 2") as error:
+        build([built], task="binary", folds=50)
+    assert "--folds" not in str(error.value)
+    out = ["-o", str(tmp_path / "o.csv")]
+    assert main(["data", "build", str(built), "--task", "binary", "--folds", "50"] + out) == 2
+    assert "covidxr: usage error: --folds 50: must be between 2" in capsys.readouterr().err
+    assert main(["data", "build", str(built), "--task", "binary", "--exclude-license", "(NC"] + out) == 2
+    assert "--exclude-license '(NC': not a regular expression" in capsys.readouterr().err
+    assert main(["data", "build", str(built), "--task", "binary", "--max-distance", "99"] + out) == 2
+    assert "--max-distance 99: must be 0..64 bits" in capsys.readouterr().err
+    assert main(["prepare", str(built), "-o", str(tmp_path / "cache"), "--set", "clahe"]) == 2
+    assert "--set 'clahe': expected key=value" in capsys.readouterr().err
+
+
+def test_import_folders_through_the_cli_then_a_preview_with_nothing_prepared(tmp_path, capsys, monkeypatch):
+    from conftest import save_image, write_dicom, xray_pixels
+
+    monkeypatch.setenv("COVIDXR_SECRET_KEY_FILE", str(tmp_path / "key"))
+    root = tmp_path / "hospital"
+    save_image(xray_pixels(1), root / "covid" / "a.png")
+    save_image(xray_pixels(2), root / "covid" / "b.jpg")
+    save_image(xray_pixels(3), root / "normal" / "c.png")
+    (root / "normal" / "broken.png").write_text("<html>not an image</html>")
+    write_dicom(root / "normal" / "scan.dcm", xray_pixels(4), patient_id="MRN-0042")
+    out = tmp_path / "manifest.csv"
+    assert main(["data", "import", "folders", str(root), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "kept        4  images of 4 patients" in printed and "unreadable: broken.png (not an image" in printed
+    assert f"wrote {out} (4 rows)" in printed
+    manifest = load_manifest(out)
+    assert manifest.groupby("finding").size().to_dict() == {"COVID-19": 2, "Normal": 2}
+    assert set(manifest["source"]) == {"hospital"} and "MRN-0042" not in out.read_text()
+    assert pd.read_csv(tmp_path / "manifest.dropped.csv")["reason"].tolist() == ["unreadable"]
+
+    for path in manifest["path"]:  # every file changes after the import: nothing can be prepared
+        with open(path, "ab") as handle:
+            handle.write(b"changed")
+    code = main(["prepare", str(out), "-o", str(tmp_path / "cache"), "--size", "32", "--preview", "2",
+                 "--preview-out", str(tmp_path / "preview.png")])
+    captured = capsys.readouterr()
+    assert code == 1 and "failed   4 image(s)" in captured.out and "file changed since import" in captured.out
+    assert "covidxr: error: nothing to preview: none of the manifest's 4 image(s) is prepared" in captured.err
+    assert "Traceback" not in captured.err and not (tmp_path / "preview.png").exists()

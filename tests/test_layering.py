@@ -135,3 +135,17 @@ def test_importing_the_runs_package_loads_no_heavy_library():
 ])
 def test_imports_are_found_at_any_depth(source, expected):
     assert [name for name, _ in imported_names(PACKAGE / "evaluation" / "example.py", source)] == expected
+
+
+def test_the_sources_cite_the_projects_own_reference_and_its_sections_exist():
+    import re
+
+    reference = PACKAGE.parents[1] / "docs" / "reference.md"
+    headings = {line.lstrip("#").strip() for line in reference.read_text().splitlines() if line.startswith("#")}
+    for path in sorted(PACKAGE.rglob("*")):
+        if path.suffix not in (".py", ".html", ".js"):
+            continue
+        text = path.read_text()
+        assert "CONTRACTS" not in text and "ARCHITECTURE.md" not in text, f"{path} cites a file users do not have"
+        for section in re.findall(r'docs/reference\.md,\s+"([^"]+)"', text):
+            assert section in headings, f"{path} cites section {section!r}, not a heading of {reference.name}"

@@ -74,7 +74,7 @@ def test_inverted_images_are_warned_about(trained_run):
 def test_export_onnx_matches_pytorch_and_predict_uses_it(trained_run, folder, tmp_path, capsys):
     import shutil
 
-    from covidxr.export import OnnxModel
+    from covidxr.models.onnx_runtime import OnnxModel
 
     source, _ = trained_run
     run = tmp_path / "run"

@@ -129,7 +129,7 @@ def test_the_shipped_model_is_not_written_to_and_evaluates_into_the_working_fold
     assert not run.update_card("evaluations", "x-all", {"auc": 0.5})
     assert run.read_card() == {"intended_use": "teaching"}
     shutil.rmtree(shipped)
-    with pytest.raises(UsageError, match="no model is shipped.*--run RUN"):
+    with pytest.raises(UsageError, match="run: no model is shipped.*give a run directory"):
         shipped_run()
 
 
@@ -153,3 +153,21 @@ def test_the_lung_field_and_border_regions():
     border = border_mask(100)
     assert border[0, 50] and border[99, 99] and not border[50, 50] and border.sum() == 100 * 100 - 80 * 80
     assert border_mask(4).sum() == 12
+
+
+def test_predictions_follow_the_positive_class_model_json_names(trained_run, tmp_path):
+    import covidxr
+    from conftest import lesion_image
+
+    run, _ = trained_run
+    images = [lesion_image(700 + index, covid=index % 2 == 0, size=64) for index in range(8)]
+    before = [covidxr.load_model(run).predict(image) for image in images]
+    negative = np.array([p["probabilities"]["non-covid"] for p in before])
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    contract = json.loads((copy / "model.json").read_text())
+    threshold = float(np.median(negative))
+    write_json(copy / "model.json", {**contract, "positive_class": "non-covid", "threshold": threshold})
+    after = [covidxr.load_model(copy).predict(image) for image in images]
+    assert [p["probabilities"] for p in after] == [p["probabilities"] for p in before]
+    expected = np.where(negative >= threshold, "non-covid", "covid").tolist()
+    assert [p["label"] for p in after] == expected and set(expected) == {"covid", "non-covid"}

@@ -2,6 +2,7 @@
 web page driven in headless Chromium against a real server on a loopback port."""
 
 import io
+import json
 import socket
 import struct
 import threading
@@ -75,6 +76,62 @@ def test_bad_inputs_get_the_contract_status_and_a_json_error(client, files, stat
         assert response.status_code == status, (path, response.text)
         error = response.json()["error"]
         assert error["code"] == code and error["message"]
+        assert error["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_a_server_failure_is_a_logged_500_with_the_request_id_and_bad_input_stays_4xx(trained_run, monkeypatch,
+                                                                                      caplog):
+    from covidxr.predict import load_model
+
+    def broken(_gray):
+        raise RuntimeError("a bug in the model code")
+
+    predictor = load_model(trained_run[0])
+    monkeypatch.setattr(predictor, "predict", broken)
+    failing = TestClient(create_app(predictor=predictor), raise_server_exceptions=False)
+    with caplog.at_level("ERROR", logger="covidxr.serve"):
+        response = failing.post("/v1/predict", files={"file": ("chest.png", _png(), "image/png")})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == "internal_error" and "RuntimeError" not in error["message"]
+    assert error["request_id"] == response.headers["X-Request-ID"] and len(error["request_id"]) == 32
+    assert error["request_id"] in caplog.text and "a bug in the model code" in caplog.text
+    bad = failing.post("/v1/predict", files={"file": ("page.png", b"<html>", "image/png")})
+    assert bad.status_code == 415 and bad.json()["error"]["request_id"] != error["request_id"]
+
+
+def test_openapi_describes_what_each_route_returns(client):
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    answer = schema["paths"]["/v1/predict"]["post"]["responses"]
+    assert answer["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionAnswer")
+    assert set(components["PredictionAnswer"]["properties"]) == {"filename", "status", "error", "label", "threshold",
+                                                                 "probabilities", "warnings"}
+    for status in ("400", "413", "415", "422", "500"):
+        assert answer[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorAnswer")
+    assert set(components["ErrorDetail"]["properties"]) == {"code", "message", "request_id"}
+    assert "image/png" in schema["paths"]["/v1/explain"]["post"]["responses"]["200"]["content"]
+    for path, model in (("/v1/model", "ModelCard"), ("/health", "Health")):
+        assert schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"][
+            "$ref"].endswith(f"/{model}")
+
+
+def test_serve_without_a_run_uses_the_shipped_model(monkeypatch):
+    import uvicorn
+
+    from covidxr.cli import main
+    from covidxr.runs import shipped_run
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    assert main(["serve", "--port", "8123"]) == 0
+    assert served["port"] == 8123 and served["host"] == "127.0.0.1"
+    client = TestClient(served["app"])
+    card = client.get("/v1/model").json()
+    shipped = json.loads((shipped_run() / "model_card.json").read_text())
+    assert card == shipped and card["not_for_clinical_use"] is True
+    response = client.post("/v1/predict", files={"file": ("chest.png", _png(size=160), "image/png")})
+    assert response.status_code == 200 and set(response.json()["probabilities"]) == {"covid", "non-covid"}
 
 
 def test_dicom_without_pixels_is_422_and_leaks_no_identifier(client, tmp_path):

@@ -40,3 +40,54 @@ def test_shipped_model_predicts_without_a_run(tmp_path, capsys):
     Image.fromarray(lesion_image(2, covid=False, size=300)).save(image)
     assert main(["predict", str(image), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"][0]["status"] == "ok"
+
+
+def test_python_m_shipped_packages_an_evaluated_run_and_keeps_the_size_limit(trained_run, tmp_path, monkeypatch,
+                                                                             capsys):
+    import runpy
+    import shutil
+    import sys
+    import warnings
+
+    import pytest
+
+    import covidxr.runs
+    from covidxr.models import shipped as shipped_module
+    from covidxr.runs import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run, ignore=shutil.ignore_patterns("checkpoints", "evaluation"))
+    target = tmp_path / "shipped"
+    monkeypatch.setattr(covidxr.runs, "shipped_dir", lambda: target)
+
+    def python_m(*argv: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["shipped.py", *argv])
+        with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is also imported by this test
+            runpy.run_module("covidxr.models.shipped", run_name="__main__")
+        return exit_.value.code
+
+    assert python_m() == 2 and "usage: python -m covidxr.models.shipped RUN" in capsys.readouterr().err
+    assert python_m(str(run)) == 1
+    assert "run `covidxr evaluate` and `covidxr audit` first" in capsys.readouterr().err and not target.exists()
+
+    RunDir(run).update_card("evaluations", "internal-test", {"auc": 0.9})
+    RunDir(run).update_card("audits", "internal", {"occlusion": "verdict"})
+    assert python_m(str(run)) == 0 and f"into {target}" in capsys.readouterr().out
+    contract = json.loads((target / "model.json").read_text())
+    assert contract["weights_dtype"] == "float16" and contract["shipped_from"] == "run"
+    assert contract["weights_sha256"] == file_sha256(target / "model.safetensors")
+    assert json.loads((target / "model_card.json").read_text())["audits"] == {"internal": {"occlusion": "verdict"}}
+    assert covidxr.load_model(target).predict(lesion_image(3, covid=True, size=64))["label"] in {"covid", "non-covid"}
+
+    shipped_bytes = (target / "model.safetensors").read_bytes()
+    from safetensors.torch import load_file, save_file
+
+    retrained = {key: value + 1 if value.is_floating_point() else value
+                 for key, value in load_file(str(run / "model.safetensors")).items()}
+    save_file(retrained, str(run / "model.safetensors"))
+    monkeypatch.setattr(shipped_module, "MAX_BYTES", 1000)
+    assert shipped_module.main([str(run)]) == 1
+    assert "bytes as float16 is over the 1,000-byte limit" in capsys.readouterr().err
+    assert (target / "model.safetensors").read_bytes() == shipped_bytes, "a refused package leaves the old one"
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "model.safetensors", "model_card.json"]

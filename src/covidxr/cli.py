@@ -18,10 +18,22 @@ from rich.console import Console
 
 from covidxr import __version__
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+# The commands `_add_evaluation_commands` defines: those that use a trained model.
+INFERENCE_COMMANDS = ("evaluate", "audit", "report", "export", "serve", "predict", "explain")
 stdout = Console(soft_wrap=True)
+# Library parameters whose flag is not `--` + the name with dashes (argparse's own rule, `max_distance` ->
+# `--max-distance`); usage errors name parameters and are printed with the flag.
+FLAG_OF_PARAMETER = {"overrides": "--set", "out": "-o", "studies": "--study"}
+
+
+def usage_message(error: UsageError) -> str:
+    """The error as the command line says it: `split='val': ...` -> `--split 'val': ...`."""
+    if error.parameter is None:
+        return str(error)
+    flag = FLAG_OF_PARAMETER.get(error.parameter, "--" + error.parameter.replace("_", "-"))
+    return error.naming(flag, separator=" ")
 
 
 def _views(text: str) -> tuple[str, ...]:
@@ -37,7 +49,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         return parse_fractions(text)
     except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(error.problem) from None
 
 
 def _positive(text: str) -> int:
@@ -223,6 +235,8 @@ def _overlap_lines(overlap: dict | None) -> list[str]:
 
 
 def _summary_line(result: dict) -> list[str]:
+    from covidxr.evaluation.metrics import format_estimate, source_explains_result
+
     lines = _overlap_lines(result["overlap_with_training"]) if "overlap_with_training" in result else []
     lines += [
         f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients, "
@@ -257,6 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from covidxr.evaluation.audit import audit
+    from covidxr.evaluation.metrics import format_number
 
     result = audit(_require_run(args), args.data, args.cache)
     if args.json:
@@ -277,6 +292,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from covidxr.config import load_recipe
     from covidxr.evaluation.crossval import cross_validate
+    from covidxr.evaluation.metrics import format_estimate, format_number
 
     result = cross_validate(load_recipe(args.config, args.set), args.data, args.out, args.folds, args.cache)
     if not result:
@@ -317,9 +333,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _write_predictions_csv(predictions: Sequence, classes: list[str], out: Path) -> None:
+    """One row per input file (docs/reference.md, "Outputs"); empty cells where a file failed."""
+    import csv
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "status", "error", "label", "threshold", *(f"p_{name}" for name in classes),
+                         "warnings"])
+        for p in predictions:
+            writer.writerow([p.path, p.status, p.error, p.label, p.threshold,
+                             *(p.probabilities.get(name) for name in classes), ";".join(p.warnings)])
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     from covidxr.predict import expand_paths, load_model
 
     predictor = load_model(_require_run(args))
@@ -328,15 +356,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"no file found in {', '.join(map(str, args.paths))}")
     predictions = predictor.predict_files(paths)
     if args.csv:
-        rows = [{"path": p.path, "status": p.status, "error": p.error, "label": p.label, "threshold": p.threshold,
-                 **{f"p_{name}": p.probabilities.get(name) for name in predictor.run.classes},
-                 "warnings": ";".join(p.warnings)} for p in predictions]
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.csv, index=False)
+        _write_predictions_csv(predictions, predictor.classes, args.csv)
     if args.json:
         print(json.dumps({"model": predictor.info, "predictions": [p.as_dict() for p in predictions]}, indent=2))
     elif not args.csv:
-        positive = predictor.run.positive_class
+        positive = predictor.contract.positive_class
         for p in predictions:
             text = (f"{p.label} (P({positive}) {p.probabilities[positive]:.3f})" if p.status == "ok"
                     else f"error: {p.error}")
@@ -344,7 +368,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = sum(p.status != "ok" for p in predictions)
     summary = f"{len(predictions) - failed} predicted, {failed} failed" + (f"; wrote {args.csv}" if args.csv else "")
     Console(stderr=True).print(summary, markup=False, highlight=False)
-    return EXIT_PARTIAL if failed else EXIT_OK
+    dicom_failed = _write_dicom_outputs(predictor, predictions, args.dicom_out, args.json) if args.dicom_out else 0
+    return EXIT_PARTIAL if failed or dicom_failed else EXIT_OK
+
+
+def _write_dicom_outputs(predictor, predictions: list, out: Path, quiet_stdout: bool) -> int:
+    """--dicom-out: SR and SC per input DICOM, a note per other input; returns how many DICOM inputs failed."""
+    from covidxr.dicom.results import write_dicom_outputs
+
+    outputs = write_dicom_outputs(predictor, predictions, out)
+    console = Console(stderr=True, soft_wrap=True) if quiet_stdout else stdout
+    for output in outputs:
+        text = f"wrote {output.sr.name} and {output.sc.name}" if output.status == "written" else output.note
+        console.print(f"{output.path}: {text}", markup=False, highlight=False)
+    written = sum(output.status == "written" for output in outputs)
+    failed = sum(output.status == "failed" for output in outputs)
+    Console(stderr=True).print(f"DICOM results: {written} written to {out}, {failed} DICOM input(s) without, "
+                               f"{len(outputs) - written - failed} non-DICOM input(s)", markup=False, highlight=False)
+    return failed
+
+
+def cmd_dicomweb(args: argparse.Namespace) -> int:
+    from covidxr.dicom.dicomweb import DicomWebError, classify_studies, connect, summary
+    from covidxr.predict import load_model
+
+    logging.getLogger("retrying").setLevel(logging.CRITICAL)  # covidxr reports the outcome of its retries itself
+    logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)
+    server = connect(args.url, attempts=args.attempts)
+    predictor = load_model(_require_run(args))
+    try:
+        reports = classify_studies(server, predictor, args.study)
+    except DicomWebError as error:
+        _print_dicomweb_reports(error.reports)
+        raise
+    _print_dicomweb_reports(reports)
+    _print_lines(summary(reports))
+    return EXIT_PARTIAL if any(report.status == "failed" for report in reports) else EXIT_OK
+
+
+def _print_dicomweb_reports(reports: list) -> None:
+    _print_lines([f"study {r.study} instance {r.instance or '-'}: {r.status}" + (f" ({r.reason})" if r.reason else "")
+                  for r in reports])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -410,10 +474,26 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     predict.add_argument("--run", type=Path, metavar="RUN")
+    predict.add_argument("--dicom-out", type=Path, metavar="DIR",
+                         help="also write DIR/<SOPInstanceUID>.sr.dcm (DICOM SR) and .sc.dcm (Grad-CAM overlay) "
+                              "per input DICOM")
     outputs = predict.add_mutually_exclusive_group()
     outputs.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     outputs.add_argument("--csv", type=Path, metavar="OUT", help="write one row per input file")
     predict.set_defaults(handler=cmd_predict)
+    dicomweb = commands.add_parser(
+        "dicomweb", help="classify the CR/DX images of studies on a DICOMweb server (PACS) and store SR and "
+                         "overlay back in each study",
+        description="Searches (QIDO-RS), retrieves (WADO-RS) and stores (STOW-RS). A bearer token, when the server "
+                    "needs one, is read from $COVIDXR_DICOMWEB_TOKEN. Research and teaching only; not for clinical "
+                    "use.")
+    dicomweb.add_argument("--url", required=True, help="the DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    dicomweb.add_argument("--study", action="append", metavar="UID",
+                          help="a StudyInstanceUID (repeatable); default: every study on the server")
+    dicomweb.add_argument("--run", type=Path, metavar="RUN")
+    dicomweb.add_argument("--attempts", type=_positive, metavar="N",
+                          help="tries per request when the server is down or busy (default 4)")
+    dicomweb.set_defaults(handler=cmd_dicomweb, data=None)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
     explain.add_argument("image", type=Path, metavar="IMAGE")
     explain.add_argument("--run", type=Path, metavar="RUN")
@@ -534,7 +614,10 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=cmd_check)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; for `command` in INFERENCE_COMMANDS, only the commands that use a trained
+    model (the dataset and training commands' options import pandas, SciPy and YAML: seconds of start-up
+    that `covidxr predict` does not need)."""
     root = argparse.ArgumentParser(
         prog="covidxr",
         description="Build, honestly evaluate, explain and serve chest X-ray classifiers. "
@@ -542,9 +625,10 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--version", action="version", version=f"covidxr {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_data_commands(commands)
-    _add_prepare_command(commands)
-    _add_training_commands(commands)
+    if command not in INFERENCE_COMMANDS:
+        _add_data_commands(commands)
+        _add_prepare_command(commands)
+        _add_training_commands(commands)
     _add_evaluation_commands(commands)
     return root
 
@@ -562,14 +646,15 @@ def _log_to(console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser(argv[0] if argv else None).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     errors = Console(stderr=True, soft_wrap=True)
     _log_to(errors)
     try:
         return handler(args)
     except UsageError as error:
-        errors.print(f"covidxr: usage error: {error}", markup=False, highlight=False)
+        errors.print(f"covidxr: usage error: {usage_message(error)}", markup=False, highlight=False)
         return EXIT_USAGE
     except CovidxrError as error:
         errors.print(f"covidxr: error: {error}", markup=False, highlight=False)

@@ -6,17 +6,36 @@
     ...                        label_col="finding", root="rsna-normal-224/normal_dataset", source="rsna")
     >>> built = data.build([cohen.manifest, rsna.manifest], task="binary")
     >>> data.summarize(built.manifest, built.dropped)["by_split"]
+
+The names below are imported on first use (PEP 562), so that decoding and preparing an image
+(`covidxr.data.imageio`, `covidxr.data.preprocess`) does not load pandas, SciPy or scikit-learn: the lean
+inference path of `covidxr predict` and `covidxr serve` imports only those two modules.
 """
 
-from covidxr.data.build import BUILD_REASONS, BuildResult, LeakError, build
-from covidxr.data.labels import CLASSES, DEFAULT_TABLE, TASKS, label_for, load_label_table
-from covidxr.data.manifest import COLUMNS, ManifestError, load_dropped, load_manifest, save_manifest
-from covidxr.data.sources import DEFAULT_VIEWS, ImportResult, SourceError, import_cohen, import_csv, import_folders
-from covidxr.data.split import find_leaks
-from covidxr.data.summary import summarize
+from __future__ import annotations
 
-__all__ = [
-    "BUILD_REASONS", "BuildResult", "CLASSES", "COLUMNS", "DEFAULT_TABLE", "DEFAULT_VIEWS", "ImportResult",
-    "LeakError", "ManifestError", "SourceError", "TASKS", "build", "find_leaks", "import_cohen", "import_csv",
-    "import_folders", "label_for", "load_dropped", "load_label_table", "load_manifest", "save_manifest", "summarize",
-]
+from importlib import import_module
+
+_HOMES = {
+    "covidxr.data.build": ("BUILD_REASONS", "BuildResult", "LeakError", "build"),
+    "covidxr.data.labels": ("CLASSES", "DEFAULT_TABLE", "TASKS", "label_for", "load_label_table"),
+    "covidxr.data.manifest": ("COLUMNS", "ManifestError", "load_dropped", "load_manifest", "save_manifest"),
+    "covidxr.data.sources": ("DEFAULT_VIEWS", "ImportResult", "SourceError", "import_cohen", "import_csv",
+                             "import_folders"),
+    "covidxr.data.split": ("find_leaks",),
+    "covidxr.data.summary": ("summarize",),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'covidxr.data' has no attribute {name!r}")
+    value = getattr(import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

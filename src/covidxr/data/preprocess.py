@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from covidxr.errors import UsageError
+
 BorderKind = Literal["black", "white", "uniform"]
 ADDED_SETTINGS = ("equalize",)
 
@@ -44,6 +46,12 @@ class Preprocessing(BaseModel):
         if self.equalize and self.clahe:
             raise ValueError("equalize and clahe are alternatives: set one of them")
         return self
+
+    @classmethod
+    def from_recorded(cls, recorded: dict) -> Preprocessing:
+        """The settings as a run's model.json records them (which adds notes such as `decode` and
+        `normalisation` beside the settings)."""
+        return cls(**{name: value for name, value in recorded.items() if name in cls.model_fields})
 
     def key(self) -> str:
         """Short stable hash of every setting: the cache folder name. Settings added after the first release
@@ -132,7 +140,8 @@ def make_square(image: np.ndarray, mode: Literal["crop", "pad"]) -> np.ndarray:
 def preprocess(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
     """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut."""
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"expected a 2-D uint8 grayscale image, got shape {image.shape} dtype {image.dtype}")
+        raise UsageError(f"shape {image.shape} dtype {image.dtype}: expected a 2-D uint8 grey array (height, width), "
+                         "as read_grayscale returns", "image")
     cropped, cut = remove_borders(image, config)
     if config.crop_top:
         cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]

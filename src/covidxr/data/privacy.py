@@ -1,4 +1,4 @@
-"""Keyed pseudonyms for identifiers read from DICOM (docs/reference.md, "Privacy").
+"""Keyed pseudonyms for identifiers read from DICOM (docs/reference.md, "Privacy, weights, licences").
 
 The key is a per-installation secret: ``$COVIDXR_SECRET_KEY_FILE``, else
 ``$XDG_CONFIG_HOME/covidxr/secret.key`` (``~/.config/covidxr/secret.key``), created on first use with

@@ -29,7 +29,7 @@ from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask, lung_field_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.evaluation.metrics import CI_METHOD, auc_or_none, bootstrap_intervals
+from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
 
@@ -59,14 +59,14 @@ def _origin_auc(y: np.ndarray, out_of_fold: np.ndarray, classes: np.ndarray) -> 
     if len(np.unique(y)) < len(classes):
         return None
     if len(classes) == 2:
-        return float(roc_auc_score(y == classes[1], out_of_fold[:, 1]))
+        return auc_or_none(y == classes[1], out_of_fold[:, 1])
     return float(roc_auc_score(y, out_of_fold, multi_class="ovr", labels=classes))
 
 
 def _grouped_auc(embeddings: np.ndarray, target: pd.Series, groups: pd.Series,
-                 with_interval: bool = False) -> tuple[float | None, list[float] | None]:
+                 bootstrap: PatientBootstrap | None = None) -> tuple[float | None, list[float] | None]:
     """Out-of-fold AUC (one-vs-rest, macro) of predicting `target` from embeddings, grouped by patient, and
-    with `with_interval` its patient-bootstrap CI."""
+    with a `bootstrap` its patient-bootstrap CI."""
     counts = target.value_counts()
     keep = target.isin(counts[counts >= 5].index).to_numpy()
     if keep.sum() < 10 or target[keep].nunique() < 2 or groups[keep].nunique() < 5:
@@ -81,10 +81,9 @@ def _grouped_auc(embeddings: np.ndarray, target: pd.Series, groups: pd.Series,
         columns = np.searchsorted(classes, model.classes_)
         out_of_fold[np.ix_(test, columns)] = model.predict_proba(x[test])
     auc = _origin_auc(y, out_of_fold, classes)
-    if not with_interval:
+    if bootstrap is None:
         return auc, None
-    interval = bootstrap_intervals(lambda r: {"auc": _origin_auc(y[r], out_of_fold[r], classes)},
-                                   pd.Series(g))["auc"]
+    interval = bootstrap.intervals(lambda r: {"auc": _origin_auc(y[r], out_of_fold[r], classes)}, pd.Series(g))["auc"]
     return auc, interval
 
 
@@ -94,11 +93,12 @@ def _surviving_share(auc: float | None, occluded: float | None) -> float | None:
     return float(max(0.0, occluded - 0.5) / (auc - 0.5))
 
 
-def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients: pd.Series) -> dict:
+def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients: pd.Series,
+                      bootstrap: PatientBootstrap) -> dict:
     """AUC of the whole image and of each occluded variant, each with its patient-bootstrap CI, and a verdict."""
     variants = {"auc": scores, "lungs_hidden": hidden, "lungs_only": lungs_only, "borders_only": borders_only}
-    intervals = bootstrap_intervals(lambda r: {k: auc_or_none(truth[r], v[r]) for k, v in variants.items()},
-                                    patients.reset_index(drop=True))
+    intervals = bootstrap.intervals(lambda r: {k: auc_or_none(truth[r], v[r]) for k, v in variants.items()},
+                                    patients)
     auc = auc_or_none(truth, scores)
     results = {"auc": auc, "auc_ci": intervals["auc"]}
     for name, variant in list(variants.items())[1:]:
@@ -162,7 +162,8 @@ def source_verdict(source_auc: float | None, site_auc: float | None) -> str:
     return f"The embeddings barely tell the origin (AUC {best:.2f})."
 
 
-def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None) -> dict:
+def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None,
+          bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
     report = prepare(rows, Path(cache_root or default_cache_root()), run.preprocessing)
@@ -173,14 +174,14 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
     scores, embeddings = _scores_and_embeddings(run, images, None)
     lungs, borders = torch.from_numpy(lung_field_mask(size)), torch.from_numpy(border_mask(size))
     variants = [_scores_and_embeddings(run, images, keep)[0] for keep in (~lungs, lungs, borders)]
-    source_auc, source_auc_ci = _grouped_auc(embeddings, rows["source"], rows["patient_id"], with_interval=True)
+    source_auc, source_auc_ci = _grouped_auc(embeddings, rows["source"], rows["patient_id"], bootstrap)
     site_auc, _ = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
     result = {
         "run": str(run.run), "data": name, "n_images": int(len(rows)), "n_patients": int(rows["patient_id"].nunique()),
-        "splits": "all rows (train, val and test for a run's own data)", "ci_method": CI_METHOD,
+        "splits": "all rows (train, val and test for a run's own data)", "ci_method": bootstrap.method,
         "source_predictability": {"source_auc": source_auc, "source_auc_ci": source_auc_ci, "site_auc": site_auc,
                                   "verdict": source_verdict(source_auc, site_auc)},
-        "occlusion": occlusion_results(truth, scores, *variants, rows["patient_id"]),
+        "occlusion": occlusion_results(truth, scores, *variants, rows["patient_id"], bootstrap),
         "leave_one_site_out": leave_one_site_out(embeddings, rows, truth, run.positive_class),
         "lung_field": {"rows": LUNG_ROWS, "columns": LUNG_COLUMNS, "border_band": BORDER_BAND},
     }

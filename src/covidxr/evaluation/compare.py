@@ -31,7 +31,7 @@ from covidxr.errors import UsageError
 from covidxr.evaluation.audit import audit
 from covidxr.evaluation.crossval import cross_validate
 from covidxr.evaluation.evaluate import evaluate
-from covidxr.evaluation.metrics import CI_METHOD
+from covidxr.evaluation.metrics import PatientBootstrap
 from covidxr.runs import RunDir, default_cache_root, read_json, write_json
 from covidxr.training.data import ensure_cache, is_built_for, select_rows
 from covidxr.training.run import train
@@ -97,15 +97,15 @@ def within_source_name(manifest: pd.DataFrame, task: str, wanted: str | None) ->
     return max(holding, key=lambda source: (holding[source], source))
 
 
-def _test_figures(run: Path, cache_root: Path | None) -> dict:
-    result = evaluate(run, cache_root=cache_root)
+def _test_figures(run: Path, cache_root: Path | None, bootstrap: PatientBootstrap) -> dict:
+    result = evaluate(run, cache_root=cache_root, resamples=bootstrap.resamples, seed=bootstrap.seed)
     return {"test_images": result["n_images"], "test_patients": result["n_patients"], "auc": result["auc"],
             "auc_ci": result["auc_ci"], "source_only_auc": result["source_only_auc"],
             "source_only_auc_ci": result["source_only_auc_ci"], "within_source": result["within_source"]}
 
 
-def _audit_figures(run: Path, cache_root: Path | None) -> dict:
-    result = audit(run, cache_root=cache_root)
+def _audit_figures(run: Path, cache_root: Path | None, bootstrap: PatientBootstrap) -> dict:
+    result = audit(run, cache_root=cache_root, bootstrap=bootstrap)
     hidden, origin = result["occlusion"]["lungs_hidden"], result["source_predictability"]
     return {"lungs_hidden_auc": hidden["auc"], "lungs_hidden_auc_ci": hidden["auc_ci"],
             "origin_auc": origin["source_auc"], "origin_auc_ci": origin["source_auc_ci"],
@@ -113,9 +113,9 @@ def _audit_figures(run: Path, cache_root: Path | None) -> dict:
 
 
 def _out_of_fold_figures(config: TrainConfig, split: Path, folder: Path, run: Path, folds: int, within: str | None,
-                         cache_root: Path | None) -> dict | None:
+                         cache_root: Path | None, bootstrap: PatientBootstrap) -> dict | None:
     started = time.perf_counter()
-    result = cross_validate(config, split, folder, folds, cache_root, include_test=True)
+    result = cross_validate(config, split, folder, folds, cache_root, include_test=True, bootstrap=bootstrap)
     if not result:
         return None
     shutil.copy(folder / "cv.json", RunDir(run).evaluation / "cv.json")
@@ -127,7 +127,7 @@ def _out_of_fold_figures(config: TrainConfig, split: Path, folder: Path, run: Pa
 
 
 def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, folds: int, within: str | None,
-                   cache_root: Path | None) -> dict | None:
+                   cache_root: Path | None, bootstrap: PatientBootstrap) -> dict | None:
     """Train, evaluate, audit and cross-validate one recipe into `folder`; its entry of compare.json (None in DDP
     worker processes)."""
     entry_path = folder / "entry.json"
@@ -142,18 +142,19 @@ def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, fo
     if run is None:
         return None
     train_seconds = round(time.perf_counter() - started, 1)
-    tested, audited = _test_figures(run, cache_root), _audit_figures(run, cache_root)
-    out_of_fold = _out_of_fold_figures(config, split, folder / "cv", run, folds, within, cache_root)
+    tested, audited = _test_figures(run, cache_root, bootstrap), _audit_figures(run, cache_root, bootstrap)
+    out_of_fold = _out_of_fold_figures(config, split, folder / "cv", run, folds, within, cache_root, bootstrap)
     if out_of_fold is None:
         return None
     entry = {"recipe": name, "description": config.description, "run": str(run), "data": str(split),
-             **tested, **out_of_fold, **audited, "train_seconds": train_seconds, "ci_method": CI_METHOD}
+             **tested, **out_of_fold, **audited, "train_seconds": train_seconds, "ci_method": bootstrap.method}
     write_json(entry_path, entry)
     return entry
 
 
 def compare(recipes: list[str | Path], manifest_path: str | Path, out: str | Path, overrides: list[str] | None = None,
-            folds: int = DEFAULT_FOLDS, within: str | None = None, cache_root: str | Path | None = None) -> list[dict]:
+            folds: int = DEFAULT_FOLDS, within: str | None = None, cache_root: str | Path | None = None,
+            bootstrap: PatientBootstrap = PatientBootstrap()) -> list[dict]:
     """Compare recipes on one manifest and split; writes and returns the entries of DIR/compare.json."""
     configs = load_recipes(recipes, overrides or [])
     out = Path(out)
@@ -166,7 +167,7 @@ def compare(recipes: list[str | Path], manifest_path: str | Path, out: str | Pat
     for index, (name, config) in enumerate(configs.items(), 1):
         log.info("compare: recipe %d of %d, %s: train, evaluate, audit, %d-fold cross-validation over all patients",
                  index, len(configs), name, folds)
-        entry = compare_recipe(name, config, split, out / name, folds, source, cache)
+        entry = compare_recipe(name, config, split, out / name, folds, source, cache, bootstrap)
         if entry is None:
             return []
         entries.append(entry)

@@ -22,7 +22,7 @@ from covidxr.data.manifest import load_manifest, save_manifest
 from covidxr.data.split import grouped_folds, split_units
 from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import model_probabilities
-from covidxr.evaluation.metrics import CI_METHOD, auc_or_none, binary_metrics, bootstrap_intervals
+from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
 from covidxr.runs import default_cache_root, write_json
 from covidxr.training.data import select_rows
@@ -39,15 +39,16 @@ def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int, incl
     if folds is None:
         if development["fold"].notna().all():
             return development
-        raise UsageError("the manifest has no folds: pass --folds K (or build it with `data build --folds K`)")
+        raise UsageError("the manifest has no folds: give a number of folds (or build it with `data build --folds K`)",
+                         "folds")
     units = split_units(development)
     if not 2 <= folds <= units.nunique():
-        raise UsageError(f"--folds {folds}: must be between 2 and the {units.nunique()} patient units available")
+        raise UsageError(f"must be between 2 and the {units.nunique()} patient units available", "folds", folds)
     strata = development["source"] + "/" + development["label"]
     return development.assign(fold=grouped_folds(strata, units, folds, seed))
 
 
-def pooled_within_source(pooled: pd.DataFrame) -> dict:
+def pooled_within_source(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> dict:
     """Per source holding both classes: the pooled out-of-fold AUC on its rows alone, with a patient-bootstrap CI
     (inside one source, origin cannot separate the classes)."""
     figures = {}
@@ -57,14 +58,15 @@ def pooled_within_source(pooled: pd.DataFrame) -> dict:
             figures[str(source)] = {
                 "n_images": int(len(part)), "n_patients": int(part["patient_id"].nunique()),
                 "auc": auc_or_none(truth, scores),
-                "auc_ci": bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
-                                              part["patient_id"].reset_index(drop=True))["auc"],
+                "auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+                                              part["patient_id"])["auc"],
             }
     return figures
 
 
 def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Path, folds: int | None = None,
-                   cache_root: str | Path | None = None, include_test: bool = False) -> dict:
+                   cache_root: str | Path | None = None, include_test: bool = False,
+                   bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
     """Train one run per fold in `out/fold-K/`; `include_test` folds over every row, test rows included (the
     widest out-of-fold estimate, used by `covidxr compare`)."""
     out = Path(out)
@@ -98,11 +100,11 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
         "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
         "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
         "pooled_out_of_fold_auc": auc_or_none(truth, scores),
-        "pooled_out_of_fold_auc_ci": bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+        "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
                                                          everything["patient_id"])["auc"],
-        "pooled_out_of_fold_within_source": pooled_within_source(everything),
+        "pooled_out_of_fold_within_source": pooled_within_source(everything, bootstrap),
         "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
-        "ci_method": CI_METHOD,
+        "ci_method": bootstrap.method,
         "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
     }
     write_json(out / "cv.json", result)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from covidxr.config import ModelSpec
 from covidxr.data.preprocess import Preprocessing
 from covidxr.models.classifier import Classifier, build_classifier
-from covidxr.runs import ModelContract, RunDir
+from covidxr.runs import InferenceContract, RunDir
 
 
 @dataclass
@@ -19,7 +19,7 @@ class RunModel:
 
     rundir: RunDir
     model: Classifier
-    model_json: ModelContract
+    inference: InferenceContract
 
     @property
     def run(self) -> Path:
@@ -28,32 +28,31 @@ class RunModel:
     @property
     def contract(self) -> dict:
         """model.json as written."""
-        return self.model_json.content
+        return self.inference.content
 
     @property
     def classes(self) -> list[str]:
-        return self.model_json.classes
+        return self.inference.classes
 
     @property
     def positive_class(self) -> str:
-        return self.model_json.positive_class
+        return self.inference.positive_class
 
     @property
     def positive_index(self) -> int:
-        return self.model_json.positive_index
+        return self.inference.positive_index
 
     @property
     def preprocessing(self) -> Preprocessing:
-        fields = Preprocessing.model_fields
-        return Preprocessing(**{k: v for k, v in self.model_json.preprocessing.items() if k in fields})
+        return Preprocessing.from_recorded(self.inference.preprocessing)
 
     @property
     def temperature(self) -> float:
-        return self.model_json.temperature
+        return self.inference.temperature
 
     @property
     def threshold(self) -> float:
-        return self.model_json.threshold
+        return self.inference.threshold
 
     @property
     def output_folder(self) -> Path:
@@ -69,7 +68,7 @@ def load_run(run: str | Path) -> RunModel:
     architecture = contract.architecture
     kwargs = architecture["kwargs"]
     spec = ModelSpec(name=architecture["name"], head=kwargs["head"], in_chans=kwargs["in_chans"],
-                     dropout=kwargs["dropout"], pretrained="none")
-    model, _ = build_classifier(spec, kwargs["num_classes"], contract.image_size)
+                     dropout=kwargs["dropout"])
+    model, _ = build_classifier(spec, kwargs["num_classes"], contract.image_size, load_initial_weights=False)
     model.load_state_dict(load_file(str(rundir.weights)), strict=True)
     return RunModel(rundir, model.eval(), contract)

@@ -3,11 +3,13 @@
 
 `python -m covidxr.models.shipped RUN` packages a finished, evaluated and audited run: weights stored as
 float16 safetensors (under 25 MB), `model.json` with the hash of that file, and the run's model card with
-its evaluation and audit figures. `make default-model` trains, evaluates, audits and packages it.
+its evaluation and audit figures. The previous model's `model.onnx` is removed; `covidxr export` of the
+shipped folder writes the new one (`make default-model` trains, evaluates, audits, packages and exports).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,17 +33,33 @@ def package_run(run: str | Path, target: Path | None = None) -> Path:
     full = load_file(str(source.weights))
     tensors = {key: value.half() if value.is_floating_point() else value for key, value in full.items()}
     shipped.root.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(shipped.weights))
-    size = shipped.weights.stat().st_size
+    candidate = shipped.weights.with_name(f".{shipped.weights.name}.tmp")
+    save_file(tensors, str(candidate))
+    size = candidate.stat().st_size
     if size > MAX_BYTES:
-        raise CovidxrError(f"{shipped.weights}: {size:,} bytes is over the {MAX_BYTES:,}-byte limit")
+        candidate.unlink()
+        raise CovidxrError(f"{source.weights}: {size:,} bytes as float16 is over the {MAX_BYTES:,}-byte limit of a "
+                           "shipped model; the shipped model was left as it was")
+    shipped.onnx.unlink(missing_ok=True)
+    os.replace(candidate, shipped.weights)
     shipped.write_contract({**contract, "weights_sha256": file_sha256(shipped.weights), "weights_dtype": "float16",
                             "shipped_from": source.root.name})
     shipped.write_card(card)
     return shipped.root
 
 
+def main(argv: list[str]) -> int:
+    """`python -m covidxr.models.shipped RUN`: 0 packaged, 1 refused (the reason on stderr), 2 usage."""
+    if len(argv) != 1:
+        print("usage: python -m covidxr.models.shipped RUN", file=sys.stderr)
+        return 2
+    try:
+        print(f"packaged {argv[0]} into {package_run(argv[0])}")
+    except CovidxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m covidxr.models.shipped RUN")
-    print(f"packaged {sys.argv[1]} into {package_run(sys.argv[1])}")
+    sys.exit(main(sys.argv[1:]))

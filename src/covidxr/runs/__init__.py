@@ -9,7 +9,7 @@ from covidxr.runs.inference import predicted_classes, softmax_with_temperature
 from covidxr.runs.rundir import (
     FORMAT_VERSION,
     NOT_FOR_CLINICAL_USE,
-    ModelContract,
+    InferenceContract,
     RunDir,
     default_cache_root,
     file_sha256,
@@ -21,7 +21,7 @@ from covidxr.runs.rundir import (
 )
 
 __all__ = [
-    "FORMAT_VERSION", "NOT_FOR_CLINICAL_USE", "ModelContract", "RunDir", "default_cache_root", "file_sha256",
+    "FORMAT_VERSION", "InferenceContract", "NOT_FOR_CLINICAL_USE", "RunDir", "default_cache_root", "file_sha256",
     "is_shipped", "predicted_classes", "read_json", "shipped_dir", "shipped_run", "softmax_with_temperature",
     "write_json",
 ]

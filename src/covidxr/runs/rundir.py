@@ -66,19 +66,19 @@ def shipped_run() -> Path:
     """The shipped model's folder; a usage error when this installation has none."""
     folder = RunDir(shipped_dir())
     if not folder.is_finished():
-        raise UsageError(f"no model is shipped in this installation ({folder.root}): pass --run RUN, or create it "
-                         "with `make default-model`")
+        raise UsageError(f"no model is shipped in this installation ({folder.root}): give a run directory, or create "
+                         "the shipped model with `make default-model`", "run")
     return folder.root
 
 
 @dataclass(frozen=True)
-class ModelContract:
+class InferenceContract:
     """A run's `model.json`, checked: the values inference needs, and the whole object as `content`."""
 
     content: dict[str, Any]
 
     @classmethod
-    def parse(cls, content: dict, source: str | Path) -> ModelContract:
+    def parse(cls, content: dict, source: str | Path) -> InferenceContract:
         """Check that `content` (read from `source`) holds the keys inference needs, with usable values."""
         missing = [key for key in CONTRACT_KEYS if key not in content]
         if missing:
@@ -204,17 +204,17 @@ class RunDir:
         """Training has written the weights and model.json."""
         return self.model_json.is_file() and self.weights.is_file()
 
-    def read_contract(self) -> ModelContract:
+    def read_contract(self) -> InferenceContract:
         if not self.is_finished():
             raise UsageError(f"{self.root}: not a finished run (needs model.json and model.safetensors)")
-        return ModelContract.parse(read_json(self.model_json), self.model_json)
+        return InferenceContract.parse(read_json(self.model_json), self.model_json)
 
-    def write_contract(self, content: dict) -> ModelContract:
-        contract = ModelContract.parse(content, self.model_json)
+    def write_contract(self, content: dict) -> InferenceContract:
+        contract = InferenceContract.parse(content, self.model_json)
         write_json(self.model_json, content)
         return contract
 
-    def check_weights(self, contract: ModelContract) -> None:
+    def check_weights(self, contract: InferenceContract) -> None:
         """Fail when model.safetensors is not the file model.json describes."""
         if file_sha256(self.weights) != contract.weights_sha256:
             raise CovidxrError(f"{self.weights}: its sha256 differs from model.json's weights_sha256; the run was "

@@ -1,31 +1,101 @@
 """`covidxr serve`: the REST API and the web page (docs/reference.md, "HTTP service").
 
 The model is loaded once. Uploads are read with a size limit, written only to a private temporary
-folder for decoding, and deleted before the answer is sent. Every bad request gets a 4xx JSON error
-`{"error": {"code", "message"}}`; no input produces a 5xx.
+folder for decoding, and deleted before the answer is sent. Routes that decode or run the model are plain
+functions, which FastAPI runs in its thread pool: the event loop keeps answering while images are being
+predicted. Every bad request gets a 4xx JSON error `{"error": {"code", "message", "request_id"}}`; a
+failure of the server itself gets a 500 in the same form, logged with its request id (also sent as the
+`X-Request-ID` header of every answer).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tempfile
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from pydicom import Dataset
 from starlette.exceptions import HTTPException
 
-from covidxr.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, file_format, read_grayscale
-from covidxr.predict import Predictor, image_warnings, load_model
+from covidxr.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    file_format,
+    malformed_dicom_errors,
+    read_grayscale,
+    sniff_format,
+)
+from covidxr.dicom.results import DicomResultError, sr_of
+from covidxr.predict import Predictor, load_model
+from covidxr.progress import worker_count
+from covidxr.runs import NOT_FOR_CLINICAL_USE
 
 log = logging.getLogger("covidxr.serve")
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 MIN_SIDE = 32
 STATIC = Path(__file__).parent / "static"
+REQUEST_ID_HEADER = "X-Request-ID"
+SLOTS_PER_CORE = 2  # uploads decoded and predicted at once, per core; the others wait their turn
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class PredictionAnswer(BaseModel):
+    """One prediction, as `covidxr predict --json` gives it, with `filename` instead of `path`."""
+
+    filename: str | None = Field(description="the uploaded file's name")
+    status: str = Field(description="'ok' (files that cannot be used get a 4xx error instead)")
+    error: str | None = None
+    label: str | None = Field(description="the class called at the operating threshold")
+    threshold: float | None = Field(description="the operating threshold on the positive class's probability")
+    probabilities: dict[str, float] = Field(description="temperature-scaled probability of each class")
+    warnings: list[str] = Field(description="what is evident from the pixels (low resolution, inverted grey)")
+
+
+class ModelCard(BaseModel):
+    """The run's model_card.json (the shipped model's for `serve` without --run); further keys as written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: dict = Field(description="architecture, classes, pretrained weights, transfer mode")
+    not_for_clinical_use: bool | None = None
+    intended_use: str | None = Field(None, examples=[NOT_FOR_CLINICAL_USE])
+    operating_point: dict | None = Field(None, description="threshold, its rule, temperature, fitted on")
+    evaluations: dict | None = Field(None, description="figures from `covidxr evaluate`, with 95% CIs")
+    audits: dict | None = Field(None, description="verdicts from `covidxr audit`")
+    limitations: list[str] | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["unusable_image"])
+    message: str = Field(description="what was wrong, naming the upload")
+    request_id: str = Field(description=f"also in the {REQUEST_ID_HEADER} header and in the server's log")
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS = {
+    400: "malformed request (missing or wrong multipart field `file`)",
+    413: "upload over the size limit",
+    415: "neither an image nor a DICOM file",
+    422: "an image that cannot be used (truncated, too many pixels, no pixel data, too small)",
+    500: "a failure of the server, logged with the request id",
+}
+UPLOAD_ERRORS = {status: {"model": ErrorAnswer, "description": text} for status, text in ERRORS.items()}
 
 
 class ApiError(Exception):
@@ -34,12 +104,13 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    detail = ErrorDetail(code=code, message=message, request_id=request.state.request_id)
+    return JSONResponse(ErrorAnswer(error=detail).model_dump(), status_code=status)
 
 
-async def _read_upload(upload: UploadFile, limit: int) -> bytes:
-    content = await upload.read(limit + 1)
+def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    content = upload.file.read(limit + 1)
     if len(content) > limit:
         raise ApiError(413, "too_large", f"upload over the limit of {limit:,} bytes")
     return content
@@ -63,55 +134,103 @@ def decode_upload(content: bytes, name: str, max_pixels: int) -> np.ndarray:
     return gray
 
 
+def _parse_dicom(content: bytes, name: str) -> Dataset:
+    if sniff_format(content[:132]) != "dicom":
+        raise ApiError(415, "unsupported_media", f"{name}: not a DICOM file; a DICOM SR needs the source's patient, "
+                                                 "study and image UIDs")
+    try:
+        return pydicom.dcmread(io.BytesIO(content))
+    except malformed_dicom_errors() as error:
+        raise ApiError(422, "unusable_dicom", f"{name}: cannot parse DICOM ({type(error).__name__})") from None
+
+
+def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int) -> tuple[bytes, str]:
+    """The SR of an uploaded DICOM image as DICOM file bytes, and the file name to give it (parsed in memory;
+    nothing is written)."""
+    dataset = _parse_dicom(content, name)
+    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+    if rows * columns > max_pixels:
+        raise ApiError(422, "unusable_image", f"{name}: {columns}x{rows} pixels exceeds the limit of {max_pixels:,}")
+    if "PixelData" in dataset and min(rows, columns) < MIN_SIDE:
+        raise ApiError(422, "too_small", f"{name}: {columns}x{rows} is below {MIN_SIDE} pixels a side")
+    try:
+        sr = sr_of(predictor, dataset, name)
+    except DicomResultError as error:
+        raise ApiError(422, "unusable_dicom", f"{name}: {error.problem}") from None
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), f"{dataset.SOPInstanceUID}.sr.dcm"
+
+
 def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
+    """The service for run directory `run` (without one: the model shipped in the package)."""
     predictor = predictor or load_model(run)
-    card_path = predictor.run.run / "model_card.json"
+    # More uploads at once than the cores can work on would only hold more decoded images in memory and
+    # starve the event loop of the interpreter.
+    slots = threading.BoundedSemaphore(SLOTS_PER_CORE * worker_count())
     app = FastAPI(title="covidxr", description="Chest X-ray COVID-19 classifier for research and teaching. "
                                                 "Not for clinical use.", version="1")
 
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = uuid.uuid4().hex
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("request %s (%s %s) failed", request.state.request_id, request.method, request.url.path)
+            response = _error(request, 500, "internal_error", "the server failed to answer this request; its log "
+                                                              "names the request id")
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.code, error.message)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error(request, error.status, error.code, error.message)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
         fields = ", ".join(".".join(map(str, e["loc"][1:])) or "body" for e in error.errors())
-        return _error(400, "bad_request", f"malformed request: expected multipart field 'file' (problem: {fields})")
+        return _error(request, 400, "bad_request",
+                      f"malformed request: expected multipart field 'file' (problem: {fields})")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        return _error(error.status_code, "http_error", str(error.detail))
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return _error(request, error.status_code, "http_error", str(error.detail))
 
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error while answering a request")
-        return _error(422, "unprocessable", f"the input could not be processed ({type(error).__name__})")
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok")
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=ModelCard, response_model_exclude_unset=True)
     def model_card() -> dict:
-        return json.loads(card_path.read_text()) if card_path.is_file() else {"model": predictor.info}
+        return predictor.rundir.read_card() if predictor.rundir.model_card.is_file() else {"model": predictor.info}
 
-    @app.post("/v1/predict")
-    async def predict(file: UploadFile = File(...)) -> dict:
-        content = await _read_upload(file, max_upload)
-        gray = decode_upload(content, file.filename or "upload", max_pixels)
-        prediction = predictor.predict(gray)
+    @app.post("/v1/predict", response_model=PredictionAnswer, responses=UPLOAD_ERRORS)
+    def predict(file: UploadFile = File(...)) -> dict:
+        content = _read_upload(file, max_upload)
+        with slots:
+            prediction = predictor.predict(decode_upload(content, file.filename or "upload", max_pixels))
         prediction.pop("path")
-        prediction["warnings"] = image_warnings(gray)
         return {"filename": file.filename, **prediction}
 
-    @app.post("/v1/explain")
-    async def explain(file: UploadFile = File(...)) -> Response:
-        content = await _read_upload(file, max_upload)
-        gray = decode_upload(content, file.filename or "upload", max_pixels)
-        buffer = io.BytesIO()
-        predictor.explain(gray, buffer)
+    @app.post("/v1/explain", response_class=Response, responses={
+        200: {"content": {"image/png": {}}, "description": "the class activation overlay (PNG)"}, **UPLOAD_ERRORS})
+    def explain(file: UploadFile = File(...)) -> Response:
+        content, buffer = _read_upload(file, max_upload), io.BytesIO()
+        with slots:
+            predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
         return Response(buffer.getvalue(), media_type="image/png")
+
+    @app.post("/v1/dicom-sr", response_class=Response, responses={
+        200: {"content": {"application/dicom": {}}, "description": "the DICOM Comprehensive SR"}, **UPLOAD_ERRORS})
+    def dicom_sr(file: UploadFile = File(...)) -> Response:
+        """The DICOM Comprehensive SR of an uploaded DICOM image (same patient and study, a new series)."""
+        content = _read_upload(file, max_upload)
+        with slots:
+            sr, filename = dicom_sr_of(content, file.filename or "upload", predictor, max_pixels)
+        return Response(sr, media_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -1,0 +1,151 @@
+"""From a source DICOM instance to its results (the SR, and the SC of the Grad-CAM overlay), and
+`covidxr predict --dicom-out DIR`: `DIR/<source SOPInstanceUID>.sr.dcm` and `.sc.dcm` per input DICOM."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+
+from covidxr.data.imageio import ImageReadError, dicom_grayscale, file_format, malformed_dicom_errors
+from covidxr.data.preprocess import preprocess
+from covidxr.dicom.source import evidence_header, quiet_about_headers, skip_reason
+from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
+from covidxr.errors import CovidxrError
+from covidxr.explain.cam import overlay_rgb
+from covidxr.predict import Prediction, Predictor
+from covidxr.progress import progress_bar
+
+
+class DicomResultError(CovidxrError):
+    """An instance that gets no DICOM result; the message names it and the reason."""
+
+    def __init__(self, name: str, problem: str):
+        self.name, self.problem = name, problem
+        super().__init__(f"{name}: {problem}")
+
+
+@dataclass
+class ResultObjects:
+    sr: Dataset
+    sc: Dataset
+    classification: Classification
+
+
+def model_identity(predictor: Predictor) -> ModelIdentity:
+    return ModelIdentity.from_contract(predictor.run.contract)
+
+
+def _grayscale(dataset: Dataset, name: str) -> np.ndarray:
+    if "PixelData" not in dataset:
+        raise DicomResultError(name, "no pixel data")
+    try:
+        return dicom_grayscale(dataset, name)
+    except ImageReadError as error:
+        raise DicomResultError(name, error.problem) from None
+
+
+def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | None) -> Classification:
+    prediction = prediction if prediction is not None else predictor.predict(gray)
+    return Classification.from_prediction(prediction, predictor.run.positive_class)
+
+
+def overlay_title(result: Classification, model: ModelIdentity) -> str:
+    return (f"P(COVID-19) {result.probability:.3f}, threshold {result.threshold:.3f}: {result.label}\n"
+            f"Grad-CAM of {model.name}\nResearch and teaching only; not for clinical use")
+
+
+def _built(name: str, build):
+    """highdicom checks what it writes and raises ValueError or TypeError for a source it cannot use."""
+    try:
+        return build()
+    except (ValueError, TypeError, AttributeError) as error:
+        raise DicomResultError(name, f"cannot build the DICOM result ({type(error).__name__})") from None
+
+
+@quiet_about_headers()
+def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: bool = False) -> Dataset:
+    """The SR alone (no Grad-CAM) of one source instance; DicomResultError when it gets none."""
+    reason = skip_reason(dataset, radiographs_only)
+    if reason:
+        raise DicomResultError(name, reason)
+    result = _classification(predictor, _grayscale(dataset, name), None)
+    return _built(name, lambda: build_sr(evidence_header(dataset), result, model_identity(predictor)))
+
+
+@quiet_about_headers()
+def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: dict | None = None,
+               radiographs_only: bool = False, lung_mask: np.ndarray | None = None) -> ResultObjects:
+    """The SR and the SC of one source instance (`prediction`, when given, is reused); DicomResultError when
+    it gets none. `lung_mask` (in the model's prepared geometry) is outlined on the overlay."""
+    reason = skip_reason(dataset, radiographs_only)
+    if reason:
+        raise DicomResultError(name, reason)
+    gray = _grayscale(dataset, name)
+    result, model = _classification(predictor, gray, prediction), model_identity(predictor)
+    heatmap = predictor.explain(gray)["heatmap"]
+    pixels, _ = preprocess(gray, predictor.run.preprocessing)
+    overlay = overlay_rgb(pixels, heatmap, overlay_title(result, model), lung_mask)
+    header = evidence_header(dataset)
+    return _built(name, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),
+                                              result))
+
+
+@dataclass
+class DicomOutput:
+    """What `--dicom-out` did for one input: `written` (both files), `not-dicom` (a note) or `failed`."""
+
+    path: str
+    status: str
+    note: str = ""
+    sr: Path | None = None
+    sc: Path | None = None
+
+
+@quiet_about_headers()
+def _read_dicom_file(path: Path) -> Dataset | None:
+    """The parsed file; None when it is not a DICOM file; DicomResultError when it cannot be parsed."""
+    try:
+        if file_format(path) != "dicom":
+            return None
+    except ImageReadError:
+        return None
+    try:
+        return pydicom.dcmread(path)
+    except malformed_dicom_errors() as error:
+        raise DicomResultError(os.fspath(path), f"cannot parse DICOM ({type(error).__name__})") from None
+
+
+def write_dicom_outputs(predictor: Predictor, predictions: Sequence[Prediction], out: str | Path) -> list[DicomOutput]:
+    """For each predicted input DICOM: `out/<SOPInstanceUID>.sr.dcm` and `.sc.dcm` (both, or neither)."""
+    out = Path(out)
+    outputs = []
+    with progress_bar() as bar:
+        task = bar.add_task("DICOM results", total=len(predictions))
+        for prediction in predictions:
+            outputs.append(_write_one(predictor, prediction, out))
+            bar.advance(task)
+    return outputs
+
+
+def _write_one(predictor: Predictor, prediction: Prediction, out: Path) -> DicomOutput:
+    path = Path(prediction.path)
+    try:
+        dataset = _read_dicom_file(path)
+        if dataset is None:
+            return DicomOutput(prediction.path, "not-dicom", "not a DICOM file: no DICOM output")
+        if prediction.status != "ok":
+            raise DicomResultError(prediction.path, prediction.error)
+        objects = results_of(predictor, dataset, prediction.path, prediction.as_dict())
+    except DicomResultError as error:
+        return DicomOutput(prediction.path, "failed", error.problem)
+    out.mkdir(parents=True, exist_ok=True)
+    sr, sc = (out / f"{dataset.SOPInstanceUID}.{kind}.dcm" for kind in ("sr", "sc"))
+    objects.sc.save_as(sc, enforce_file_format=True)
+    objects.sr.save_as(sr, enforce_file_format=True)
+    return DicomOutput(prediction.path, "written", sr=sr, sc=sc)
