@@ -92,3 +92,14 @@ def test_an_unreadable_manifest_is_named_with_the_parser_problem(tmp_path, name,
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ManifestError, match=f"{name}: cannot read manifest .*{problem}"):
         load_manifest(tmp_path / name)
+
+
+def test_data_build_stays_the_function_after_its_module_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import covidxr.data.build, covidxr.training.data\n"
+            "from covidxr import data\n"
+            "assert callable(data.build) and data.build.__name__ == 'build', data.build")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -119,6 +119,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from covidxr.data import find_leaks, load_manifest
 
     manifest = load_manifest(args.manifest)
+    if args.against is not None:
+        return _check_against(manifest, args.against)
     if (manifest["split"] == "").all():
         raise UsageError(f"{args.manifest}: has no split column values; check a manifest made by `data build`")
     leaks = find_leaks(manifest)
@@ -131,6 +133,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     _print_lines([f"ok: {len(manifest)} images, {manifest['patient_id'].nunique()} patients; "
                   "no patient or duplicate group crosses a split or fold"])
     return EXIT_OK
+
+
+def _check_against(manifest, training_path: Path) -> int:
+    from covidxr.data import load_manifest
+    from covidxr.data.overlap import overlap_with_training, training_part
+
+    training, described = training_part(load_manifest(training_path))
+    report = overlap_with_training(manifest, training, f"{training_path}, {described}")
+    _print_lines(report.lines())
+    return EXIT_FAILED if report.counts()["rows"] else EXIT_OK
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -210,10 +222,23 @@ def _require_run(args: argparse.Namespace) -> Path:
     return shipped_run()
 
 
+def _overlap_lines(overlap: dict | None) -> list[str]:
+    """The evaluation set's overlap with the model's training rows, printed before any figure."""
+    if overlap is None:
+        return ["overlap with training: not checked (the model keeps no training manifest)"]
+    kinds = f"same file {overlap['same_file']}, near-duplicate {overlap['near_duplicate']}, " \
+            f"same patient {overlap['same_patient']}"
+    if not overlap["rows"]:
+        return [f"overlap with training ({overlap['against']}): none"]
+    return [f"OVERLAP with training ({overlap['against']}): {overlap['rows']} evaluation row(s) ({kinds}); the "
+            "figures below are optimistic — run `covidxr data check MANIFEST --against TRAIN` to list them"]
+
+
 def _summary_line(result: dict) -> list[str]:
     from covidxr.evaluation.metrics import format_estimate, source_explains_result
 
-    lines = [
+    lines = _overlap_lines(result["overlap_with_training"]) if "overlap_with_training" in result else []
+    lines += [
         f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients, "
         f"prevalence {result['prevalence']:.3f}",
         f"model AUC {format_estimate(result, 'auc')}  vs  source-only baseline AUC "
@@ -277,6 +302,19 @@ def cmd_cv(args: argparse.Namespace) -> int:
               f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}",
               f"wrote {Path(args.out) / 'cv.json'} and one run per fold"]
     _print_lines(lines)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from covidxr.evaluation.compare import compare
+    from covidxr.reporting.comparison import comparison_rows, write_comparison
+
+    entries = compare(args.recipes, args.data, args.out, args.set, args.folds, args.within, args.cache)
+    if not entries:
+        return EXIT_OK
+    page = write_comparison(entries, args.out)
+    _print_lines([comparison_rows(entries).to_string(index=False),
+                  f"95% CIs: {entries[0]['ci_method']}; wrote {Path(args.out) / 'compare.json'} and {page}"])
     return EXIT_OK
 
 
@@ -486,6 +524,19 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cv.add_argument("-o", "--out", type=Path, required=True, metavar="DIR")
     cv.set_defaults(handler=cmd_cv)
+    compare = commands.add_parser("compare", help="recipes side by side on one split: test, within-source, "
+                                                  "out-of-fold within-source, lungs-hidden and origin AUCs")
+    compare.add_argument("recipes", nargs="+", metavar="RECIPE", help=f"shipped ({recipes}) or YAML paths")
+    compare.add_argument("--data", required=True, type=Path, metavar="MANIFEST")
+    compare.add_argument("--folds", type=_positive, default=5, metavar="K",
+                         help="cross-validation folds over all patients (default 5)")
+    compare.add_argument("--within", metavar="SOURCE",
+                         help="source of the pooled out-of-fold within-source AUC (default: the source holding "
+                              "both classes with the most patients)")
+    compare.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    compare.add_argument("-o", "--out", type=Path, required=True, metavar="DIR")
+    compare.set_defaults(handler=cmd_compare)
     train.add_argument("-o", "--out", type=Path, required=True, metavar="RUN")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     train.set_defaults(handler=cmd_train)
@@ -555,8 +606,11 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     summary.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     summary.set_defaults(handler=cmd_summary)
 
-    check = data_commands.add_parser("check", help="fail (exit 1) when a patient or duplicate group crosses splits")
+    check = data_commands.add_parser("check", help="fail (exit 1) when a patient or duplicate group crosses splits, "
+                                                   "or with --against when an evaluation set overlaps a training set")
     check.add_argument("manifest", type=Path)
+    check.add_argument("--against", type=Path, metavar="TRAIN",
+                       help="report rows sharing a file, a near-duplicate or a patient with TRAIN's train and val rows")
     check.set_defaults(handler=cmd_check)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from covidxr.data.preprocess import Preprocessing
 from covidxr.data.sources.base import DEFAULT_VIEWS
@@ -78,7 +78,8 @@ def validated(model_type: type[Model], values: dict, where: str | None) -> Model
             if item["type"] == "extra_forbidden":
                 problems.append(f"unknown key {location}; valid: {', '.join(_valid_keys(model_type, item['loc']))}")
             else:
-                problems.append(f"{location}: {item['msg']}")
+                message = item["msg"].removeprefix("Value error, ")
+                problems.append(f"{location}: {message}" if location else message)
         problem = "; ".join(problems)
         raise (UsageError(problem, "overrides") if where is None else UsageError(f"{where}: {problem}")) from None
 
@@ -131,7 +132,9 @@ class Optimisation(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(32, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_balance: Literal["weights", "sampler", "none"] = "sampler"
+    class_balance: Literal["weights", "sampler", "source-label", "none"] = Field(
+        "sampler", description="sampler: batches balanced by label; source-label: by label, and within each label "
+                               "by the sources that hold it; weights: a class-weighted loss")
 
 
 class Augmentation(_Strict):
@@ -141,6 +144,52 @@ class Augmentation(_Strict):
     brightness: float = Field(0.1, ge=0, lt=1)
     contrast: float = Field(0.1, ge=0, lt=1)
     hflip: bool = False
+
+
+def _ordered(low: float, high: float, name: str) -> None:
+    if low > high:
+        raise ValueError(f"{name} [{low}, {high}]: the first value must not exceed the second")
+
+
+class Harmonisation(_Strict):
+    """Training-time degradations that make images of different sources alike (each off at probability 0):
+    down-then-up scaling, JPEG re-encoding, blur, Gaussian noise and gamma, applied in that order."""
+
+    rescale_p: float = Field(0.0, ge=0, le=1, description="probability of scaling down then back up")
+    rescale_range: tuple[float, float] = Field((0.25, 0.75), description="share of the side scaled down to")
+    jpeg_p: float = Field(0.0, ge=0, le=1, description="probability of JPEG re-encoding")
+    jpeg_quality: tuple[int, int] = Field((20, 90), description="JPEG quality range")
+    blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
+    blur_sigma: tuple[float, float] = Field((0.3, 1.5), description="blur sigma range in pixels")
+    noise_p: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise")
+    noise_sigma: float = Field(0.03, gt=0, le=1, description="noise standard deviation, share of full scale")
+    gamma_p: float = Field(0.0, ge=0, le=1, description="probability of a random gamma")
+    gamma_range: tuple[float, float] = Field((0.7, 1.4), description="gamma range")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Harmonisation:
+        for name in ("rescale_range", "jpeg_quality", "blur_sigma", "gamma_range"):
+            _ordered(*getattr(self, name), name)
+        if not 0 < self.rescale_range[0] <= self.rescale_range[1] <= 1:
+            raise ValueError(f"rescale_range {list(self.rescale_range)}: shares must lie in (0, 1]")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality {list(self.jpeg_quality)}: qualities must lie in 1..100")
+        if self.blur_sigma[0] <= 0 or self.gamma_range[0] <= 0:
+            raise ValueError("blur_sigma and gamma_range must be positive")
+        return self
+
+    def active(self) -> bool:
+        return any(getattr(self, name) > 0 for name in ("rescale_p", "jpeg_p", "blur_p", "noise_p", "gamma_p"))
+
+
+class Adversarial(_Strict):
+    """Domain-adversarial training (Ganin and Lempitsky 2015): a head predicts `target` from the pooled
+    embedding through a gradient-reversal layer, so the backbone learns features that hide it."""
+
+    weight: float = Field(0.0, ge=0, description="strength of the reversed gradient; 0: off")
+    target: Literal["source", "site"] = Field("source", description="the manifest column the head predicts")
+    hidden: int = Field(64, ge=1, description="width of the domain head's hidden layer")
+    warmup: bool = Field(True, description="ramp the strength from 0 as 2/(1+exp(-10p))-1 over training (Ganin)")
 
 
 class TrainerSettings(_Strict):
@@ -172,8 +221,17 @@ class TrainConfig(_Strict):
     transfer: Transfer = Transfer()
     optimisation: Optimisation = Optimisation()
     augmentation: Augmentation = Augmentation()
+    harmonisation: Harmonisation = Harmonisation()
+    adversarial: Adversarial = Adversarial()
     trainer: TrainerSettings = TrainerSettings()
     threshold: ThresholdRule = ThresholdRule()
+
+    @model_validator(mode="after")
+    def _adversary_needs_a_trained_backbone(self) -> TrainConfig:
+        if self.adversarial.weight > 0 and self.transfer.mode == "head":
+            raise ValueError("adversarial.weight > 0 needs a backbone that trains: transfer.mode full or two-stage, "
+                             "not head")
+        return self
 
 
 def recipe_names() -> list[str]:

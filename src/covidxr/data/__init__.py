@@ -14,7 +14,9 @@ inference path of `covidxr predict` and `covidxr serve` imports only those two m
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 
 _HOMES = {
     "covidxr.data.build": ("BUILD_REASONS", "BuildResult", "LeakError", "build"),
@@ -39,3 +41,16 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(ModuleType):
+    """Keeps `covidxr.data.build` the function: importing the submodule of the same name (as training does)
+    would otherwise set the package attribute to the module, and `data.build(...)` would fail."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, ModuleType) and name in _MODULE_OF:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

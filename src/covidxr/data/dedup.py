@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from covidxr.data.imageio import read_grayscale
+from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.errors import UsageError
 from covidxr.progress import map_with_progress
 
@@ -40,23 +40,60 @@ class DuplicateReport:
         return lines
 
 
+def phash_pairs_between(first: np.ndarray, second: np.ndarray, max_distance: int) -> np.ndarray:
+    """Index pairs (i in `first`, j in `second`) of 64-bit hashes at most `max_distance` bits apart, shape (n, 2)."""
+    found = []
+    for start in range(0, len(first), 512):
+        distance = np.bitwise_count(first[start:start + 512, None] ^ second[None, :])
+        rows, columns = np.nonzero(distance <= max_distance)
+        found.append(np.stack([rows + start, columns], axis=1))
+    return np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+
+
 def phash_distances_within(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     """Index pairs (i < j) of 64-bit hashes at most `max_distance` bits apart, shape (n, 2)."""
-    found = []
-    for start in range(0, len(hashes), 512):
-        block = hashes[start:start + 512, None] ^ hashes[None, :]
-        distance = np.bitwise_count(block)
-        rows, columns = np.nonzero(distance <= max_distance)
-        rows = rows + start
-        keep = rows < columns
-        found.append(np.stack([rows[keep], columns[keep]], axis=1))
-    return np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+    pairs = phash_pairs_between(hashes, hashes, max_distance)
+    return pairs[pairs[:, 0] < pairs[:, 1]]
 
 
 def thumbnail(path: str) -> np.ndarray:
     """The image as 64x64 grey (area-averaged), flattened to float32."""
     image = Image.fromarray(read_grayscale(path)).resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.float32).ravel()
+
+
+def readable_thumbnail(path: str) -> np.ndarray | None:
+    """`thumbnail(path)`, or None when the file cannot be read on this machine."""
+    try:
+        return thumbnail(path)
+    except (ImageReadError, OSError):
+        return None
+
+
+def near_duplicates_between(
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+) -> pd.DataFrame:
+    """Pairs of rows of `first` and `second` whose files differ in bytes but that the near-duplicate rule joins:
+    columns `first`, `second` (row positions) and `verified` (False when a file could not be read here, so the
+    pair rests on the pHash alone)."""
+    hashes = [np.array([int(h, 16) for h in table["phash"]], dtype=np.uint64) for table in (first, second)]
+    pairs = phash_pairs_between(*hashes, max_distance)
+    pairs = pairs[first["sha256"].to_numpy()[pairs[:, 0]] != second["sha256"].to_numpy()[pairs[:, 1]]]
+    paths = pd.unique(np.concatenate([first["path"].to_numpy(str)[pairs[:, 0]],
+                                      second["path"].to_numpy(str)[pairs[:, 1]]]))
+    thumbs = dict(zip(paths, map_with_progress(readable_thumbnail, paths, "comparing near-duplicates")))
+    rows = []
+    for i, j in pairs:
+        a, b = thumbs[first["path"].iloc[i]], thumbs[second["path"].iloc[j]]
+        if a is None or b is None:
+            rows.append((i, j, False))
+        elif pixels_agree(a, b, min_correlation):
+            rows.append((i, j, True))
+    return pd.DataFrame(rows, columns=["first", "second", "verified"]).astype({"first": int, "second": int,
+                                                                               "verified": bool})
 
 
 def pixels_agree(first: np.ndarray, second: np.ndarray, min_correlation: float) -> bool:

@@ -1,4 +1,5 @@
-"""Border removal, square crop or pad, area resize and optional CLAHE: decoded pixels -> model pixels.
+"""Border removal, square crop or pad, area resize and optional histogram equalisation or CLAHE: decoded
+pixels -> model pixels.
 
 Every step is set by `Preprocessing`, which runs record in their inference contract and the pixel cache
 uses as its key, so different settings never share pixels.
@@ -13,11 +14,12 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from covidxr.errors import UsageError
 
 BorderKind = Literal["black", "white", "uniform"]
+ADDED_SETTINGS = ("equalize",)
 
 
 class Preprocessing(BaseModel):
@@ -34,9 +36,16 @@ class Preprocessing(BaseModel):
     min_kept: float = Field(0.5, gt=0, le=1, description="never keep less than this share of an axis")
     crop_top: float = Field(0.0, ge=0, lt=0.5, description="share of rows cut from the top (COVID-Net: 0.08)")
     square: Literal["crop", "pad"] = Field("crop", description="centre crop to the short side, or pad")
+    equalize: bool = Field(False, description="global histogram equalisation of every image (or clahe)")
     clahe: bool = False
     clahe_clip: float = Field(2.0, gt=0)
     clahe_tiles: int = Field(8, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_equalisation(self) -> Preprocessing:
+        if self.equalize and self.clahe:
+            raise ValueError("equalize and clahe are alternatives: set one of them")
+        return self
 
     @classmethod
     def from_recorded(cls, recorded: dict) -> Preprocessing:
@@ -45,8 +54,13 @@ class Preprocessing(BaseModel):
         return cls(**{name: value for name, value in recorded.items() if name in cls.model_fields})
 
     def key(self) -> str:
-        """Short stable hash of every setting: the cache folder name."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Short stable hash of every setting: the cache folder name. Settings added after the first release
+        count only when they differ from their default, so caches prepared before them stay valid."""
+        settings = self.model_dump(mode="json")
+        for name in ADDED_SETTINGS:
+            if settings[name] == type(self).model_fields[name].default:
+                del settings[name]
+        text = json.dumps(settings, sort_keys=True)
         return f"{self.size}px-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
@@ -134,7 +148,9 @@ def preprocess(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cu
     square = make_square(np.ascontiguousarray(cropped), config.square)
     interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR
     resized = cv2.resize(square, (config.size, config.size), interpolation=interpolation)
-    if config.clahe:
+    if config.equalize:
+        resized = cv2.equalizeHist(resized)
+    elif config.clahe:
         clahe = cv2.createCLAHE(clipLimit=config.clahe_clip, tileGridSize=(config.clahe_tiles, config.clahe_tiles))
         resized = clahe.apply(resized)
     return resized, cut

@@ -44,8 +44,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 
 def check_fractions(values: tuple[float, ...]) -> None:
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
-        raise UsageError("expected three numbers train,val,test >= 0 summing to 1, train > 0", "split", values)
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or (values[0] <= 0 and values[2] != 1):
+        raise UsageError("expected three numbers train,val,test >= 0 summing to 1, train > 0 (or 0,0,1: a "
+                         "test-only set for external validation)", "split", values)
 
 
 def _parts(fractions: tuple[float, float, float], total: int) -> tuple[int, int]:
@@ -76,12 +77,17 @@ def assign_splits(
     seed: int = 0,
 ) -> pd.DataFrame:
     """The manifest with `split` (train/val/test) and, with `folds`, `fold` on train and val rows.
+    Fractions 0,0,1 make every row test (an external validation set).
 
     The split takes 20 stratified grouped folds (fewer when there are fewer units) and gives them to
     train, val and test in the proportions of `fractions` (14/3/3 for 0.7/0.15/0.15).
     """
     check_fractions(fractions)
     table = manifest.copy()
+    if fractions[2] == 1:
+        if folds is not None:
+            raise UsageError(f"--folds {folds}: a test-only set (split 0,0,1) has no train or val rows to fold")
+        return table.assign(split="test", fold=pd.array([pd.NA] * len(table), dtype="Int64"))
     units = split_units(table)
     total = min(SPLIT_PARTS, units.nunique(), int(table["label"].value_counts().max()))
     if total < 2:

@@ -7,7 +7,7 @@
    If the classes stay separable with the lungs hidden, the model uses shortcuts.
 3. Leave-one-site-out on the embeddings: a classifier fitted on the other sites, tested on each site
    that holds both classes; labels that come from a single site cannot be left out, and it says so.
-Each result has a one-line verdict.
+Each result has a one-line verdict; the source and occlusion AUCs have patient-bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask, lung_field_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.evaluation.metrics import auc_or_none
+from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
 
@@ -54,24 +54,37 @@ def _scores_and_embeddings(run: RunModel, images: CachedImages, keep: torch.Tens
     return np.concatenate(scores), np.concatenate(embeddings)
 
 
-def _grouped_auc(embeddings: np.ndarray, target: pd.Series, groups: pd.Series) -> float | None:
-    """Out-of-fold AUC (one-vs-rest, macro) of predicting `target` from embeddings, grouped by patient."""
+def _origin_auc(y: np.ndarray, out_of_fold: np.ndarray, classes: np.ndarray) -> float | None:
+    """AUC (one-vs-rest, macro) of out-of-fold origin scores; None when a class is absent (in a resample)."""
+    if len(np.unique(y)) < len(classes):
+        return None
+    if len(classes) == 2:
+        return auc_or_none(y == classes[1], out_of_fold[:, 1])
+    return float(roc_auc_score(y, out_of_fold, multi_class="ovr", labels=classes))
+
+
+def _grouped_auc(embeddings: np.ndarray, target: pd.Series, groups: pd.Series,
+                 bootstrap: PatientBootstrap | None = None) -> tuple[float | None, list[float] | None]:
+    """Out-of-fold AUC (one-vs-rest, macro) of predicting `target` from embeddings, grouped by patient, and
+    with a `bootstrap` its patient-bootstrap CI."""
     counts = target.value_counts()
     keep = target.isin(counts[counts >= 5].index).to_numpy()
     if keep.sum() < 10 or target[keep].nunique() < 2 or groups[keep].nunique() < 5:
-        return None
+        return None, None
     x, y, g = embeddings[keep], target[keep].to_numpy(), groups[keep].to_numpy()
     classes = np.unique(y)
     out_of_fold = np.zeros((len(y), len(classes)))
     for train, test in GroupKFold(n_splits=5).split(x, y, g):
         if len(np.unique(y[train])) < 2:
-            return None
+            return None, None
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
         columns = np.searchsorted(classes, model.classes_)
         out_of_fold[np.ix_(test, columns)] = model.predict_proba(x[test])
-    if len(classes) == 2:
-        return float(roc_auc_score(y == classes[1], out_of_fold[:, 1]))
-    return float(roc_auc_score(y, out_of_fold, multi_class="ovr", labels=classes))
+    auc = _origin_auc(y, out_of_fold, classes)
+    if bootstrap is None:
+        return auc, None
+    interval = bootstrap.intervals(lambda r: {"auc": _origin_auc(y[r], out_of_fold[r], classes)}, pd.Series(g))["auc"]
+    return auc, interval
 
 
 def _surviving_share(auc: float | None, occluded: float | None) -> float | None:
@@ -80,12 +93,18 @@ def _surviving_share(auc: float | None, occluded: float | None) -> float | None:
     return float(max(0.0, occluded - 0.5) / (auc - 0.5))
 
 
-def occlusion_results(truth, scores, hidden, lungs_only, borders_only) -> dict:
+def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients: pd.Series,
+                      bootstrap: PatientBootstrap) -> dict:
+    """AUC of the whole image and of each occluded variant, each with its patient-bootstrap CI, and a verdict."""
+    variants = {"auc": scores, "lungs_hidden": hidden, "lungs_only": lungs_only, "borders_only": borders_only}
+    intervals = bootstrap.intervals(lambda r: {k: auc_or_none(truth[r], v[r]) for k, v in variants.items()},
+                                    patients)
     auc = auc_or_none(truth, scores)
-    results = {"auc": auc}
-    for name, variant in (("lungs_hidden", hidden), ("lungs_only", lungs_only), ("borders_only", borders_only)):
+    results = {"auc": auc, "auc_ci": intervals["auc"]}
+    for name, variant in list(variants.items())[1:]:
         variant_auc = auc_or_none(truth, variant)
-        results[name] = {"auc": variant_auc, "share_of_auc_above_chance_kept": _surviving_share(auc, variant_auc)}
+        results[name] = {"auc": variant_auc, "auc_ci": intervals[name],
+                         "share_of_auc_above_chance_kept": _surviving_share(auc, variant_auc)}
     kept = results["lungs_hidden"]["share_of_auc_above_chance_kept"]
     flagged = kept is not None and kept >= 0.5 and (results["lungs_hidden"]["auc"] or 0) >= 0.7
     results["shortcut_suspected"] = bool(flagged)
@@ -143,7 +162,8 @@ def source_verdict(source_auc: float | None, site_auc: float | None) -> str:
     return f"The embeddings barely tell the origin (AUC {best:.2f})."
 
 
-def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None) -> dict:
+def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None,
+          bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
     report = prepare(rows, Path(cache_root or default_cache_root()), run.preprocessing)
@@ -154,14 +174,14 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
     scores, embeddings = _scores_and_embeddings(run, images, None)
     lungs, borders = torch.from_numpy(lung_field_mask(size)), torch.from_numpy(border_mask(size))
     variants = [_scores_and_embeddings(run, images, keep)[0] for keep in (~lungs, lungs, borders)]
-    source_auc = _grouped_auc(embeddings, rows["source"], rows["patient_id"])
-    site_auc = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
+    source_auc, source_auc_ci = _grouped_auc(embeddings, rows["source"], rows["patient_id"], bootstrap)
+    site_auc, _ = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
     result = {
         "run": str(run.run), "data": name, "n_images": int(len(rows)), "n_patients": int(rows["patient_id"].nunique()),
-        "splits": "all rows (train, val and test for a run's own data)",
-        "source_predictability": {"source_auc": source_auc, "site_auc": site_auc,
+        "splits": "all rows (train, val and test for a run's own data)", "ci_method": bootstrap.method,
+        "source_predictability": {"source_auc": source_auc, "source_auc_ci": source_auc_ci, "site_auc": site_auc,
                                   "verdict": source_verdict(source_auc, site_auc)},
-        "occlusion": occlusion_results(truth, scores, *variants),
+        "occlusion": occlusion_results(truth, scores, *variants, rows["patient_id"], bootstrap),
         "leave_one_site_out": leave_one_site_out(embeddings, rows, truth, run.positive_class),
         "lung_field": {"rows": LUNG_ROWS, "columns": LUNG_COLUMNS, "border_band": BORDER_BAND},
     }

@@ -1,15 +1,17 @@
 """`covidxr cv`: grouped stratified k-fold cross-validation of a recipe.
 
 The folds are the manifest's own (`fold` on train and val rows, from `data build --folds K`), or made
-here over train and val with the same grouping (patients and duplicate groups never straddle folds).
-Test rows stay out. Each fold trains a run in `DIR/fold-K/` with that fold as validation; the report
-gives each metric's mean and standard deviation over folds and the pooled out-of-fold AUC with a
-patient-level bootstrap CI. Threshold metrics use a threshold fitted on the same held-out fold, so they
-are optimistic; the AUCs are threshold-free.
+here over train and val with the same grouping (patients and duplicate groups never straddle folds),
+stratified by source and label. Test rows stay out (`covidxr compare` folds over them too). Each fold
+trains a run in `DIR/fold-K/` with that fold as validation; the report gives each metric's mean and
+standard deviation over folds, the pooled out-of-fold AUC and, per source holding both classes, the
+pooled out-of-fold AUC within it, each with a patient-level bootstrap CI. Threshold metrics use a
+threshold fitted on the same held-out fold, so they are optimistic; the AUCs are threshold-free.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +28,14 @@ from covidxr.runs import default_cache_root, write_json
 from covidxr.training.data import select_rows
 from covidxr.training.run import train
 
+log = logging.getLogger("covidxr.cv")
 FOLD_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1")
 
 
-def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int) -> pd.DataFrame:
-    """Train and val rows with a `fold` column: the manifest's own folds, or `folds` new grouped ones."""
-    development = manifest[manifest["split"] != "test"].reset_index(drop=True)
+def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int, include_test: bool = False) -> pd.DataFrame:
+    """Train and val rows (and test rows with `include_test`) with a `fold` column: the manifest's own folds,
+    or `folds` new grouped folds, stratified by source and label."""
+    development = (manifest if include_test else manifest[manifest["split"] != "test"]).reset_index(drop=True)
     if folds is None:
         if development["fold"].notna().all():
             return development
@@ -40,17 +44,39 @@ def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int) -> p
     units = split_units(development)
     if not 2 <= folds <= units.nunique():
         raise UsageError(f"must be between 2 and the {units.nunique()} patient units available", "folds", folds)
-    return development.assign(fold=grouped_folds(development["label"], units, folds, seed))
+    strata = development["source"] + "/" + development["label"]
+    return development.assign(fold=grouped_folds(strata, units, folds, seed))
+
+
+def pooled_within_source(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> dict:
+    """Per source holding both classes: the pooled out-of-fold AUC on its rows alone, with a patient-bootstrap CI
+    (inside one source, origin cannot separate the classes)."""
+    figures = {}
+    for source, part in pooled.groupby("source"):
+        truth, scores = part["truth"].to_numpy(), part["score"].to_numpy()
+        if 0 < truth.sum() < len(truth):
+            figures[str(source)] = {
+                "n_images": int(len(part)), "n_patients": int(part["patient_id"].nunique()),
+                "auc": auc_or_none(truth, scores),
+                "auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+                                              part["patient_id"])["auc"],
+            }
+    return figures
 
 
 def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Path, folds: int | None = None,
-                   cache_root: str | Path | None = None) -> dict:
+                   cache_root: str | Path | None = None, include_test: bool = False,
+                   bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
+    """Train one run per fold in `out/fold-K/`; `include_test` folds over every row, test rows included (the
+    widest out-of-fold estimate, used by `covidxr compare`)."""
     out = Path(out)
-    rows = development_folds(select_rows(load_manifest(manifest_path), config), folds, config.seed)
+    rows = development_folds(select_rows(load_manifest(manifest_path), config), folds, config.seed, include_test)
     out.mkdir(parents=True, exist_ok=True)
     per_fold, pooled = [], []
-    for fold in sorted(rows["fold"].dropna().unique()):
-        fold = int(fold)
+    numbers = sorted(int(fold) for fold in rows["fold"].dropna().unique())
+    for fold in numbers:
+        log.info("cross-validation: fold %d of %d (%d held-out images)", fold + 1, len(numbers),
+                 int((rows["fold"] == fold).sum()))
         manifest = rows.assign(split=np.where(rows["fold"] == fold, "val", "train"), fold=pd.NA)
         save_manifest(manifest, out / f"fold-{fold}.csv")
         run = train(config, out / f"fold-{fold}.csv", out / f"fold-{fold}", cache_root=cache_root)
@@ -68,14 +94,15 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
         pooled.append(held_out.assign(score=scores, truth=truth))
     everything = pd.concat(pooled, ignore_index=True)
     truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
-    bootstrap = PatientBootstrap()
     result = {
         "folds": per_fold,
+        "splits": "train, val and test" if include_test else "train and val",
         "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
         "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
         "pooled_out_of_fold_auc": auc_or_none(truth, scores),
         "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
                                                          everything["patient_id"])["auc"],
+        "pooled_out_of_fold_within_source": pooled_within_source(everything, bootstrap),
         "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
         "ci_method": bootstrap.method,
         "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",

@@ -14,6 +14,7 @@ from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.labels import label_for
 from covidxr.data.manifest import load_manifest
+from covidxr.data.overlap import overlap_with_training, training_part
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.evaluation.calibration import expected_calibration_error
 from covidxr.evaluation.metrics import (
@@ -67,6 +68,16 @@ def evaluation_rows(run: RunModel, data: Path | None, split: str | None) -> tupl
     if rows.empty:
         raise CovidxrError(f"no labelled image to evaluate in {name} ({split})")
     return rows, name, split
+
+
+def overlap_with_run(run: RunModel, rows: pd.DataFrame) -> dict | None:
+    """How the evaluation rows overlap the run's own training and validation rows (same file, near-duplicate,
+    same patient); None when the run keeps no training manifest (the shipped model)."""
+    if not run.rundir.manifest.is_file():
+        log.warning("%s keeps no training manifest: overlap with its training data is not checked", run.run)
+        return None
+    training, described = training_part(load_manifest(run.rundir.manifest))
+    return overlap_with_training(rows, training, f"the run's {described}").as_dict()
 
 
 def model_probabilities(
@@ -125,6 +136,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     run = load_run(run_dir)
     cache_root = Path(cache_root or default_cache_root())
     rows, name, split = evaluation_rows(run, Path(data) if data else None, split)
+    overlap = overlap_with_run(run, rows) if data is not None else None
     rows, logits, probabilities = model_probabilities(run, rows, cache_root)
     positive = run.positive_index
     truth = (rows["label"] == run.positive_class).to_numpy()
@@ -132,6 +144,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     untempered = softmax_with_temperature(logits, 1.0)[:, positive]
     threshold = run.threshold
     result = {
+        **({"overlap_with_training": overlap} if data is not None else {}),
         "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
         "n_patients": int(rows["patient_id"].nunique()), "prevalence": float(truth.mean()),
         **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, bootstrap),

@@ -4,10 +4,15 @@
 - `pyimagesearch` (write-up 001): average pool 4x4 -> flatten -> dense 64, ReLU -> dropout 0.5 -> dense.
 - `hansen` (write-up 002): flatten -> dropout 0.5 -> dense.
 - `zivkovic` (write-up 003): global average pool -> flatten -> dropout -> dense 128, ReLU -> dense.
+
+`DomainHead` is the adversary of domain-adversarial training: it predicts where an image comes from
+through a gradient-reversal layer (Ganin and Lempitsky 2015, "Unsupervised domain adaptation by
+backpropagation").
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from covidxr.errors import UsageError
@@ -31,3 +36,29 @@ def make_head(name: str, channels: int, height: int, width: int, num_classes: in
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout or 0.5),
                              nn.Linear(channels, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
     raise UsageError(f"unknown head; accepted: {', '.join(HEADS)}", "name", name)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by -coefficient backward."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, coefficient: float) -> torch.Tensor:
+        ctx.coefficient = coefficient
+        return inputs.view_as(inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.coefficient * grad_output, None
+
+
+class DomainHead(nn.Module):
+    """Global average pool -> gradient reversal -> dense `hidden`, ReLU -> dense `num_domains`. The head learns
+    to predict the domain; the reversed gradient teaches the backbone to hide it."""
+
+    def __init__(self, channels: int, num_domains: int, hidden: int = 64):
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(hidden, num_domains))
+
+    def forward(self, features: torch.Tensor, coefficient: float) -> torch.Tensor:
+        return self.classifier(GradientReversal.apply(features.mean(dim=(2, 3)), coefficient))

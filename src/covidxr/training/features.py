@@ -11,10 +11,10 @@ from covidxr.progress import progress_bar
 
 
 class FeatureSet(Dataset):
-    """Backbone feature maps (stored as float16) and their class indices."""
+    """Backbone feature maps (stored as float16), their class indices and sources (for the sampler)."""
 
-    def __init__(self, features: torch.Tensor, targets):
-        self.features, self.targets = features, targets
+    def __init__(self, features: torch.Tensor, targets, sources):
+        self.features, self.targets, self.sources = features, targets, sources
 
     def __len__(self) -> int:
         return len(self.features)
@@ -33,10 +33,10 @@ def backbone_features(model: Classifier, images: CachedImages, batch_size: int =
     try:
         with progress_bar() as bar:
             task = bar.add_task("backbone features", total=len(images))
-            for pixels, _ in DataLoader(images, batch_size=batch_size, shuffle=False):
+            for pixels, *_ in DataLoader(images, batch_size=batch_size, shuffle=False):
                 chunks.append(model.features(pixels).to(torch.float16))
                 bar.advance(task, len(pixels))
     finally:
         images.transform = transform
         model.train(was_training)
-    return FeatureSet(torch.cat(chunks), images.targets)
+    return FeatureSet(torch.cat(chunks), images.targets, images.sources)

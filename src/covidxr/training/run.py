@@ -22,6 +22,7 @@ from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
 from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
+from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
 from covidxr.runs import RunDir, default_cache_root, softmax_with_temperature, write_json
 from covidxr.training.calibration import fit_temperature, operating_threshold
@@ -79,6 +80,17 @@ class StageResult:
     main_process: bool = True
 
 
+def domain_head(model: Classifier, train_set: Dataset, config: TrainConfig) -> DomainHead:
+    """The adversary's head, sized for the backbone's embedding and the training rows' domains."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        size = config.preprocessing.size
+        channels = model.features(torch.zeros(1, 1, size, size)).shape[1]
+    model.train(was_training)
+    return DomainHead(channels, int(train_set.domains.max()) + 1, config.adversarial.hidden)
+
+
 def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, config: TrainConfig, run: RunDir,
                offset: int, resume: bool) -> StageResult:
     """Train one stage (`head`: the head on frozen backbone features; `full`: the whole model)."""
@@ -99,10 +111,13 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         model.backbone.requires_grad_(True)
         train_set, val_set = datasets["train"], datasets["val"]
     weights = class_weights(torch.as_tensor(datasets["train"].targets), len(CLASSES[config.task]))
+    adversary = config.adversarial
     module = LitClassifier(
         target, len(CLASSES[config.task]), config.optimisation.lr, config.optimisation.weight_decay,
         config.optimisation.label_smoothing, weights if config.optimisation.class_balance == "weights" else None,
         config.transfer.backbone_lr_factor if config.transfer.mode == "two-stage" and stage == "full" else 1.0,
+        domain_head(model, datasets["train"], config) if stage == "full" and adversary.weight > 0 else None,
+        adversary.weight, adversary.warmup,
     )
     trainer, best = _trainer(config, stage_dir, epochs, EpochCsv(run.metrics, offset))
     last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch

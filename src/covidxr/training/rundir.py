@@ -47,6 +47,17 @@ def random_frozen_backbone(config: TrainConfig, provenance: dict) -> bool:
     return config.transfer.mode != "full" and provenance["source"] == "none"
 
 
+def training_settings(config: TrainConfig) -> dict:
+    """How the weights were trained, beyond architecture and data: sampling, augmentation, harmonisation and
+    the source adversary (each recorded whether on or off)."""
+    return {
+        "class_balance": config.optimisation.class_balance,
+        "augmentation": config.augmentation.model_dump(mode="json"),
+        "harmonisation": config.harmonisation.model_dump(mode="json"),
+        "adversarial": config.adversarial.model_dump(mode="json"),
+    }
+
+
 def model_contract(config: TrainConfig, weights: Path, temperature: float, threshold: float,
                    manifest: pd.DataFrame) -> dict:
     mean, std = input_normalisation(config.model.name, config.model.in_chans)
@@ -73,6 +84,7 @@ def model_contract(config: TrainConfig, weights: Path, temperature: float, thres
         "data": data_provenance(manifest),
         "pretrained": provenance,
         "transfer": config.transfer.mode,
+        "training": training_settings(config),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if random_frozen_backbone(config, provenance):
