@@ -159,10 +159,10 @@ def check_sr(path_or_dataset, source: pydicom.Dataset, predictor) -> hd.sr.Compr
     (group,) = sr.content.get_image_measurement_groups()
     assert group.get_measurements(name=PROBABILITY)[0].value == pytest.approx(expected["probabilities"]["covid"],
                                                                               abs=1e-6)
-    assert group.get_measurements(name=THRESHOLD)[0].value == pytest.approx(predictor.run.threshold, abs=1e-9)
+    assert group.get_measurements(name=THRESHOLD)[0].value == pytest.approx(predictor.threshold, abs=1e-9)
     assert group.get_qualitative_evaluations(name=LABEL)[0].value.value == expected["label"]
     parameters = [item.TextValue for item in hd.sr.utils.find_content_items(sr, ALGORITHM_PARAMETERS, recursive=True)]
-    assert f"weights sha256 {predictor.run.contract['weights_sha256']}" in parameters
+    assert f"weights sha256 {predictor.contract.weights_sha256}" in parameters
     comments = [item.TextValue for item in hd.sr.utils.find_content_items(sr, codes.DCM.Comment, recursive=True)]
     assert comments == [NOT_FOR_CLINICAL_USE]
     assert sr.get_evidence() == [(source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID,

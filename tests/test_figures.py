@@ -21,4 +21,5 @@ def test_importing_covidxr_keeps_the_callers_matplotlib_backend():
 def test_no_source_switches_the_backend_or_draws_through_pyplot():
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
-        assert "matplotlib.use(" not in text and "pyplot" not in text, path
+        for forbidden in ("matplotlib.use(", "import matplotlib.pyplot", "from matplotlib import pyplot", "plt."):
+            assert forbidden not in text, f"{path.name}: {forbidden}"

@@ -58,6 +58,19 @@ print(json.dumps({{"code": code, "loaded": [name for name in {HEAVY!r} if name i
     assert len(out.read_text().splitlines()) == 1 + 20
 
 
+def test_the_service_with_a_matching_onnx_imports_neither_torch_nor_lightning_nor_sklearn(inbox):
+    result = _run_python(f"""
+import json, sys
+from fastapi.testclient import TestClient
+from covidxr.serving.app import create_app
+client = TestClient(create_app())
+with open({str(inbox / "x04.png")!r}, "rb") as image:
+    status = client.post("/v1/predict", files={{"file": ("x.png", image.read(), "image/png")}}).status_code
+print(json.dumps({{"status": status, "loaded": [name for name in {HEAVY!r} if name in sys.modules]}}))
+""")
+    assert result == {"status": 200, "loaded": []}
+
+
 def test_folder_predictions_keep_input_order_and_errors_whether_parallel_or_not(inbox):
     predictor = load_model()
     paths = sorted(inbox.iterdir())

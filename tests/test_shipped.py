@@ -7,7 +7,7 @@ import numpy as np
 import covidxr
 from conftest import lesion_image
 from covidxr.cli import main
-from covidxr.models.shipped import MAX_BYTES
+from covidxr.models.shipped import MAX_BYTES, package_run
 from covidxr.runs import file_sha256, shipped_run
 
 
@@ -42,6 +42,44 @@ def test_shipped_model_predicts_without_a_run(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["predictions"][0]["status"] == "ok"
 
 
+def test_shipped_onnx_matches_the_weights_and_the_folder_stays_small():
+    import torch
+
+    from covidxr.models.loading import load_run
+    from covidxr.models.onnx_runtime import OnnxModel
+    from covidxr.predict import load_model
+
+    folder = shipped_run()
+    contract = json.loads((folder / "model.json").read_text())
+    onnx_model = OnnxModel(folder / "model.onnx")
+    assert onnx_model.metadata["weights_sha256"] == contract["weights_sha256"]
+    assert load_model().info["runtime"] == "onnxruntime"
+    assert sum(path.stat().st_size for path in folder.iterdir()) < 60 * 1024 * 1024
+    size = contract["preprocessing"]["size"]
+    pixels = np.stack([np.asarray(lesion_image(seed, covid=seed % 2 == 0, size=size)) for seed in range(4)])
+    pixels = pixels[:, None].astype(np.float32)
+    with torch.no_grad():
+        expected = load_run(folder).model(torch.from_numpy(pixels)).numpy()
+    assert np.abs(onnx_model.logits(pixels) - expected).max() < 1e-4
+
+
+def test_packaging_a_run_stores_float16_weights_and_drops_the_previous_onnx(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    card = json.loads((run / "model_card.json").read_text())
+    (run / "model_card.json").write_text(json.dumps({**card, "evaluations": {}, "audits": {}}))
+    target = tmp_path / "shipped"
+    target.mkdir()
+    (target / "model.onnx").write_bytes(b"the previous model")
+    package_run(run, target)
+    contract = json.loads((target / "model.json").read_text())
+    assert not (target / "model.onnx").exists() and contract["weights_dtype"] == "float16"
+    assert contract["weights_sha256"] == file_sha256(target / "model.safetensors")
+    assert covidxr.load_model(target).info["runtime"] == "pytorch"
+
+
 def test_python_m_shipped_packages_an_evaluated_run_and_keeps_the_size_limit(trained_run, tmp_path, monkeypatch,
                                                                              capsys):
     import runpy
@@ -57,6 +95,8 @@ def test_python_m_shipped_packages_an_evaluated_run_and_keeps_the_size_limit(tra
 
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run, ignore=shutil.ignore_patterns("checkpoints", "evaluation"))
+    card = RunDir(run).read_card()
+    RunDir(run).write_card({key: value for key, value in card.items() if key not in ("evaluations", "audits")})
     target = tmp_path / "shipped"
     monkeypatch.setattr(covidxr.runs, "shipped_dir", lambda: target)
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 LOW_RESOLUTION = 256
 BATCH = 32
-PARALLEL_FROM = 16  # fewer files are decoded here: starting worker processes would cost more than it saves
+PARALLEL_FROM = 16  # fewer files are decoded here, without a progress bar: workers would cost more than they save
 CHUNK = 8  # files per task sent to a worker process
 CHUNKS_IN_FLIGHT_PER_WORKER = 3  # bounds the memory held by prepared images waiting for the model
 
@@ -126,12 +126,12 @@ def prepared_in_order(paths: Sequence[str | Path], preprocessing: Preprocessing,
 
 class Predictor:
     """A run's model ready to classify images (arrays or files): ONNX Runtime when `RUN/model.onnx`
-    matches the weights, else PyTorch."""
+    records the weights hash of model.json, else PyTorch (model.safetensors, checked against that hash
+    when it is loaded; with a matching model.onnx it is not read at all)."""
 
     def __init__(self, run: str | Path | RunDir):
         self.rundir = run if isinstance(run, RunDir) else RunDir(run)
         self.contract = self.rundir.read_contract()
-        self.rundir.check_weights(self.contract)
         self.preprocessing = Preprocessing.from_recorded(self.contract.preprocessing)
         self.onnx = matching_onnx(self.rundir, self.contract)
         self._torch: RunModel | None = None
@@ -148,7 +148,8 @@ class Predictor:
 
     @property
     def torch_run(self) -> RunModel:
-        """The run's PyTorch model, loaded on first use (importing PyTorch takes seconds and ~1 GB)."""
+        """The run's PyTorch model, loaded on first use (importing PyTorch takes seconds and ~1 GB), after
+        checking that model.safetensors is the file model.json describes."""
         with self._torch_lock:
             if self._torch is None:
                 from covidxr.models.loading import load_run  # lazy: start-up speed of the ONNX path
@@ -229,7 +230,7 @@ class Predictor:
         'error'. Many files are decoded and prepared in `workers` processes (default: one per core) while
         the model runs batches here."""
         results, pending, pixels = [], [], []
-        with progress_bar() as bar:
+        with progress_bar(disable=len(paths) < PARALLEL_FROM) as bar:
             task = bar.add_task("predicting", total=len(paths))
             for prepared in prepared_in_order(paths, self.preprocessing, workers):
                 prediction = Prediction(path=prepared.path, warnings=prepared.warnings)

@@ -37,10 +37,11 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:,.0f} {self.unit}/s" if task.speed else f"- {self.unit}/s")
 
 
-def progress_bar(unit: str = "img") -> Progress:
+def progress_bar(unit: str = "img", disable: bool = False) -> Progress:
+    """A bar on stderr; `disable` for work too short to need one (nothing is drawn)."""
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=stderr,
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=stderr, disable=disable,
     )
 
 

@@ -17,7 +17,6 @@ from covidxr.data.preprocess import preprocess
 from covidxr.dicom.source import evidence_header, quiet_about_headers, skip_reason
 from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
 from covidxr.errors import CovidxrError
-from covidxr.explain.cam import overlay_rgb
 from covidxr.predict import Prediction, Predictor
 from covidxr.progress import progress_bar
 
@@ -38,7 +37,7 @@ class ResultObjects:
 
 
 def model_identity(predictor: Predictor) -> ModelIdentity:
-    return ModelIdentity.from_contract(predictor.run.contract)
+    return ModelIdentity.from_contract(predictor.contract.content)
 
 
 def _grayscale(dataset: Dataset, name: str) -> np.ndarray:
@@ -52,7 +51,7 @@ def _grayscale(dataset: Dataset, name: str) -> np.ndarray:
 
 def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | None) -> Classification:
     prediction = prediction if prediction is not None else predictor.predict(gray)
-    return Classification.from_prediction(prediction, predictor.run.positive_class)
+    return Classification.from_prediction(prediction, predictor.contract.positive_class)
 
 
 def overlay_title(result: Classification, model: ModelIdentity) -> str:
@@ -83,13 +82,15 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
                radiographs_only: bool = False, lung_mask: np.ndarray | None = None) -> ResultObjects:
     """The SR and the SC of one source instance (`prediction`, when given, is reused); DicomResultError when
     it gets none. `lung_mask` (in the model's prepared geometry) is outlined on the overlay."""
+    from covidxr.explain.cam import overlay_rgb  # lazy: PyTorch; `sr_of` (predict, serve) runs without it
+
     reason = skip_reason(dataset, radiographs_only)
     if reason:
         raise DicomResultError(name, reason)
     gray = _grayscale(dataset, name)
     result, model = _classification(predictor, gray, prediction), model_identity(predictor)
     heatmap = predictor.explain(gray)["heatmap"]
-    pixels, _ = preprocess(gray, predictor.run.preprocessing)
+    pixels, _ = preprocess(gray, predictor.preprocessing)
     overlay = overlay_rgb(pixels, heatmap, overlay_title(result, model), lung_mask)
     header = evidence_header(dataset)
     return _built(name, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),

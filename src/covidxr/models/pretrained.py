@@ -163,9 +163,9 @@ def state_dict_for(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
             raise WeightsConversionError(f"{key}: the module needs this tensor and the weights have no tensor named "
                                          f"like it (e.g. {next(iter(state))})")
         value = state[source_key]
-        if value.shape != tensor.shape and value.ndim == 4 and value.shape[0] == tensor.shape[0] \
-                and value.shape[2:] == tensor.shape[2:]:
-            value = adapt_input_conv(tensor.shape[1], value)
+        if value.ndim == 4 and value.shape[1] == 3 and value.shape != tensor.shape \
+                and value.shape[0] == tensor.shape[0] and value.shape[2:] == tensor.shape[2:]:
+            value = adapt_input_conv(tensor.shape[1], value)  # an RGB first convolution, for grey input
         if value.shape != tensor.shape:
             raise WeightsConversionError(f"{key}: shape {tuple(value.shape)} in the weights, {tuple(tensor.shape)} "
                                          "in the module")

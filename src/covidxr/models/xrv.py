@@ -22,7 +22,7 @@ import torch
 
 from covidxr.errors import UsageError
 from covidxr.models.pretrained import WeightsConversionError
-from covidxr.models.weights import WeightsFile, WeightsUnavailable
+from covidxr.models.weights import CHECKPOINT_READ_ERRORS, WeightsFile, WeightsUnavailable
 
 PREFIX = "xrv-"
 ARCHITECTURES = ("densenet121", "resnet50")
@@ -115,9 +115,7 @@ def read_xrv_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(_allowed_classes(path)):
             content = torch.load(path, map_location="cpu", weights_only=True)
-    except WeightsConversionError:
-        raise
-    except Exception as error:
+    except CHECKPOINT_READ_ERRORS + (ImportError, AttributeError) as error:  # + a class this version lacks
         raise WeightsConversionError(f"{path}: not a torchxrayvision weights file ({error})") from None
     if isinstance(content, torch.nn.Module):
         content = content.state_dict()

@@ -6,15 +6,12 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from covidxr.evaluation.metrics import format_estimate  # noqa: E402
-from covidxr.reporting.report import STYLE, _png, _table  # noqa: E402
-from covidxr.runs import NOT_FOR_CLINICAL_USE  # noqa: E402
+from covidxr.evaluation.metrics import format_estimate
+from covidxr.reporting.report import STYLE, _png, _table
+from covidxr.runs import NOT_FOR_CLINICAL_USE
 
 
 def _minutes(seconds: float | None) -> str:
@@ -50,7 +47,8 @@ def _error(value: float, interval: list[float] | None) -> list[list[float]]:
 
 def skill_plot(entries: list[dict], out: Path) -> Path:
     """Pooled out-of-fold within-source AUC (y) against test AUC (x), each with its 95% CI."""
-    figure, axis = plt.subplots(figsize=(6.4, 5.2))
+    figure = Figure(figsize=(6.4, 5.2))
+    axis = figure.subplots()
     plotted = [e for e in entries if e.get("auc") is not None and e.get("oof_within_source_auc") is not None]
     for entry in plotted:
         x, y = entry["auc"], entry["oof_within_source_auc"]
@@ -69,7 +67,6 @@ def skill_plot(entries: list[dict], out: Path) -> Path:
         axis.text(0.41, 0.31, f"{len(entries) - len(plotted)} recipe(s) without both figures not shown", fontsize=7)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
-    plt.close(figure)
     return out
 
 

@@ -35,7 +35,6 @@ from covidxr.data.imageio import (
     read_grayscale,
     sniff_format,
 )
-from covidxr.dicom.results import DicomResultError, sr_of
 from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE
@@ -147,6 +146,8 @@ def _parse_dicom(content: bytes, name: str) -> Dataset:
 def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int) -> tuple[bytes, str]:
     """The SR of an uploaded DICOM image as DICOM file bytes, and the file name to give it (parsed in memory;
     nothing is written)."""
+    from covidxr.dicom.results import DicomResultError, sr_of  # lazy: highdicom takes a second to import
+
     dataset = _parse_dicom(content, name)
     rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
     if rows * columns > max_pixels:
@@ -166,6 +167,8 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
                max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
     """The service for run directory `run` (without one: the model shipped in the package)."""
     predictor = predictor or load_model(run)
+    if predictor.onnx is None:
+        predictor.torch_run  # without a matching model.onnx, PyTorch loads now, not during the first request
     # More uploads at once than the cores can work on would only hold more decoded images in memory and
     # starve the event loop of the interpreter.
     slots = threading.BoundedSemaphore(SLOTS_PER_CORE * worker_count())
