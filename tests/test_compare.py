@@ -91,3 +91,25 @@ def test_the_rank_auc_equals_scikit_learn_with_ties():
     truth, scores = rng.random(400) < 0.3, np.round(rng.random(400), 1)
     assert auc_or_none(truth, scores) == pytest.approx(roc_auc_score(truth, scores))
     assert auc_or_none(np.zeros(5, bool), scores[:5]) is None
+
+
+def test_evaluate_and_the_report_show_within_source_figures_and_the_out_of_fold_one(compared, tmp_path, capsys):
+    from covidxr.reporting.report import write_report
+
+    out, argv = compared
+    run, cache = out / "default" / "run", argv[argv.index("--cache") + 1]
+    assert main(["evaluate", "--run", str(run), "--cache", cache]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headline = next(i for i, line in enumerate(lines) if line.startswith("model AUC"))
+    assert lines[headline + 1].startswith("within site-a (test):")
+    assert any(line.startswith("within site-a, pooled out of fold (2-fold cross-validation over train, val and test")
+               for line in lines[headline + 1:headline + 5])
+    page = write_report(run, tmp_path / "report.html", cache).read_text()
+    top = page[:page.index("<h2>Data</h2>")]
+    assert "within site-b (test)" in top and "within site-a, pooled out of fold" in top
+
+
+def test_within_source_lines_say_when_no_source_holds_both_classes():
+    from covidxr.evaluation.metrics import within_source_lines
+
+    assert "cannot be measured" in within_source_lines({"split": "test", "within_source": {}})[0]

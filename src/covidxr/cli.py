@@ -234,8 +234,8 @@ def _overlap_lines(overlap: dict | None) -> list[str]:
             "figures below are optimistic — run `covidxr data check MANIFEST --against TRAIN` to list them"]
 
 
-def _summary_line(result: dict) -> list[str]:
-    from covidxr.evaluation.metrics import format_estimate, source_explains_result
+def _summary_line(result: dict, cv: dict | None = None) -> list[str]:
+    from covidxr.evaluation.metrics import format_estimate, source_explains_result, within_source_lines
 
     lines = _overlap_lines(result["overlap_with_training"]) if "overlap_with_training" in result else []
     lines += [
@@ -247,9 +247,7 @@ def _summary_line(result: dict) -> list[str]:
     if source_explains_result(result):
         lines.append("warning: which dataset an image comes from predicts the label about as well as the model "
                      "here; this figure measures the source at least as much as the disease")
-    for source, figures in result["within_source"].items():
-        lines.append(f"within {source}: {figures['n_images']} images, {figures['n_patients']} patients, AUC "
-                     + format_estimate(figures, "auc"))
+    lines += within_source_lines(result, cv)
     at_threshold = ", ".join(f"{key} {format_estimate(result, key)}"
                              for key in ("sensitivity", "specificity", "accuracy", "f1"))
     lines.append(f"at threshold {result['threshold']:.3f} ({result['threshold_rule']}): {at_threshold}")
@@ -259,13 +257,16 @@ def _summary_line(result: dict) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from covidxr.evaluation.crossval import read_cv
     from covidxr.evaluation.evaluate import evaluate
+    from covidxr.runs import RunDir
 
-    result = evaluate(_require_run(args), args.data, args.split, args.prevalence, args.cache)
+    run = _require_run(args)
+    result = evaluate(run, args.data, args.split, args.prevalence, args.cache)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        _print_lines(_summary_line(result))
+        _print_lines(_summary_line(result, read_cv(RunDir(run).evaluation)))
     return EXIT_OK
 
 

@@ -24,7 +24,7 @@ from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import model_probabilities
 from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
-from covidxr.runs import default_cache_root, write_json
+from covidxr.runs import default_cache_root, read_json, write_json
 from covidxr.training.data import select_rows
 from covidxr.training.run import train
 
@@ -109,6 +109,13 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
     }
     write_json(out / "cv.json", result)
     return result
+
+
+def read_cv(folder: str | Path) -> dict | None:
+    """`folder/cv.json` (a run's evaluation folder holds it when cross-validation results were copied there, as
+    `covidxr compare` does), or None."""
+    path = Path(folder) / "cv.json"
+    return read_json(path) if path.is_file() else None
 
 
 def _mean(values: list) -> float | None:

@@ -157,3 +157,16 @@ def format_estimate(figures: dict, key: str) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def within_source_lines(result: dict, cv: dict | None = None) -> list[str]:
+    """The figures that measure the disease rather than the origin: AUC within each source holding both classes
+    (from an evaluation `result`) and, from cross-validation results `cv` (cv.json), the pooled out-of-fold AUC
+    within each such source."""
+    lines = [f"within {source} ({result['split']}): {figures['n_images']} images, {figures['n_patients']} patients, "
+             f"AUC {format_estimate(figures, 'auc')}" for source, figures in result["within_source"].items()]
+    for source, figures in ((cv or {}).get("pooled_out_of_fold_within_source") or {}).items():
+        lines.append(f"within {source}, pooled out of fold ({len(cv['folds'])}-fold cross-validation over "
+                     f"{cv.get('splits', 'train and val')} rows): {figures['n_images']} images, "
+                     f"{figures['n_patients']} patients, AUC {format_estimate(figures, 'auc')}")
+    return lines or ["no source holds both classes here: within-source skill cannot be measured"]

@@ -15,8 +15,9 @@ from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.manifest import load_dropped
 from covidxr.evaluation.audit import audit
+from covidxr.evaluation.crossval import read_cv
 from covidxr.evaluation.evaluate import evaluate, model_probabilities
-from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result
+from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result, within_source_lines
 from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import NOT_FOR_CLINICAL_USE, default_cache_root, read_json
@@ -43,10 +44,12 @@ def _cached(run: RunModel, name: str, compute) -> dict:
     return read_json(path) if path.is_file() else compute()
 
 
-def _headline(result: dict) -> str:
+def _headline(result: dict, cv: dict | None) -> str:
     text = (f"<p>On the run's test split ({result['n_images']} images, {result['n_patients']} patients) the model "
             f"reaches an AUC of <b>{format_estimate(result, 'auc')}</b>. Knowing only which dataset each image comes "
-            f"from gives an AUC of <b>{format_estimate(result, 'source_only_auc')}</b>.</p>")
+            f"from gives an AUC of <b>{format_estimate(result, 'source_only_auc')}</b>.</p>"
+            "<p>Inside one source the origin cannot tell the classes apart; there the model scores:</p><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in within_source_lines(result, cv)) + "</ul>")
     if source_explains_result(result):
         text += ("<p class='verdict'>The source alone predicts the label about as well as the model: this headline "
                  "measures where the images come from at least as much as the disease. Read the within-source "
@@ -129,12 +132,10 @@ def _model_card(card: dict) -> str:
         for k, v in items) + "</table>"
 
 
-def _cv_section(run: RunModel) -> str:
-    path = run.output_folder / "cv.json"
-    if not path.is_file():
+def _cv_section(cv: dict | None) -> str:
+    if cv is None:
         return ("<h2>Cross-validation</h2><p>Not run for this model: <code>covidxr cv --config RECIPE --data MANIFEST "
                 "-o DIR</code>, then copy <code>DIR/cv.json</code> to <code>RUN/evaluation/</code>.</p>")
-    cv = read_json(path)
     folds = pd.DataFrame(cv["folds"]).round(3)
     return (f"<h2>Cross-validation</h2><p>Pooled out-of-fold AUC {format_estimate(cv, 'pooled_out_of_fold_auc')} "
             f"over {cv['n_images']} images; mean AUC {format_number(cv['mean']['auc'])} "
@@ -151,10 +152,11 @@ def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | 
     external = [read_json(p) for p in sorted(folder.glob("evaluate-*.json"))
                 if not p.name.startswith("evaluate-internal-")]
     card = run.rundir.read_card()
+    cv = read_cv(folder)
     parts = [
         f"<h1>covidxr report: {html.escape(run.run.name)}</h1>",
         f"<p class='banner'>{html.escape(NOT_FOR_CLINICAL_USE)}</p>",
-        "<h2>The model against the source-only baseline</h2>", _headline(result),
+        "<h2>The model against the source-only baseline</h2>", _headline(result, cv),
         _data_section(run),
         "<h2>Training</h2>" + (_png(run.rundir.curves) if run.rundir.curves.is_file() else ""),
         f"<h2>Metrics at the operating threshold {result['threshold']:.3f} ({html.escape(result['threshold_rule'])},"
@@ -169,7 +171,7 @@ def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | 
             f"<p>{html.escape(e['data'])} ({e['split']}): {e['n_images']} images, {e['n_patients']} patients, AUC "
             f"{format_estimate(e, 'auc')}; source-only {format_estimate(e, 'source_only_auc')}</p>" for e in external)
             or "<p>None evaluated: run <code>covidxr evaluate --run RUN --data OTHER.csv</code>.</p>"),
-        _cv_section(run),
+        _cv_section(cv),
         "<h2>Shortcut audit</h2>",
         *(f"<p class='verdict'>{html.escape(audited[k]['verdict'])}</p>"
           for k in ("source_predictability", "occlusion", "leave_one_site_out")),
