@@ -1,0 +1,64 @@
+"""The lung segmenter's network: a segmentation-models-pytorch U-Net with a timm EfficientNet-Lite0 encoder.
+
+Input: (N, 1, 256, 256) float in [0, 1], a letterboxed grayscale image (see `geometry.letterbox`); the
+ImageNet grey normalisation happens inside, so the exported ONNX graph takes the same input. Output:
+(N, 1, 256, 256) lung logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+ENCODER = "tu-efficientnet_lite0"
+DECODER_CHANNELS = (128, 64, 32, 16, 8)
+IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
+"""The mean and spread of ImageNet's RGB statistics, for one grey channel."""
+
+
+class LungNet(nn.Module):
+    def __init__(self, encoder: str = ENCODER, decoder_channels: tuple[int, ...] = DECODER_CHANNELS):
+        super().__init__()
+        self.unet = smp.Unet(encoder, encoder_weights=None, in_channels=1, classes=1,
+                             decoder_channels=decoder_channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.unet((image - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD)
+
+
+def architecture() -> dict:
+    """How `LungNet` is built, as recorded in the segmenter's model.json."""
+    return {"name": "segmentation_models_pytorch.Unet", "encoder": ENCODER,
+            "decoder_channels": list(DECODER_CHANNELS), "in_channels": 1, "classes": 1}
+
+
+def build_lung_net(pretrained: bool) -> tuple[LungNet, dict]:
+    """A fresh network and what it started from (model.json's `pretrained`)."""
+    if pretrained:
+        raise NotImplementedError("ImageNet encoder weights: waiting for covidxr.models.pretrained")
+    return LungNet(), {"source": "none"}
+
+
+def save_weights(net: LungNet, path: str | Path, half: bool = False) -> None:
+    state = {name: (t.half() if half and t.is_floating_point() else t).contiguous() for name, t in net.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_lung_net(path: str | Path) -> LungNet:
+    """A LungNet in eval mode with the (float16 or float32) weights of a safetensors file, as float32."""
+    net = LungNet()
+    state = {name: t.float() if t.is_floating_point() else t for name, t in load_file(str(path)).items()}
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def export_onnx(net: LungNet, path: str | Path, size: int) -> None:
+    """ONNX graph of `net` (float32) with a dynamic batch: input `image` (N, 1, size, size), output `logits`."""
+    example = torch.zeros(1, 1, size, size)
+    torch.onnx.export(net.float().eval(), (example,), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)

@@ -1,0 +1,206 @@
+"""Train the lung segmenter on the hand-drawn V7 Labs outlines of Cohen's images (plain PyTorch loop).
+
+    python -m covidxr.lungs.train --data ../shared/data -o out/lung-model      # what `make lung-model` runs
+
+Images are split by patient (the project's split: units of patients and duplicate groups, 70/15/15,
+seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
+one side); the loss is Dice + BCE; the epoch with the best validation Dice is kept. The model folder gets
+`model.safetensors` (float32), `model.json`, `split.csv` (which image went where) and `metrics.csv`.
+Deterministic for a seed and a thread count on one machine (seeded shuffles and augmentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import segmentation_models_pytorch as smp
+import torch
+from torch.nn import functional
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from covidxr.data.dedup import duplicate_groups
+from covidxr.data.imageio import read_grayscale
+from covidxr.data.manifest import save_manifest
+from covidxr.data.sources.cohen import import_cohen
+from covidxr.data.split import assign_splits
+from covidxr.lungs.annotations import annotation_table
+from covidxr.lungs.geometry import SEGMENTER_SIZE, letterbox
+from covidxr.lungs.model import LungNet, architecture, build_lung_net, save_weights
+from covidxr.progress import progress_bar, stderr
+from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256, write_json
+
+MODEL_NAME = "covidxr-lungs-unet-lite0"
+COHEN_FOLDER = "covid-chestxray-dataset"
+V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
+SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+MASK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    pretrained: bool = True
+    threads: int = 2
+
+
+def annotated_split(data_root: str | Path, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """The Cohen images that have a V7 outline, split by patient unit, with their masks (`mask` column)."""
+    imported = import_cohen(Path(data_root) / COHEN_FOLDER)
+    table = annotation_table(imported.manifest, Path(data_root) / COHEN_FOLDER, Path(data_root) / V7_ZIP,
+                             origins=("v7",))
+    rows = imported.manifest[imported.manifest["image_id"].isin(table.masks["image_id"])].copy()
+    rows["dup_group"], _ = duplicate_groups(rows)
+    rows["label"] = "lungs"
+    rows = assign_splits(rows, SPLIT_FRACTIONS, seed=seed).drop(columns=["fold"])
+    masks = table.masks.set_index("image_id")["mask"]
+    return rows.assign(mask=rows["image_id"].map(masks)), table.lines
+
+
+def letterboxed_pairs(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct file's image and mask, letterboxed to the segmenter's size: (N, 256, 256) uint8 twice
+    (masks 0/1)."""
+    images, masks = [], []
+    for row in rows.drop_duplicates("sha256").itertuples():
+        images.append(letterbox(read_grayscale(row.path))[0])
+        soft = letterbox(row.mask.astype(np.float32))[0]
+        masks.append((soft >= 0.5).astype(np.uint8))
+    return np.stack(images), np.stack(masks)
+
+
+class Augmentation:
+    """Affine (rotation, shift, scale, shear) applied to image and mask alike; brightness, contrast and
+    gamma to the image only. No flip."""
+
+    def __init__(self) -> None:
+        self.geometry = v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.85, 1.2), shear=5)
+        self.intensity = v2.ColorJitter(brightness=0.25, contrast=0.25)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        image = self.intensity(image)
+        gamma = float(torch.empty(1).uniform_(0.7, 1.4))
+        return image.clamp(0, 1) ** gamma, mask
+
+
+def as_input(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W) uint8 -> (N, 1, H, W) float in [0, 1]."""
+    return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+
+def dice_and_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two bool masks (1, 1 when both are empty)."""
+    overlap = float(np.logical_and(predicted, truth).sum())
+    total, union = float(predicted.sum() + truth.sum()), float(np.logical_or(predicted, truth).sum())
+    return (2 * overlap / total if total else 1.0), (overlap / union if union else 1.0)
+
+
+def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: int) -> float:
+    """Mean per-image Dice at the segmenter's size (for choosing the epoch)."""
+    net.eval()
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = net(as_input(images[start:start + batch_size]).to(memory_format=torch.channels_last))
+            predicted = (logits[:, 0] > 0).numpy()
+            scores += [dice_and_iou(p, t.astype(bool))[0] for p, t in zip(predicted, masks[start:start + batch_size])]
+    return float(np.mean(scores))
+
+
+def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+              settings: TrainingSettings) -> tuple[LungNet, dict, pd.DataFrame]:
+    """Train from `settings`; the network of the best validation epoch, its provenance, and one row per epoch."""
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    net, pretrained = build_lung_net(settings.pretrained)
+    net = net.to(memory_format=torch.channels_last)
+    images, masks = as_input(train[0]), torch.from_numpy(train[1]).unsqueeze(1).float()
+    steps = settings.epochs * -(-len(images) // settings.batch_size)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps, pct_start=0.1)
+    dice_loss, augment = smp.losses.DiceLoss("binary", from_logits=True), Augmentation()
+    shuffle = torch.Generator().manual_seed(settings.seed)
+    best, best_state, history = -1.0, None, []
+    with progress_bar("batch") as bar:
+        task = bar.add_task("training the lung segmenter", total=steps)
+        for epoch in range(settings.epochs):
+            started, losses = time.perf_counter(), []
+            net.train()
+            for batch in torch.randperm(len(images), generator=shuffle).split(settings.batch_size):
+                pairs = [augment(images[i], masks[i]) for i in batch]
+                x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=torch.channels_last)
+                y = torch.stack([p[1] for p in pairs])
+                logits = net(x)
+                loss = dice_loss(logits, y) + functional.binary_cross_entropy_with_logits(logits, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.update(task, advance=1, description=f"lung segmenter epoch {epoch + 1}/{settings.epochs} "
+                                                        f"loss {np.mean(losses):.3f}")
+            val_dice = mean_dice(net, *val, settings.batch_size)
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
+                            "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started})
+            stderr.print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}, validation Dice {val_dice:.4f}")
+            if val_dice > best:
+                best, best_state = val_dice, {k: v.detach().clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    return net.eval(), pretrained, pd.DataFrame(history)
+
+
+def make_lung_model(data_root: str | Path, out: str | Path, settings: TrainingSettings = TrainingSettings()) -> Path:
+    """Train the segmenter on the shared data's V7 outlines and write its model folder `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, lines = annotated_split(data_root, settings.seed)
+    for line in lines:
+        stderr.print(line)
+    parts = {split: letterboxed_pairs(rows[rows["split"] == split]) for split in ("train", "val")}
+    net, pretrained, history = train_net(parts["train"], parts["val"], settings)
+    save_weights(net, out / "model.safetensors")
+    save_manifest(rows.drop(columns=["mask"]), out / "split.csv")
+    history.to_csv(out / "metrics.csv", index=False)
+    write_json(out / "model.json", lung_model_json(rows, pretrained, settings, file_sha256(out / "model.safetensors")))
+    return out
+
+
+def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSettings, weights_sha256: str) -> dict:
+    counts = {split: {"images": int(part["sha256"].nunique()), "patients": int(part["patient_id"].nunique())}
+              for split, part in rows.groupby("split")}
+    return {
+        "format_version": FORMAT_VERSION, "name": MODEL_NAME, "task": "lung segmentation",
+        "architecture": architecture(),
+        "input": {"size": SEGMENTER_SIZE, "fit": "letterbox (long side to size, centred, black padding)",
+                  "scale": "pixel / 255", "channels": 1},
+        "output": "lung logits; lungs where sigmoid >= threshold",
+        "threshold": MASK_THRESHOLD, "weights_sha256": weights_sha256, "pretrained": pretrained,
+        "data": {"outlines": "V7 Labs covid-19-xray-dataset, hand-drawn Lung polygons (COVID-19 images only)",
+                 "images": "Cohen covid-chestxray-dataset", "split": "patient units 70/15/15", "counts": counts},
+        "training": asdict(settings), "intended_use": NOT_FOR_CLINICAL_USE,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="folder holding covid-chestxray-dataset/ and v7labs-.../")
+    parser.add_argument("-o", "--out", required=True, help="model folder to write")
+    parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
+    parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
+    parser.add_argument("--no-pretrained", action="store_true", help="encoder from random weights")
+    args = parser.parse_args(argv)
+    settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained)
+    stderr.print(f"wrote {make_lung_model(args.data, args.out, settings)}")
+
+
+if __name__ == "__main__":
+    main()
