@@ -19,6 +19,7 @@ import torch
 from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import preprocess
 from covidxr.errors import UsageError
+from covidxr.lungs import lung_step, shipped_segmenter
 from covidxr.models.loading import RunModel, load_run
 from covidxr.progress import progress_bar
 from covidxr.runs import NOT_FOR_CLINICAL_USE, predicted_classes, shipped_run, softmax_with_temperature
@@ -77,6 +78,7 @@ class Predictor:
         self.run = run
         self.positive = run.positive_index
         self.onnx = matching_onnx(run)
+        self.preprocessing, self.lungs = lung_step(run.preprocessing)
         self._cam_lock = threading.Lock()
 
     @property
@@ -88,7 +90,7 @@ class Predictor:
                 "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
 
     def _pixels(self, gray: np.ndarray) -> np.ndarray:
-        pixels, _ = preprocess(gray, self.run.preprocessing)
+        pixels, _ = preprocess(gray, self.preprocessing, self.lungs)
         return pixels
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -123,7 +125,8 @@ class Predictor:
 
     def explain(self, item: str | Path | np.ndarray, out=None, method: str = "gradcam") -> dict:
         """Class activation map of P(covid) for one image (path or 2-D grey uint8 array): the map, the
-        share of its heat inside the lung field, and, with `out` (a path or binary file), a PNG overlay."""
+        share of its heat inside the lung mask, and, with `out` (a path or binary file), a PNG overlay with the
+        lung outline."""
         from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
 
         gray = item if isinstance(item, np.ndarray) else read_grayscale(item)
@@ -131,13 +134,16 @@ class Predictor:
         probability = float(self.probabilities(pixels[None])[0, self.positive])
         with self._cam_lock:
             heatmap = heatmaps(self.run.model, torch.from_numpy(pixels)[None, None].float(), self.positive, method)[0]
-        share = lung_heat_share(heatmap)
+        lungs = shipped_segmenter().segment(pixels)
+        share = lung_heat_share(heatmap, lungs.mask)
         if out is not None:
             name = "image" if isinstance(item, np.ndarray) else Path(item).name[:40]
+            region = "the lung field rectangle (no plausible lung mask)" if lungs.fallback else "the lungs"
             title = (f"{name}\nP(covid) {probability:.2f} (threshold {self.run.threshold:.2f}), {method}, "
-                     f"{share:.0%} of heat in the lung field")
-            save_overlay(pixels, heatmap, title, out)
-        return {"probability_covid": probability, "lung_heat_share": share, "method": method, "heatmap": heatmap}
+                     f"{share:.0%} of heat in {region}")
+            save_overlay(pixels, heatmap, title, out, lungs)
+        return {"probability_covid": probability, "lung_heat_share": share, "method": method, "heatmap": heatmap,
+                "lung_mask": lungs.mask, "lung_warnings": list(lungs.warnings)}
 
     def predict_files(self, paths: Sequence[str | Path]) -> list[Prediction]:
         """Predictions for files, batched, with a progress bar; unreadable ones get status 'error'."""

@@ -1,5 +1,6 @@
 """Class activation maps through pytorch-grad-cam (Grad-CAM, Grad-CAM++, EigenCAM) for any backbone,
-the share of heat inside the lung field, overlays, and the most confidently wrong images."""
+the share of heat inside each image's lung mask (from the lung segmenter), overlays with the lung outline,
+and the most confidently wrong images."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from torch import nn  # noqa: E402
 
-from covidxr.data.regions import lung_field_box, lung_field_mask  # noqa: E402
 from covidxr.errors import UsageError  # noqa: E402
+from covidxr.lungs import LungMask  # noqa: E402
 from covidxr.models.classifier import Classifier  # noqa: E402
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
@@ -44,26 +44,28 @@ def heatmaps(model: Classifier, pixels: torch.Tensor, class_index: int, method: 
     return np.asarray(maps, dtype=np.float32)
 
 
-def lung_heat_share(heatmap: np.ndarray) -> float:
-    """Share of the map's total heat inside the approximate lung field."""
+def lung_heat_share(heatmap: np.ndarray, lungs: np.ndarray) -> float:
+    """Share of the map's total heat inside the lung mask (a bool array of the map's shape)."""
     total = float(heatmap.sum())
-    return float(heatmap[lung_field_mask(heatmap.shape[0])].sum() / total) if total > 0 else 0.0
+    return float(heatmap[lungs].sum() / total) if total > 0 else 0.0
 
 
-def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str) -> None:
+def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str, lungs: LungMask) -> None:
+    """Image, heat map and the lung outline (dashed where the mask is the fallback rectangle)."""
     axis.imshow(pixels, cmap="gray", vmin=0, vmax=255)
     axis.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    top, bottom, left, right = lung_field_box(pixels.shape[0])
-    axis.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="white",
-                             linestyle="--", linewidth=0.8))
+    if lungs.mask.any():
+        axis.contour(lungs.mask.astype(np.float32), levels=[0.5], colors="white", linewidths=0.8,
+                     linestyles="dashed" if lungs.fallback else "solid")
     axis.set_title(title, fontsize=8)
     axis.set_axis_off()
 
 
-def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path | BinaryIO) -> Path | BinaryIO:
+def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path | BinaryIO,
+                 lungs: LungMask) -> Path | BinaryIO:
     """PNG overlay to a path (folders made) or a binary file object."""
     figure, axis = plt.subplots(figsize=(4, 4.3))
-    draw_overlay(axis, pixels, heatmap, title)
+    draw_overlay(axis, pixels, heatmap, title, lungs)
     figure.tight_layout()
     if isinstance(out, (str, Path)):
         out = Path(out)
@@ -73,13 +75,14 @@ def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str |
     return out
 
 
-def gallery(pixels: np.ndarray, maps: np.ndarray, titles: list[str], out: str | Path, columns: int = 4) -> Path:
+def gallery(pixels: np.ndarray, maps: np.ndarray, titles: list[str], lungs: list[LungMask], out: str | Path,
+            columns: int = 4) -> Path:
     rows = int(np.ceil(len(pixels) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.set_axis_off()
-    for axis, image, heatmap, title in zip(axes.ravel(), pixels, maps, titles):
-        draw_overlay(axis, image, heatmap, title)
+    for axis, image, heatmap, title, mask in zip(axes.ravel(), pixels, maps, titles, lungs):
+        draw_overlay(axis, image, heatmap, title, mask)
     figure.tight_layout()
     figure.savefig(out, dpi=90)
     plt.close(figure)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from covidxr.data.regions import lung_field_box
+from covidxr.data.regions import LUNG_COLUMNS, LUNG_ROWS
 
 SEGMENTER_SIZE = 256
 MIN_LUNG_SHARE, MAX_LUNG_SHARE = 0.08, 0.75
@@ -75,10 +75,9 @@ class LungMask:
 
 def rectangle_mask(height: int, width: int) -> np.ndarray:
     """The fixed lung-field rectangle (rows 12-82%, columns 12-88%) at any size: the fallback."""
-    top, bottom, left, right = lung_field_box(1000)
+    (top, bottom), (left, right) = (round(f * height) for f in LUNG_ROWS), (round(f * width) for f in LUNG_COLUMNS)
     mask = np.zeros((height, width), dtype=bool)
-    mask[round(top * height / 1000):round(bottom * height / 1000), round(left * width / 1000):round(right * width / 1000)] \
-        = True
+    mask[top:bottom, left:right] = True
     return mask
 
 
@@ -117,14 +116,14 @@ def lung_mask_from_probability(probability: np.ndarray, threshold: float = 0.5) 
                     tuple(problems) + ("lung mask replaced by the fixed lung-field rectangle",), fallback=True)
 
 
-def mask_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the mask's True pixels, grown by `margin` of the box's size on each
-    side and clipped to the image; the whole image when the mask is empty."""
-    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    height, width = mask.shape
-    if not len(rows):
-        return 0, height, 0, width
-    top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
-    grow_rows, grow_columns = round(margin * (bottom - top)), round(margin * (right - left))
-    return (max(0, top - grow_rows), min(height, bottom + grow_rows),
-            max(0, left - grow_columns), min(width, right + grow_columns))
+OUTLINE_COLOUR, FALLBACK_COLOUR = (0, 230, 64), (255, 160, 0)
+
+
+def outline_overlay(gray: np.ndarray, lungs: LungMask) -> np.ndarray:
+    """RGB uint8 copy of a grayscale image with the lung outline drawn on it (orange for a fallback)."""
+    canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    contours, _ = cv2.findContours(lungs.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(gray.shape) / 256))
+    colour = FALLBACK_COLOUR if lungs.fallback else OUTLINE_COLOUR
+    cv2.drawContours(canvas, contours, -1, colour, thickness, lineType=cv2.LINE_AA)
+    return canvas

@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-
 ENCODER = "tu-efficientnet_lite0"
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
 IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
@@ -45,7 +44,8 @@ def build_lung_net(pretrained: bool) -> tuple[LungNet, dict]:
 
 
 def save_weights(net: LungNet, path: str | Path, half: bool = False) -> None:
-    state = {name: (t.half() if half and t.is_floating_point() else t).contiguous() for name, t in net.state_dict().items()}
+    state = {name: (t.half() if half and t.is_floating_point() else t).contiguous()
+             for name, t in net.state_dict().items()}
     save_file(state, str(path))
 
 

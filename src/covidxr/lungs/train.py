@@ -1,11 +1,12 @@
 """Train the lung segmenter on the hand-drawn V7 Labs outlines of Cohen's images (plain PyTorch loop).
 
-    python -m covidxr.lungs.train --data ../shared/data -o out/lung-model      # what `make lung-model` runs
+    python -m covidxr.lungs.train --data ../shared/data -o out/lung-model --ship src/covidxr/shipped/lungs
 
 Images are split by patient (the project's split: units of patients and duplicate groups, 70/15/15,
 seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
 one side); the loss is Dice + BCE; the epoch with the best validation Dice is kept. The model folder gets
-`model.safetensors` (float32), `model.json`, `split.csv` (which image went where) and `metrics.csv`.
+`model.safetensors` (float32), `model.json`, `split.csv` (which image went where) and `metrics.csv`;
+`--ship DIR` then writes the packaged form: float16 weights, their ONNX graph (parity-checked) and model.json.
 Deterministic for a seed and a thread count on one machine (seeded shuffles and augmentation).
 """
 
@@ -29,17 +30,19 @@ from covidxr.data.imageio import read_grayscale
 from covidxr.data.manifest import save_manifest
 from covidxr.data.sources.cohen import import_cohen
 from covidxr.data.split import assign_splits
+from covidxr.errors import CovidxrError
 from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import SEGMENTER_SIZE, letterbox
-from covidxr.lungs.model import LungNet, architecture, build_lung_net, save_weights
+from covidxr.lungs.model import LungNet, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
 from covidxr.progress import progress_bar, stderr
-from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256, write_json
+from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256, read_json, write_json
 
 MODEL_NAME = "covidxr-lungs-unet-lite0"
 COHEN_FOLDER = "covid-chestxray-dataset"
 V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 MASK_THRESHOLD = 0.5
+ONNX_PARITY_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,35 @@ def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSett
     }
 
 
+def ship(model_dir: str | Path, target: str | Path) -> Path:
+    """The package's form of a trained segmenter in `target`: float16 `model.safetensors`, `model.onnx`
+    (float32 graph of those weights, its metadata naming their hash) and `model.json` with that hash."""
+    import onnx
+    import onnxruntime
+
+    model_dir, target = Path(model_dir), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    save_weights(load_lung_net(model_dir / "model.safetensors"), target / "model.safetensors", half=True)
+    net, weights_sha256 = load_lung_net(target / "model.safetensors"), file_sha256(target / "model.safetensors")
+    contract = {**read_json(model_dir / "model.json"), "weights_sha256": weights_sha256,
+                "weights_dtype": "float16", "onnx": "model.onnx (float32 graph of the float16 weights)"}
+    export_onnx(net, target / "model.onnx", contract["input"]["size"])
+    graph = onnx.load(str(target / "model.onnx"))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "weights_sha256", weights_sha256
+    onnx.save(graph, str(target / "model.onnx"))
+    example = torch.rand(2, 1, contract["input"]["size"], contract["input"]["size"],
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(example).numpy()
+    session = onnxruntime.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
+    difference = float(np.abs(session.run(None, {"image": example.numpy()})[0] - expected).max())
+    if difference > ONNX_PARITY_TOLERANCE:
+        raise CovidxrError(f"ONNX parity check failed: max |logit difference| {difference:.2e}")
+    write_json(target / "model.json", {**contract, "onnx_parity_max_logit_difference": difference})
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder holding covid-chestxray-dataset/ and v7labs-.../")
@@ -197,9 +229,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
     parser.add_argument("--no-pretrained", action="store_true", help="encoder from random weights")
+    parser.add_argument("--ship", type=Path, metavar="DIR", help="also write the packaged form into DIR")
+    parser.add_argument("--ship-only", action="store_true", help="package an already trained OUT (no training)")
     args = parser.parse_args(argv)
     settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained)
-    stderr.print(f"wrote {make_lung_model(args.data, args.out, settings)}")
+    if not args.ship_only:
+        stderr.print(f"wrote {make_lung_model(args.data, args.out, settings)}")
+    if args.ship or args.ship_only:
+        stderr.print(f"shipped {ship(args.out, args.ship or Path(args.out) / 'shipped')}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from covidxr.config import TrainConfig, validated
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
+from covidxr.lungs import lung_step
 from covidxr.models.classifier import Classifier, build_classifier
 from covidxr.models.inference import predict_logits
 from covidxr.runs import RunDir, default_cache_root, softmax_with_temperature, write_json
@@ -130,6 +131,7 @@ def _prepare_run(config: TrainConfig, manifest_path: Path, run: RunDir,
     if is_main_process() and run.config.exists():
         raise UsageError(f"{run.root} already holds a run; choose another -o, or --resume to continue it")
     manifest = select_rows(load_manifest(manifest_path), config)
+    config = config.model_copy(update={"preprocessing": lung_step(config.preprocessing)[0]})  # names the lung model
     if is_main_process():
         run.root.mkdir(parents=True, exist_ok=True)
         run.config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
