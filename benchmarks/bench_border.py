@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from _common import DATA, machine
-from covidxr.data.imageio import read_grayscale
+from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import Preprocessing, find_cut, remove_borders
 
 THRESHOLD = 40
@@ -46,7 +46,7 @@ def bordered_1024_images(count: int = 3) -> list[tuple[str, np.ndarray]]:
     for path in sorted((DATA / "covid-chestxray-dataset" / "images").iterdir()):
         try:
             image = read_grayscale(path)
-        except Exception:
+        except ImageReadError:
             continue
         cut = find_cut(image, config)
         if max(image.shape) == 1024 and cut.top + cut.bottom + cut.left + cut.right > 0:

@@ -79,3 +79,16 @@ def test_giving_one_manifest_twice_is_refused(imports):
 
     with pytest.raises(ManifestError, match="image_id must be unique"):
         build([imports[0].manifest, imports[0].manifest], task="binary")
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("binary.csv", b"\xff\xfe\x00 not text", "codec can't decode"),
+    ("ragged.csv", b'image_id,path\n1,2,3,4\n"unterminated\n', "Error tokenizing data"),
+    ("garbage.parquet", b"PAR1 garbage PAR1", "Parquet"),
+])
+def test_an_unreadable_manifest_is_named_with_the_parser_problem(tmp_path, name, content, problem):
+    from covidxr.data import ManifestError, load_manifest
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ManifestError, match=f"{name}: cannot read manifest .*{problem}"):
+        load_manifest(tmp_path / name)

@@ -86,3 +86,21 @@ def test_failures_exit_1_with_the_file_named(tmp_path, capsys):
     assert "missing column(s) image_id" in capsys.readouterr().err
     assert main(["data", "build", str(tmp_path / "m.txt"), "--task", "binary", "-o", str(tmp_path / "o.csv")]) == 1
     assert "must end in .csv or .parquet" in capsys.readouterr().err
+
+
+def test_library_errors_name_parameters_and_the_command_line_names_flags(built, tmp_path, capsys):
+    from covidxr.data import build
+    from covidxr.errors import UsageError
+
+    with pytest.raises(UsageError, match="^folds=50: must be between 2") as error:
+        build([built], task="binary", folds=50)
+    assert "--folds" not in str(error.value)
+    out = ["-o", str(tmp_path / "o.csv")]
+    assert main(["data", "build", str(built), "--task", "binary", "--folds", "50"] + out) == 2
+    assert "covidxr: usage error: --folds 50: must be between 2" in capsys.readouterr().err
+    assert main(["data", "build", str(built), "--task", "binary", "--exclude-license", "(NC"] + out) == 2
+    assert "--exclude-license '(NC': not a regular expression" in capsys.readouterr().err
+    assert main(["data", "build", str(built), "--task", "binary", "--max-distance", "99"] + out) == 2
+    assert "--max-distance 99: must be 0..64 bits" in capsys.readouterr().err
+    assert main(["prepare", str(built), "-o", str(tmp_path / "cache"), "--set", "clahe"]) == 2
+    assert "--set 'clahe': expected key=value" in capsys.readouterr().err

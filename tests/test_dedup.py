@@ -87,7 +87,7 @@ def test_bad_thresholds_are_usage_errors(tmp_path):
     from covidxr.errors import UsageError
 
     table = _manifest([save_image(xray_pixels(1), tmp_path / "a.png")])
-    with pytest.raises(UsageError, match="max_distance"):
+    with pytest.raises(UsageError, match="max_distance=65: must be 0..64"):
         duplicate_groups(table, max_distance=65)
-    with pytest.raises(UsageError, match="min_correlation"):
+    with pytest.raises(UsageError, match=r"min_correlation=1.5: must be in \[-1, 1\]"):
         duplicate_groups(table, min_correlation=1.5)

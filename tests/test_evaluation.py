@@ -14,12 +14,11 @@ from covidxr.cli import main
 from covidxr.evaluation.calibration import expected_calibration_error
 from covidxr.evaluation.evaluate import source_only
 from covidxr.evaluation.metrics import (
+    PatientBootstrap,
     at_prevalence,
     binary_metrics,
-    bootstrap_intervals,
     confusion,
     metrics_with_intervals,
-    patient_resamples,
 )
 from covidxr.runs import softmax_with_temperature
 from covidxr.training.calibration import fit_temperature, operating_threshold
@@ -51,7 +50,7 @@ def test_undefined_metrics_are_none_and_json_has_null():
 
 def test_bootstrap_moves_a_patients_images_together():
     patients = pd.Series(["a"] * 5 + ["b"] * 3 + ["c"])
-    for rows in patient_resamples(patients, resamples=50, seed=1):
+    for rows in PatientBootstrap(resamples=50, seed=1).rows(patients):
         counts = pd.Series(patients[rows]).value_counts()
         assert all(counts.get(p, 0) % n == 0 for p, n in (("a", 5), ("b", 3)))
 
@@ -61,8 +60,8 @@ def test_intervals_cover_the_point_and_widen_when_images_cluster_in_patients():
     clustered = pd.Series(np.repeat(np.arange(30), 10))
     truth = np.repeat(RNG.random(30) < 0.4, 10)
     scores = np.clip(truth * 0.25 + np.repeat(RNG.random(30), 10) * 0.75, 0, 1)
-    wide = metrics_with_intervals(truth, scores, clustered, 0.5, resamples=300)
-    narrow = metrics_with_intervals(truth, scores, per_image, 0.5, resamples=300)
+    wide = metrics_with_intervals(truth, scores, clustered, 0.5, PatientBootstrap(300))
+    narrow = metrics_with_intervals(truth, scores, per_image, 0.5, PatientBootstrap(300))
     assert wide["auc_ci"][0] <= wide["auc"] <= wide["auc_ci"][1]
     assert wide["auc_ci"][1] - wide["auc_ci"][0] > 1.5 * (narrow["auc_ci"][1] - narrow["auc_ci"][0])
 
@@ -71,11 +70,11 @@ def test_an_interval_undefined_in_most_resamples_is_null():
     truth = np.zeros(51, dtype=bool)
     truth[0] = True
     scores = np.linspace(0, 1, 51)
-    intervals = bootstrap_intervals(lambda r: binary_metrics(truth[r], scores[r], 0.5), pd.Series(range(51)),
-                                    resamples=200)
+    intervals = PatientBootstrap(200).intervals(lambda r: binary_metrics(truth[r], scores[r], 0.5),
+                                                pd.Series(range(51)))
     assert intervals["auc"] is not None, "one positive patient: defined in about 64% of resamples"
-    negatives_only = bootstrap_intervals(lambda r: binary_metrics(~truth[r] & False, scores[r], 0.5),
-                                         pd.Series(range(51)), resamples=50)
+    negatives_only = PatientBootstrap(50).intervals(lambda r: binary_metrics(~truth[r] & False, scores[r], 0.5),
+                                                    pd.Series(range(51)))
     assert negatives_only["auc"] is None and negatives_only["sensitivity"] is None
     assert negatives_only["specificity"] is not None
 
@@ -85,8 +84,8 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
     logits = np.stack([np.zeros(2000), (truth * 2 - 1) * 1.0 + RNG.normal(0, 1.5, 2000)], axis=1) * 6
     temperature = fit_temperature(logits, truth)
     assert temperature > 2
-    assert expected_calibration_error(softmax_with_temperature(logits, temperature), truth) < \
-        0.5 * expected_calibration_error(softmax_with_temperature(logits, 1.0), truth)
+    assert expected_calibration_error(truth, softmax_with_temperature(logits, temperature)[:, 1]) < \
+        0.5 * expected_calibration_error(truth, softmax_with_temperature(logits, 1.0)[:, 1])
 
 
 def test_thresholds_by_rule():
@@ -105,12 +104,12 @@ def test_ppv_npv_at_another_prevalence():
 def test_source_only_baseline_and_within_source_on_a_two_source_table():
     rows = pd.DataFrame({"source": ["a"] * 60 + ["b"] * 140, "patient_id": [f"p{i}" for i in range(200)]})
     truth = np.array([True] * 50 + [False] * 10 + [False] * 140)
-    auc, interval = source_only(rows, truth, "source", resamples=200, seed=0)
+    auc, interval = source_only(rows, truth, "source", PatientBootstrap(200))
     assert auc == pytest.approx(roc_auc_score(truth, np.r_[np.full(60, 50 / 60), np.zeros(140)]))
     assert auc > 0.9 and interval[0] <= auc <= interval[1]
     from covidxr.evaluation.evaluate import _subgroups
 
-    groups = _subgroups(rows, truth, np.r_[np.linspace(0, 1, 60), np.zeros(140)], 0.5, "source", 100, 0)
+    groups = _subgroups(rows, truth, np.r_[np.linspace(0, 1, 60), np.zeros(140)], 0.5, "source", PatientBootstrap(100))
     assert set(groups) == {"a"} and groups["a"]["n_images"] == 60
 
 
@@ -241,3 +240,63 @@ def test_report_is_self_contained_and_opens_cleanly_in_headless_chromium(trained
     assert len(images) >= 4 and all(images)
     for phrase in ("not for clinical use", "source-only baseline", "shortcut audit", "model card", "top losses"):
         assert phrase in text.lower(), phrase
+
+
+def test_the_source_warning_fires_only_when_the_source_baseline_is_informative():
+    from covidxr.evaluation.metrics import source_baseline_informative, source_explains_result
+
+    truth = np.arange(200) < 60
+    patients = [f"p{i}" for i in range(200)]
+    weak_model = np.clip(truth * 0.1 + RNG.random(200), 0, 1)
+    strong_model = np.clip(truth * 0.6 + RNG.random(200) * 0.5, 0, 1)
+
+    def result(sources, scores) -> dict:
+        rows = pd.DataFrame({"source": sources, "patient_id": patients})
+        auc, interval = source_only(rows, truth, "source", PatientBootstrap(100))
+        return {"auc": roc_auc_score(truth, scores), "source_only_auc": auc, "source_only_auc_ci": interval}
+
+    single_source = result(["only"] * 200, weak_model)
+    assert single_source["source_only_auc"] == 0.5 and single_source["source_only_auc_ci"] == [0.5, 0.5]
+    assert single_source["auc"] < 0.6, "a weak model: within the margin of the uninformative 0.5"
+    assert not source_baseline_informative(single_source) and not source_explains_result(single_source)
+
+    by_label = np.where(truth, "covid-archive", "normals-archive")
+    confounded = result(by_label, strong_model)
+    assert confounded["source_only_auc"] == 1.0 and source_explains_result(confounded)
+    mixed = np.where(np.arange(200) % 3 == 0, "a", by_label)
+    partly = result(mixed, strong_model)
+    assert source_baseline_informative(partly) and partly["source_only_auc"] < partly["auc"] - 0.05
+    assert not source_explains_result(partly)
+
+
+def test_ece_and_the_reliability_diagram_share_scikit_learns_bins():
+    from sklearn.calibration import calibration_curve
+
+    from covidxr.evaluation.calibration import reliability
+
+    scores = np.r_[SCORES, [0.1, 0.5, 0.9, 1.0, 0.0]]
+    truth = np.r_[TRUTH, [False, True, True, True, False]]
+    bins = reliability(truth, scores)
+    observed, predicted = calibration_curve(truth, scores, n_bins=10)
+    assert np.array_equal(bins.observed, observed) and np.array_equal(bins.predicted, predicted)
+    assert bins.images.sum() == len(scores) and len(bins.images) == len(observed)
+    by_hand = sum(n / len(scores) * abs(o - p) for n, o, p in zip(bins.images, observed, predicted))
+    assert expected_calibration_error(truth, scores) == pytest.approx(by_hand)
+    assert expected_calibration_error(np.array([0, 1, 0, 1]), np.array([0.0, 1.0, 0.0, 1.0])) == 0.0
+
+
+def test_every_interval_and_band_of_an_evaluation_comes_from_one_bootstrap(trained_run, monkeypatch):
+    from covidxr.evaluation.evaluate import evaluate
+
+    used = []
+    rows = PatientBootstrap.rows
+
+    def recording(self, patients):
+        used.append((self.resamples, self.seed))
+        return rows(self, patients)
+
+    monkeypatch.setattr(PatientBootstrap, "rows", recording)
+    run, cache = trained_run
+    result = evaluate(run, cache_root=cache, resamples=40, seed=7)
+    assert set(used) == {(40, 7)} and len(used) >= 4, "CIs, subgroups, source-only and the curve bands"
+    assert result["ci_method"].startswith("percentile bootstrap over patients, 40 resamples (seed 7), 95%")

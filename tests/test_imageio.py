@@ -107,6 +107,18 @@ def test_dicom_without_pixel_data(tmp_path):
         read_grayscale(_dicom(tmp_path / "empty.dcm", pixels=False))
 
 
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.9])
+def test_malformed_dicom_headers_and_truncated_files_are_read_errors_not_crashes(tmp_path, cut):
+    content = _dicom(tmp_path / "w.dcm", window=(2000.0, 3000.0)).read_bytes()
+    (tmp_path / "bad-window.dcm").write_bytes(content.replace(b"2000.0", b"20x0.0", 1))
+    with pytest.raises(ImageReadError, match="bad-window.dcm: malformed DICOM header value \\(TypeError\\)"):
+        read_grayscale(tmp_path / "bad-window.dcm")
+    (tmp_path / "cut.dcm").write_bytes(content[:int(len(content) * cut)])
+    with pytest.raises(ImageReadError, match="cut.dcm: ") as error:
+        read_grayscale(tmp_path / "cut.dcm")
+    assert "SECRET-ID" not in str(error.value)
+
+
 def test_errors_never_show_patient_identifiers(tmp_path):
     path = _dicom(tmp_path / "empty.dcm", pixels=False)
     with pytest.raises(ImageReadError) as error:

@@ -50,8 +50,10 @@ def test_heads_follow_the_write_ups(head, parameters):
 def test_unknown_model_and_head_are_usage_errors():
     with pytest.raises(UsageError, match="unknown model 'resnet9000'"):
         build_classifier(ModelSpec(name="resnet9000"), 2, 32)
-    with pytest.raises(ValueError, match="accepted: linear"):
+    with pytest.raises(UsageError, match="^name='transformer': unknown head; accepted: linear, pyimagesearch"):
         make_head("transformer", 8, 2, 2, 2)
+    with pytest.raises(UsageError, match="^pretrained=True: covidxr_cnn has no pretrained weights; accepted: "):
+        timm.create_model("covidxr_cnn", pretrained=True)
 
 
 def test_a_whole_model_file_round_trips(tmp_path):
@@ -102,6 +104,11 @@ def test_convert_reads_state_dicts_only(tmp_path):
     with pytest.raises(CovidxrError, match="refused to unpickle"):
         convert_checkpoint(tmp_path / "evil.pth", tmp_path / "evil.safetensors")
     assert not (tmp_path / "evil.safetensors").exists()
+    whole = (tmp_path / "ckpt.pth").read_bytes()
+    for name, content in (("empty.pth", b""), ("cut.pth", whole[: len(whole) // 2]), ("text.pth", b"not a zip")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CovidxrError, match=f"{name}: not a plain tensor checkpoint"):
+            convert_checkpoint(tmp_path / name, tmp_path / "out2.safetensors")
 
 
 def test_convert_command(tmp_path, capsys):
@@ -121,7 +128,7 @@ def test_imagenet_offline_and_uncached_says_what_to_do(tmp_path, monkeypatch):
         imagenet_backbone("resnet18", in_chans=1)
     message = str(error.value)
     assert "timm/resnet18.a1_in1k/model.safetensors" in message and str(tmp_path / "hub") in message
-    assert "--set model.weights=FILE.safetensors" in message and "--set model.pretrained=none" in message
+    assert "model.weights=FILE.safetensors" in message and "model.pretrained=none" in message
 
 
 def test_imagenet_weights_come_from_timms_cache_when_present(tmp_path, monkeypatch):

@@ -73,7 +73,7 @@ def test_preprocess_output_size_crop_top_and_clahe():
     marked[:20] = 255
     topless, _ = preprocess(marked, Preprocessing(size=200, borders=(), crop_top=0.1, square="pad"))
     assert topless[:20].max() < 255
-    with pytest.raises(ValueError, match="2-D uint8"):
+    with pytest.raises(UsageError, match=r"^image: shape \(4, 4, 3\) dtype uint8: expected a 2-D uint8"):
         preprocess(np.zeros((4, 4, 3), np.uint8), Preprocessing())
 
 

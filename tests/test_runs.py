@@ -129,7 +129,7 @@ def test_the_shipped_model_is_not_written_to_and_evaluates_into_the_working_fold
     assert not run.update_card("evaluations", "x-all", {"auc": 0.5})
     assert run.read_card() == {"intended_use": "teaching"}
     shutil.rmtree(shipped)
-    with pytest.raises(UsageError, match="no model is shipped.*--run RUN"):
+    with pytest.raises(UsageError, match="run: no model is shipped.*give a run directory"):
         shipped_run()
 
 

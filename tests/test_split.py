@@ -67,7 +67,7 @@ def test_custom_fractions_and_tiny_data():
     assert set(tiny["split"]) == {"train", "val", "test"}
     with pytest.raises(UsageError, match="need at least 2"):
         assign_splits(_table(1))
-    with pytest.raises(UsageError, match="--folds 50"):
+    with pytest.raises(UsageError, match="folds=50: must be between 2"):
         assign_splits(_table(20), folds=50)
 
 

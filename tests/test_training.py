@@ -36,7 +36,7 @@ def test_full_training_writes_the_contract_run_directory(tmp_path, training_mani
     contract = json.loads((run / "model.json").read_text())
     assert MODEL_JSON_KEYS <= set(contract)
     assert contract["weights_sha256"] == file_sha256(run / "model.safetensors")
-    assert contract["classes"] == ["non-covid", "covid"] and contract["pretrained"] == "none"
+    assert contract["classes"] == ["non-covid", "covid"] and contract["pretrained"] == {"source": "none"}
     assert 0 < contract["threshold"] <= 1 and contract["temperature"] > 0
     assert contract["preprocessing"]["size"] == 32 and contract["data"]["images"] == 72
     metrics = pd.read_csv(run / "metrics.csv")
@@ -124,9 +124,9 @@ def test_a_finished_run_is_not_overwritten_and_bad_keys_are_usage_errors(tmp_pat
     _train(tmp_path, training_manifest, **{"trainer.max_epochs": "1"})
     base = ["train", "--config", "default", "--data", str(training_manifest), "--cache", str(tmp_path / "cache")]
     assert main(base + ["-o", str(tmp_path / "run")]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert f"-o {tmp_path / 'run'}: already holds a run" in capsys.readouterr().err
     assert main(base + ["-o", str(tmp_path / "new"), "--set", "trainer.max_epoch=1"]) == 2
-    assert "valid: max_epochs" in capsys.readouterr().err
+    assert "--set: unknown key trainer.max_epoch; valid: max_epochs" in capsys.readouterr().err
     assert main(base + ["-o", str(tmp_path / "new"), "--set", "model.head=mlp"]) == 2
     assert "'linear'" in capsys.readouterr().err
     assert main(["train", "--config", "nope", "--data", "x.csv", "-o", str(tmp_path / "n")]) == 2

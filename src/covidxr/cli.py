@@ -22,6 +22,17 @@ from covidxr.evaluation.metrics import format_estimate, format_number, source_ex
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 stdout = Console(soft_wrap=True)
+# Library parameters whose flag is not `--` + the name with dashes (argparse's own rule, `max_distance` ->
+# `--max-distance`); usage errors name parameters and are printed with the flag.
+FLAG_OF_PARAMETER = {"overrides": "--set", "out": "-o"}
+
+
+def usage_message(error: UsageError) -> str:
+    """The error as the command line says it: `split='val': ...` -> `--split 'val': ...`."""
+    if error.parameter is None:
+        return str(error)
+    flag = FLAG_OF_PARAMETER.get(error.parameter, "--" + error.parameter.replace("_", "-"))
+    return error.naming(flag, separator=" ")
 
 
 def _views(text: str) -> tuple[str, ...]:
@@ -37,7 +48,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         return parse_fractions(text)
     except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(error.problem) from None
 
 
 def _positive(text: str) -> int:
@@ -546,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as error:
-        errors.print(f"covidxr: usage error: {error}", markup=False, highlight=False)
+        errors.print(f"covidxr: usage error: {usage_message(error)}", markup=False, highlight=False)
         return EXIT_USAGE
     except CovidxrError as error:
         errors.print(f"covidxr: error: {error}", markup=False, highlight=False)

@@ -1,5 +1,5 @@
-"""Validated configuration: `--set key=value` overrides applied to pydantic models, with usage errors
-that name the bad key or value and list the accepted ones."""
+"""Validated configuration: `key=value` overrides (`--set` on the command line) applied to pydantic models,
+with usage errors that name the bad key or value and list the accepted ones."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, separator, text = item.partition("=")
         if not separator or not key.strip():
-            raise UsageError(f"--set {item!r}: expected key=value, e.g. --set trainer.max_epochs=1")
+            raise UsageError("expected key=value, e.g. trainer.max_epochs=1", "overrides", item)
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
@@ -66,8 +66,9 @@ def _valid_keys(model_type: type[BaseModel], location: tuple) -> list[str]:
     return list(current.model_fields)
 
 
-def validated(model_type: type[Model], values: dict, where: str) -> Model:
-    """`model_type(**values)`, or a UsageError naming each bad key/value (and the valid keys)."""
+def validated(model_type: type[Model], values: dict, where: str | None) -> Model:
+    """`model_type(**values)`, or a UsageError naming each bad key/value (and the valid keys). `where` names the
+    file or recipe the values come from; None: they are the `overrides` argument."""
     try:
         return model_type.model_validate(values)
     except ValidationError as error:
@@ -78,13 +79,14 @@ def validated(model_type: type[Model], values: dict, where: str) -> Model:
                 problems.append(f"unknown key {location}; valid: {', '.join(_valid_keys(model_type, item['loc']))}")
             else:
                 problems.append(f"{location}: {item['msg']}")
-        raise UsageError(f"{where}: {'; '.join(problems)}") from None
+        problem = "; ".join(problems)
+        raise (UsageError(problem, "overrides") if where is None else UsageError(f"{where}: {problem}")) from None
 
 
-def with_overrides(model: Model, overrides: dict, where: str = "--set") -> Model:
+def with_overrides(model: Model, overrides: dict) -> Model:
     """A copy of `model` with (nested) `overrides` applied and validated."""
     merged = _merge(model.model_dump(), overrides)
-    return validated(type(model), _coerce_nested(type(model), merged), where)
+    return validated(type(model), _coerce_nested(type(model), merged), None)
 
 
 def _coerce_nested(model_type: type[BaseModel], values: dict) -> dict:
@@ -180,7 +182,7 @@ def recipe_names() -> list[str]:
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """A shipped recipe by name (src/covidxr/recipes/NAME.yaml) or a YAML file, with --set overrides."""
+    """A shipped recipe by name (src/covidxr/recipes/NAME.yaml) or a YAML file, with `overrides` ('key=value')."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         if not candidate.is_file():

@@ -110,7 +110,7 @@ def _compile_license(pattern: str | None) -> re.Pattern[str] | None:
     try:
         return re.compile(pattern, re.IGNORECASE)
     except re.error as error:
-        raise UsageError(f"--exclude-license {pattern!r}: not a regular expression ({error})") from None
+        raise UsageError(f"not a regular expression ({error})", "exclude_license", pattern) from None
 
 
 def _unmapped_line(dropped: pd.DataFrame) -> list[str]:

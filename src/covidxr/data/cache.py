@@ -167,8 +167,8 @@ def prepare(manifest: pd.DataFrame, root: str | Path, config: Preprocessing = Pr
     """Decode and preprocess every manifest image the cache lacks, on all cores, with a progress bar.
     `lungs`: the lung masker a `config.lungs` other than "none" needs (a picklable callable)."""
     if config.lungs != "none" and lungs is None:
-        raise UsageError(f"preprocessing lungs={config.lungs!r} needs a lung masker: use "
-                         "covidxr.lungs.prepare_with_lungs (or pass lungs=)")
+        raise UsageError("needs a lung masker: use covidxr.lungs.prepare_with_lungs (or pass lungs=)", "lungs",
+                         config.lungs)
     cache = PixelCache(root, config)
     files = manifest.drop_duplicates("sha256")
     todo = files[~files["sha256"].map(cache.__contains__)]

@@ -73,9 +73,9 @@ def duplicate_groups(
 ) -> tuple[pd.Series, DuplicateReport]:
     """A `dup_group` id per row (singletons get their own) and what was joined."""
     if not 0 <= max_distance <= 64:
-        raise UsageError(f"max_distance must be 0..64 bits, not {max_distance}")
+        raise UsageError("must be 0..64 bits", "max_distance", max_distance)
     if not -1 <= min_correlation <= 1:
-        raise UsageError(f"min_correlation must be in [-1, 1], not {min_correlation}")
+        raise UsageError("must be in [-1, 1]", "min_correlation", min_correlation)
     files = manifest.drop_duplicates("sha256")[["sha256", "path", "phash"]].reset_index(drop=True)
     hashes = np.array([int(h, 16) for h in files["phash"]], dtype=np.uint64)
     candidates = phash_distances_within(hashes, max_distance)

@@ -57,7 +57,8 @@ def _fetch(url: str, part: Path) -> None:
         raise CovidxrError(
             f"cannot download {url} ({reason}). Offline? Fetch that archive on a machine with internet, unpack "
             "it, and give covidxr the folder (`covidxr data import ... DIR`, or `make demo DATA=DIR` with "
-            "DIR/covid-chestxray-dataset and DIR/rsna-normal-224), or pass --url with a reachable copy."
+            "DIR/covid-chestxray-dataset and DIR/rsna-normal-224), or download a reachable copy of the same archive "
+            "(a mirror or a local file)."
         ) from None
     with response:
         resumed = response.status == 206

@@ -8,6 +8,7 @@ inverted so that bone is bright. The format is sniffed from the content, never f
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 
@@ -127,23 +128,52 @@ def scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _read_dicom(path: str | Path, max_pixels: int) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def malformed_dicom_errors() -> tuple[type[Exception], ...]:
+    """What pydicom raises on a malformed file (measured by corrupting test files byte by byte): its own
+    InvalidDicomError and BytesLengthException, AttributeError for a missing required element, struct.error and
+    EOFError for truncated elements, NotImplementedError (a RuntimeError) for an unknown VR, RuntimeError from its
+    pixel decoders, OSError; ValueError/TypeError (NumPy's too, inside the LUTs) for header values of the wrong
+    kind, which are parsed lazily, on first use."""
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
+    return (InvalidDicomError, BytesLengthException, AttributeError, KeyError, IndexError, struct.error, EOFError,
+            RuntimeError, OSError, ValueError, TypeError)
+
+
+def _read_dicom(path: str | Path, max_pixels: int) -> np.ndarray:
+    """The DICOM file's pixels; its problems are named by type only, since pydicom's messages can quote header
+    values (patient identifiers among them)."""
+    import pydicom
+
+    malformed = malformed_dicom_errors()
     try:
         dataset = pydicom.dcmread(path)
-    except Exception as error:  # pydicom raises many types for broken files
+    except malformed as error:
         raise ImageReadError(path, f"cannot parse DICOM ({type(error).__name__})") from None
     if "PixelData" not in dataset:
         raise ImageReadError(path, "DICOM file has no pixel data")
-    _check_pixel_count(path, int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), max_pixels)
     try:
-        pixels = dataset.pixel_array
-    except Exception as error:
+        _check_pixel_count(path, int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), max_pixels)
+        return _dicom_grey(_dicom_pixels(path, dataset, malformed), dataset)
+    except ImageReadError:
+        raise
+    except malformed as error:
+        raise ImageReadError(path, f"malformed DICOM header value ({type(error).__name__})") from None
+
+
+def _dicom_pixels(path: str | Path, dataset, malformed: tuple[type[Exception], ...]) -> np.ndarray:
+    try:
+        return dataset.pixel_array
+    except malformed as error:
         syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
         raise ImageReadError(path, f"cannot decode DICOM pixel data (transfer syntax {name}: {error})") from None
+
+
+def _dicom_grey(pixels: np.ndarray, dataset) -> np.ndarray:
+    """Modality and VOI LUTs, then 0..255 (MONOCHROME1 inverted); colour converted to grey."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric.startswith("MONOCHROME"):
         if pixels.ndim == 3:

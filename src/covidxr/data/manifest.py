@@ -68,7 +68,7 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
         else:
             table = pd.read_parquet(path)
-    except Exception as error:
+    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
         raise ManifestError(f"{path}: cannot read manifest ({error})") from None
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from covidxr.data.regions import mask_box
+from covidxr.errors import UsageError
 
 BorderKind = Literal["black", "white", "uniform"]
 LungsMode = Literal["none", "crop", "mask"]
@@ -162,7 +163,8 @@ def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | Non
     """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut. `lungs` is the
     lung masker that `config.lungs` other than "none" needs."""
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"expected a 2-D uint8 grayscale image, got shape {image.shape} dtype {image.dtype}")
+        raise UsageError(f"shape {image.shape} dtype {image.dtype}: expected a 2-D uint8 grey array (height, width), "
+                         "as read_grayscale returns", "image")
     cropped, cut = remove_borders(image, config)
     if config.crop_top:
         cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]
@@ -170,7 +172,7 @@ def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | Non
     if config.lungs == "none":
         square = make_square(cropped, config.square)
     elif lungs is None:
-        raise ValueError(f"preprocessing lungs={config.lungs!r} needs a lung masker (covidxr.lungs.lung_step)")
+        raise UsageError("needs a lung masker (covidxr.lungs.lung_step gives it)", "lungs", config.lungs)
     else:
         square = lung_square(cropped, lungs(cropped), config)
     interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR

@@ -38,16 +38,14 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise UsageError(f"--split {text!r}: expected three numbers train,val,test such as 0.7,0.15,0.15") from None
+        raise UsageError("expected three numbers train,val,test such as 0.7,0.15,0.15", "split", text) from None
     check_fractions(values)
     return values  # type: ignore[return-value]
 
 
 def check_fractions(values: tuple[float, ...]) -> None:
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
-        raise UsageError(
-            f"split fractions {values}: expected three numbers train,val,test >= 0 summing to 1, train > 0"
-        )
+        raise UsageError("expected three numbers train,val,test >= 0 summing to 1, train > 0", "split", values)
 
 
 def _parts(fractions: tuple[float, float, float], total: int) -> tuple[int, int]:
@@ -97,7 +95,7 @@ def assign_splits(
         development = table["split"] != "test"
         available = units[development].nunique()
         if not 2 <= folds <= available:
-            raise UsageError(f"--folds {folds}: must be between 2 and the {available} patient units of train+val")
+            raise UsageError(f"must be between 2 and the {available} patient units of train+val", "folds", folds)
         table.loc[development, "fold"] = grouped_folds(
             table.loc[development, "label"], units[development], folds, seed
         )
@@ -135,7 +133,7 @@ def balance_classes(manifest: pd.DataFrame, per_class: int | None, seed: int) ->
     counts = manifest["label"].value_counts()
     limit = int(counts.min()) if per_class is None else per_class
     if limit < 1:
-        raise UsageError(f"--balance {per_class}: must be a positive number of images per class")
+        raise UsageError("must be a positive number of images per class", "balance", per_class)
     units = split_units(manifest)
     rng = np.random.default_rng(seed)
     order = rng.permutation(units.unique())

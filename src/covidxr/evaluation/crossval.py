@@ -20,7 +20,7 @@ from covidxr.data.manifest import load_manifest, save_manifest
 from covidxr.data.split import grouped_folds, split_units
 from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import model_probabilities
-from covidxr.evaluation.metrics import CI_METHOD, auc_or_none, binary_metrics, bootstrap_intervals
+from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
 from covidxr.runs import default_cache_root, write_json
 from covidxr.training.data import select_rows
@@ -35,10 +35,11 @@ def development_folds(manifest: pd.DataFrame, folds: int | None, seed: int) -> p
     if folds is None:
         if development["fold"].notna().all():
             return development
-        raise UsageError("the manifest has no folds: pass --folds K (or build it with `data build --folds K`)")
+        raise UsageError("the manifest has no folds: give a number of folds (or build it with `data build --folds K`)",
+                         "folds")
     units = split_units(development)
     if not 2 <= folds <= units.nunique():
-        raise UsageError(f"--folds {folds}: must be between 2 and the {units.nunique()} patient units available")
+        raise UsageError(f"must be between 2 and the {units.nunique()} patient units available", "folds", folds)
     return development.assign(fold=grouped_folds(development["label"], units, folds, seed))
 
 
@@ -67,15 +68,16 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
         pooled.append(held_out.assign(score=scores, truth=truth))
     everything = pd.concat(pooled, ignore_index=True)
     truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
+    bootstrap = PatientBootstrap()
     result = {
         "folds": per_fold,
         "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
         "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
         "pooled_out_of_fold_auc": auc_or_none(truth, scores),
-        "pooled_out_of_fold_auc_ci": bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+        "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
                                                          everything["patient_id"])["auc"],
         "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
-        "ci_method": CI_METHOD,
+        "ci_method": bootstrap.method,
         "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
     }
     write_json(out / "cv.json", result)

@@ -16,11 +16,10 @@ from covidxr.data.manifest import load_manifest
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.evaluation.calibration import expected_calibration_error
 from covidxr.evaluation.metrics import (
-    CI_METHOD,
+    PatientBootstrap,
     at_prevalence,
     auc_or_none,
     binary_metrics,
-    bootstrap_intervals,
     brier_score,
     confusion,
     metrics_with_intervals,
@@ -60,7 +59,7 @@ def evaluation_rows(run: RunModel, data: Path | None, split: str | None) -> tupl
         manifest, name = load_manifest(data), Path(data).stem
     if split is not None and (manifest["split"] != "").any():
         if split not in set(manifest["split"]):
-            raise UsageError(f"--split {split!r}: the manifest has splits {sorted(set(manifest['split']) - {''})}")
+            raise UsageError(f"the manifest has splits {sorted(set(manifest['split']) - {''})}", "split", split)
         manifest = manifest[manifest["split"] == split]
     else:
         split = "all"
@@ -83,24 +82,22 @@ def model_probabilities(
 
 
 def _subgroups(rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray, threshold: float, by: str,
-               resamples: int, seed: int) -> dict:
+               bootstrap: PatientBootstrap) -> dict:
     groups = {}
     for name, part in rows.groupby(by):
         index = part.index.to_numpy()
         if 0 < truth[index].sum() < len(index):
-            figures = metrics_with_intervals(truth[index], scores[index], part["patient_id"], threshold,
-                                             resamples, seed)
+            figures = metrics_with_intervals(truth[index], scores[index], part["patient_id"], threshold, bootstrap)
             groups[str(name)] = {"n_images": int(len(index)), "n_patients": int(part["patient_id"].nunique()),
                                  **{k: figures[k] for k in ("auc", "auc_ci", "sensitivity", "specificity")}}
     return groups
 
 
-def source_only(rows: pd.DataFrame, truth: np.ndarray, by: str, resamples: int, seed: int) -> tuple:
+def source_only(rows: pd.DataFrame, truth: np.ndarray, by: str, bootstrap: PatientBootstrap) -> tuple:
     """AUC of scoring each image by the share of positives in its source/site: what origin alone gives."""
     share = pd.Series(truth.astype(float)).groupby(rows[by].to_numpy()).transform("mean").to_numpy()
     auc = auc_or_none(truth, share)
-    interval = bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], share[r])}, rows["patient_id"],
-                                   resamples, seed)["auc"]
+    interval = bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], share[r])}, rows["patient_id"])["auc"]
     return auc, interval
 
 
@@ -123,7 +120,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
              resamples: int = 1000, seed: int = 0) -> dict:
     """The contract's evaluation object; also written to RUN/evaluation/evaluate-<data>-<split>.json."""
     if prevalence is not None and not 0 < prevalence < 1:
-        raise UsageError(f"--prevalence {prevalence}: must be between 0 and 1")
+        raise UsageError("must be between 0 and 1", "prevalence", prevalence)
+    bootstrap = PatientBootstrap(resamples, seed)
     run = load_run(run_dir)
     cache_root = Path(cache_root or default_cache_root())
     rows, name, split = evaluation_rows(run, Path(data) if data else None, split)
@@ -136,20 +134,19 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     result = {
         "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
         "n_patients": int(rows["patient_id"].nunique()), "prevalence": float(truth.mean()),
-        **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, resamples, seed),
+        **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, bootstrap),
         "threshold": threshold, "threshold_rule": run.contract["threshold_rule"],
         "confusion_matrix": confusion(truth, scores, threshold),
-        "ece": expected_calibration_error(np.stack([1 - scores, scores], 1), truth.astype(int)),
-        "ece_before_temperature": expected_calibration_error(np.stack([1 - untempered, untempered], 1),
-                                                             truth.astype(int)),
+        "ece": expected_calibration_error(truth, scores),
+        "ece_before_temperature": expected_calibration_error(truth, untempered),
         "brier": brier_score(truth, scores),
         "brier_before_temperature": brier_score(truth, untempered),
-        "within_source": _subgroups(rows, truth, scores, threshold, "source", resamples, seed),
-        "within_site": _subgroups(rows, truth, scores, threshold, "site", resamples, seed),
-        "ci_method": CI_METHOD,
+        "within_source": _subgroups(rows, truth, scores, threshold, "source", bootstrap),
+        "within_site": _subgroups(rows, truth, scores, threshold, "site", bootstrap),
+        "ci_method": bootstrap.method,
     }
-    result["source_only_auc"], result["source_only_auc_ci"] = source_only(rows, truth, "source", resamples, seed)
-    result["site_only_auc"], result["site_only_auc_ci"] = source_only(rows, truth, "site", resamples, seed)
+    result["source_only_auc"], result["source_only_auc_ci"] = source_only(rows, truth, "source", bootstrap)
+    result["site_only_auc"], result["site_only_auc_ci"] = source_only(rows, truth, "site", bootstrap)
     if prevalence is not None:
         result |= at_prevalence(result["sensitivity"], result["specificity"], prevalence)
     validation = None
@@ -160,14 +157,13 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
         result["validation_at_threshold"] = binary_metrics(*validation, threshold)
     result["thresholds"] = threshold_table(validation, truth, scores, threshold, result["threshold_rule"])
     if len(run.classes) > 2:
-        result |= multiclass_figures(rows, probabilities, run.classes, threshold, run.positive_class, resamples,
-                                     seed)
-    _save(run, result, rows, truth, (scores, untempered), name, split)
+        result |= multiclass_figures(rows, probabilities, run.classes, threshold, run.positive_class, bootstrap)
+    _save(run, result, rows, truth, (scores, untempered), name, split, bootstrap)
     return result
 
 
 def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str], threshold: float,
-                       positive_class: str, resamples: int, seed: int) -> dict:
+                       positive_class: str, bootstrap: PatientBootstrap) -> dict:
     predicted = predicted_classes(probabilities, classes, positive_class, threshold)
     per_class = {}
     for index, name in enumerate(classes):
@@ -175,8 +171,8 @@ def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: l
         called = predicted == name
         figures = binary_metrics(truth, called.astype(float), 0.5)
         auc = auc_or_none(truth, probabilities[:, index])
-        interval = bootstrap_intervals(lambda r: {"auc": auc_or_none(truth[r], probabilities[r, index])},
-                                       rows["patient_id"], resamples, seed)["auc"]
+        interval = bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], probabilities[r, index])},
+                                       rows["patient_id"])["auc"]
         per_class[name] = {"auc": auc, "auc_ci": interval, "sensitivity": figures["sensitivity"],
                            "specificity": figures["specificity"], "f1": figures["f1"]}
     macro = {}
@@ -187,11 +183,11 @@ def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: l
 
 
 def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray,
-          scores: tuple[np.ndarray, np.ndarray], name: str, split: str) -> None:
+          scores: tuple[np.ndarray, np.ndarray], name: str, split: str, bootstrap: PatientBootstrap) -> None:
     """JSON, plots and the model card; `scores` = (after, before) the temperature."""
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"evaluate-{name}-{split}"
     write_json(folder / f"{stem}.json", result)
-    evaluation_plots(truth, scores, rows["patient_id"], result, folder / stem)
+    evaluation_plots(truth, scores, rows["patient_id"], result, folder / stem, bootstrap)
     run.rundir.update_card("evaluations", f"{name}-{split}", {k: result[k] for k in CARD_KEYS})

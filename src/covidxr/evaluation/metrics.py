@@ -6,14 +6,15 @@ Undefined values (an AUC of a single-class set, a PPV with no positive call) are
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
-BOOTSTRAP_RESAMPLES = 1000
-CI_METHOD = "percentile bootstrap over patients, 1000 resamples, 95%"
+from covidxr.errors import UsageError
+
 POINT_METRICS = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 
 
@@ -62,45 +63,56 @@ def at_prevalence(sensitivity: float | None, specificity: float | None, prevalen
             "npv_at_prevalence": _ratio(true_neg, true_neg + false_neg)}
 
 
-def patient_resamples(patients: pd.Series, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0):
-    """Row indices of each bootstrap resample: patients drawn with replacement, their images together."""
-    codes, _ = pd.factorize(patients)
-    rows_of = [np.flatnonzero(codes == code) for code in range(codes.max() + 1)] if len(codes) else []
-    rng = np.random.default_rng(seed)
-    for _ in range(resamples):
-        chosen = rng.integers(0, len(rows_of), len(rows_of))
-        yield np.concatenate([rows_of[i] for i in chosen])
+@dataclass(frozen=True)
+class PatientBootstrap:
+    """Patients drawn with replacement, their images together, `resamples` times from `seed`: the one bootstrap
+    behind every 95% interval and curve band of an evaluation, and the `method` text that describes it."""
 
+    resamples: int = 1000
+    seed: int = 0
 
-def bootstrap_intervals(
-    statistic: Callable[[np.ndarray], dict[str, float | None]],
-    patients: pd.Series,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-) -> dict[str, list[float] | None]:
-    """95% percentile intervals of each value `statistic(rows)` returns, resampling patients.
+    def __post_init__(self) -> None:
+        if self.resamples < 1:
+            raise UsageError("must be at least 1", "resamples", self.resamples)
 
-    A value undefined in more than half the resamples gets None."""
-    draws: dict[str, list[float]] = {}
-    for rows in patient_resamples(patients, resamples, seed):
-        for key, value in statistic(rows).items():
-            draws.setdefault(key, []).append(math.nan if value is None else value)
-    intervals = {}
-    for key, values in draws.items():
-        values_array = np.asarray(values, dtype=float)
-        defined = values_array[~np.isnan(values_array)]
-        intervals[key] = None if len(defined) < len(values_array) / 2 else \
-            [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))]
-    return intervals
+    @property
+    def method(self) -> str:
+        """The `ci_method` of results made with this bootstrap."""
+        return (f"percentile bootstrap over patients, {self.resamples} resamples (seed {self.seed}), 95%; "
+                "none where a figure is undefined in more than half the resamples")
+
+    def rows(self, patients: pd.Series) -> Iterator[np.ndarray]:
+        """Row positions of each resample (`patients` holds one patient id per row)."""
+        codes, _ = pd.factorize(pd.Series(patients).reset_index(drop=True))
+        rows_of = [np.flatnonzero(codes == code) for code in range(codes.max() + 1)] if len(codes) else []
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.resamples):
+            chosen = rng.integers(0, len(rows_of), len(rows_of))
+            yield np.concatenate([rows_of[i] for i in chosen])
+
+    def intervals(self, statistic: Callable[[np.ndarray], dict[str, float | None]],
+                  patients: pd.Series) -> dict[str, list[float] | None]:
+        """95% percentile interval of each value `statistic(rows)` returns; None for a value undefined in more than
+        half the resamples."""
+        draws: dict[str, list[float]] = {}
+        for rows in self.rows(patients):
+            for key, value in statistic(rows).items():
+                draws.setdefault(key, []).append(math.nan if value is None else value)
+        intervals = {}
+        for key, values in draws.items():
+            values_array = np.asarray(values, dtype=float)
+            defined = values_array[~np.isnan(values_array)]
+            intervals[key] = None if len(defined) < len(values_array) / 2 else \
+                [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))]
+        return intervals
 
 
 def metrics_with_intervals(truth: np.ndarray, scores: np.ndarray, patients: pd.Series, threshold: float,
-                           resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+                           bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
     """Each binary metric and `<metric>_ci`."""
     truth, scores = np.asarray(truth, bool), np.asarray(scores, float)
     point = binary_metrics(truth, scores, threshold)
-    intervals = bootstrap_intervals(lambda rows: binary_metrics(truth[rows], scores[rows], threshold),
-                                    patients.reset_index(drop=True), resamples, seed)
+    intervals = bootstrap.intervals(lambda rows: binary_metrics(truth[rows], scores[rows], threshold), patients)
     return {**point, **{f"{key}_ci": intervals.get(key) for key in POINT_METRICS}}
 
 
@@ -111,10 +123,19 @@ def brier_score(truth: np.ndarray, scores: np.ndarray) -> float:
 SOURCE_MARGIN = 0.05
 
 
+def source_baseline_informative(result: dict) -> bool:
+    """Whether origin alone predicts the label better than chance: the source-only AUC's 95% interval lies above
+    0.5. One source, or sources with the same share of positives, give exactly 0.5: nothing to compare with."""
+    interval = result.get("source_only_auc_ci")
+    return interval is not None and interval[0] > 0.5
+
+
 def source_explains_result(result: dict) -> bool:
-    """True when the source-only baseline AUC comes within SOURCE_MARGIN of the model's (or beats it)."""
+    """True when the source-only baseline is informative and its AUC comes within SOURCE_MARGIN of the model's (or
+    beats it): the figure then measures where the images come from at least as much as the disease."""
     auc, baseline = result.get("auc"), result.get("source_only_auc")
-    return auc is not None and baseline is not None and baseline >= auc - SOURCE_MARGIN
+    return auc is not None and baseline is not None and source_baseline_informative(result) and \
+        baseline >= auc - SOURCE_MARGIN
 
 
 def format_number(value: float | None, digits: int = 3) -> str:

@@ -7,19 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from torch import nn  # noqa: E402
-
-from covidxr.errors import UsageError  # noqa: E402
-from covidxr.lungs import LungMask  # noqa: E402
-from covidxr.models.classifier import Classifier  # noqa: E402
+from covidxr.errors import UsageError
+from covidxr.lungs import LungMask
+from covidxr.models.classifier import Classifier
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
 
@@ -64,28 +61,27 @@ def draw_overlay(axis, pixels: np.ndarray, heatmap: np.ndarray, title: str, lung
 def save_overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, out: str | Path | BinaryIO,
                  lungs: LungMask) -> Path | BinaryIO:
     """PNG overlay to a path (folders made) or a binary file object."""
-    figure, axis = plt.subplots(figsize=(4, 4.3))
-    draw_overlay(axis, pixels, heatmap, title, lungs)
+    figure = Figure(figsize=(4, 4.3))
+    draw_overlay(figure.subplots(), pixels, heatmap, title, lungs)
     figure.tight_layout()
     if isinstance(out, (str, Path)):
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100, format="png")
-    plt.close(figure)
     return out
 
 
 def gallery(pixels: np.ndarray, maps: np.ndarray, titles: list[str], lungs: list[LungMask], out: str | Path,
             columns: int = 4) -> Path:
     rows = int(np.ceil(len(pixels) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    figure = Figure(figsize=(3 * columns, 3.2 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.set_axis_off()
     for axis, image, heatmap, title, mask in zip(axes.ravel(), pixels, maps, titles, lungs):
         draw_overlay(axis, image, heatmap, title, mask)
     figure.tight_layout()
     figure.savefig(out, dpi=90)
-    plt.close(figure)
     return Path(out)
 
 

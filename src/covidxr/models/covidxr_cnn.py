@@ -9,6 +9,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
+from covidxr.errors import UsageError
+
 
 class CovidxrCNN(nn.Module):
     """Five blocks of conv 3x3 -> batch norm -> ReLU -> max-pool 2, then global average pool -> linear."""
@@ -53,7 +55,8 @@ class CovidxrCNN(nn.Module):
 @register_model
 def covidxr_cnn(pretrained: bool = False, **kwargs: Any) -> CovidxrCNN:
     if pretrained:
-        raise ValueError("covidxr_cnn has no pretrained weights; use pretrained: none or model.weights=FILE")
+        raise UsageError("covidxr_cnn has no pretrained weights; accepted: model.pretrained=none (from scratch), or "
+                         "a weights file as model.weights=FILE.safetensors", "pretrained", pretrained)
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     return CovidxrCNN(**kwargs)

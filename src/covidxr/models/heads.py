@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from covidxr.errors import UsageError
+
 HEADS = ("linear", "pyimagesearch", "hansen", "zivkovic")
 
 
@@ -28,4 +30,4 @@ def make_head(name: str, channels: int, height: int, width: int, num_classes: in
     if name == "zivkovic":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout or 0.5),
                              nn.Linear(channels, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
-    raise ValueError(f"unknown head {name!r}; accepted: {', '.join(HEADS)}")
+    raise UsageError(f"unknown head; accepted: {', '.join(HEADS)}", "name", name)

@@ -69,7 +69,7 @@ def load_run(run: str | Path) -> RunModel:
     architecture = contract.architecture
     kwargs = architecture["kwargs"]
     spec = ModelSpec(name=architecture["name"], head=kwargs["head"], in_chans=kwargs["in_chans"],
-                     dropout=kwargs["dropout"], pretrained="none")
-    model, _ = build_classifier(spec, kwargs["num_classes"], contract.image_size)
+                     dropout=kwargs["dropout"])
+    model, _ = build_classifier(spec, kwargs["num_classes"], contract.image_size, load_initial_weights=False)
     model.load_state_dict(load_file(str(rundir.weights)), strict=True)
     return RunModel(rundir, model.eval(), contract)

@@ -4,23 +4,43 @@ safetensors files, and `.pth` -> `.safetensors` conversion. Foreign pickles are 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 from torch import nn
 
 from covidxr.errors import CovidxrError, UsageError
+from covidxr.runs import file_sha256
 
 HUB_HOST = "huggingface.co"
 
 
 class WeightsUnavailable(CovidxrError):
     """Pretrained weights that are neither cached nor downloadable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The file a backbone's weights came from, and who provided it: what `model.json` `pretrained` records."""
+
+    source: str
+    """imagenet | torchxrayvision | file"""
+    path: Path
+    package: str | None = None
+    version: str | None = None
+    provider: str | None = None
+
+    def provenance(self) -> dict:
+        described = {"source": self.source, "file": self.path.name, "sha256": file_sha256(self.path)}
+        extra = {"package": self.package, "version": self.version, "provider": self.provider}
+        return described | {key: value for key, value in extra.items() if value is not None}
 
 
 @dataclass
@@ -44,7 +64,7 @@ class LoadReport:
         return lines
 
 
-def _hub_file(name: str) -> tuple[str, str]:
+def hub_file(name: str) -> tuple[str, str]:
     """(Hugging Face repo, file) of timm's default pretrained weights for `name`."""
     config = timm.models.get_pretrained_cfg(name)
     if config is None or not config.hf_hub_id:
@@ -62,12 +82,22 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def cached_hub_weights(name: str) -> WeightsFile | None:
+    """timm's ImageNet weights file for `name` in the local Hugging Face cache, if there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id, filename = hub_file(name)
+    cached = try_to_load_from_cache(hub_id, filename)
+    return WeightsFile(source="imagenet", path=Path(cached), provider=f"timm hub {hub_id}") \
+        if isinstance(cached, str) else None
+
+
 def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
     """timm's ImageNet weights for `name` from the local cache, else the hub; fails fast when offline."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    hub_id, filename = _hub_file(name)
+    hub_id, filename = hub_file(name)
     cached = try_to_load_from_cache(hub_id, filename)
     if isinstance(cached, str):
         overlay = {"file": cached}
@@ -76,10 +106,10 @@ def imagenet_backbone(name: str, in_chans: int) -> nn.Module:
     if not _hub_reachable():
         raise WeightsUnavailable(
             f"ImageNet weights for {name} are not available here: {hub_id}/{filename} is not in the Hugging Face "
-            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached. Either (1) pass a local file with "
-            f"--set model.weights=FILE.safetensors (on a machine with internet: python -c \"import timm; "
+            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached. Either (1) set the recipe key "
+            f"model.weights=FILE.safetensors to a local file (on a machine with internet: python -c \"import timm; "
             f"timm.create_model('{name}', pretrained=True)\" fills that cache, which you can copy here), or "
-            f"(2) train from scratch with --set model.pretrained=none."
+            f"(2) train from scratch with model.pretrained=none."
         )
     return timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans)
 
@@ -103,7 +133,7 @@ def load_weights(module: nn.Module, path: str | Path) -> LoadReport:
         raise UsageError(f"{path}: weights file not found")
     try:
         tensors = load_file(str(path))
-    except Exception as error:
+    except (SafetensorError, OSError) as error:
         raise CovidxrError(f"{path}: not a readable safetensors file ({error})") from None
     own = module.state_dict()
     report = LoadReport(loaded=0)
@@ -134,7 +164,7 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> int:
         content = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{source}: file not found") from None
-    except Exception as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:  # measured: what torch.load raises
         raise CovidxrError(f"{source}: not a plain tensor checkpoint; refused to unpickle it ({error})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from covidxr.data.cache import PixelCache  # noqa: E402
-from covidxr.data.imageio import read_grayscale  # noqa: E402
+from covidxr.data.cache import PixelCache
+from covidxr.data.imageio import read_grayscale
+from covidxr.errors import CovidxrError
 
 
 def preview_rows(manifest: pd.DataFrame, count: int, seed: int = 0) -> pd.DataFrame:
@@ -26,9 +24,11 @@ def contact_sheet(manifest: pd.DataFrame, cache: PixelCache, count: int, out: st
     """A PNG with, per image, the decoded original (border cut outlined in red) and the prepared pixels."""
     rows = preview_rows(manifest[manifest["sha256"].map(cache.__contains__)], count, seed)
     if rows.empty:
-        raise ValueError("no prepared image to preview")
+        raise CovidxrError(f"nothing to preview: none of the manifest's {len(manifest)} image(s) is prepared in "
+                           f"{cache.folder} (the problems of the last prepare are in its failures.csv)")
     index = cache.index.set_index("sha256")
-    figure, axes = plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows)), squeeze=False)
+    figure = Figure(figsize=(6, 3 * len(rows)))
+    axes = figure.subplots(len(rows), 2, squeeze=False)
     for (original_axis, prepared_axis), row in zip(axes, rows.itertuples()):
         original = read_grayscale(row.path)
         cut = index.loc[row.sha256]
@@ -49,5 +49,4 @@ def contact_sheet(manifest: pd.DataFrame, cache: PixelCache, count: int, out: st
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
-    plt.close(figure)
     return out

@@ -66,8 +66,8 @@ def shipped_run() -> Path:
     """The shipped model's folder; a usage error when this installation has none."""
     folder = RunDir(shipped_dir())
     if not folder.is_finished():
-        raise UsageError(f"no model is shipped in this installation ({folder.root}): pass --run RUN, or create it "
-                         "with `make default-model`")
+        raise UsageError(f"no model is shipped in this installation ({folder.root}): give a run directory, or create "
+                         "the shipped model with `make default-model`", "run")
     return folder.root
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.tuner import Tuner
+from matplotlib.figure import Figure
 
 from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES
@@ -28,9 +29,27 @@ def find_learning_rate(config: TrainConfig, manifest_path, out: Path, cache_root
                                     loader(datasets["val"], config, False, config.seed),
                                     min_lr=1e-6, max_lr=1.0, num_training=min(100, len(datasets["train"])),
                                     update_attr=False)
-    figure = finder.plot(suggest=True)
-    figure.axes[0].set_title(f"learning-rate range test: {config.model.name}, {config.preprocessing.size}px")
+    suggestion = finder.suggestion()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    return float(finder.suggestion() or config.optimisation.lr), out
+    title = f"learning-rate range test: {config.model.name}, {config.preprocessing.size}px"
+    plot_range_test(finder.results["lr"], finder.results["loss"], suggestion, title).savefig(out, dpi=100)
+    return float(suggestion or config.optimisation.lr), out
+
+
+def plot_range_test(rates: list[float], losses: list[float], suggestion: float | None, title: str) -> Figure:
+    """Smoothed training loss against the learning rate (log scale), the suggestion marked, as Lightning draws it
+    (its own `plot` goes through pyplot's global state)."""
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    axis.plot(rates, losses)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("loss (smoothed)")
+    if suggestion is not None:
+        at = rates.index(suggestion)
+        axis.plot(rates[at], losses[at], marker="o", markersize=10, color="red", label=f"suggested {suggestion:.2e}")
+        axis.legend()
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure

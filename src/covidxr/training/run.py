@@ -22,7 +22,7 @@ from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
 from covidxr.lungs import lung_step
-from covidxr.models.classifier import Classifier, build_classifier
+from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
 from covidxr.models.inference import predict_logits
 from covidxr.runs import RunDir, default_cache_root, softmax_with_temperature, write_json
 from covidxr.training.calibration import fit_temperature, operating_threshold
@@ -92,7 +92,7 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         return StageResult(model, datasets["val"])
     if stage == "head":
         model.backbone.requires_grad_(False)
-        if random_frozen_backbone(config):
+        if random_frozen_backbone(config, pretrained_provenance(config.model)):
             log.warning("the frozen backbone has random weights (pretrained: none): this trains a head on random "
                         "features, which is not transfer learning")
         train_set, val_set = (backbone_features(model, datasets[s]) for s in ("train", "val"))
@@ -123,13 +123,13 @@ def _prepare_run(config: TrainConfig, manifest_path: Path, run: RunDir,
                  resume: bool) -> tuple[TrainConfig, pd.DataFrame]:
     if resume:
         if not run.config.is_file():
-            raise UsageError(f"--resume: {run.root} holds no run to continue (no config.yaml)")
+            raise UsageError(f"{run.root} holds no run to continue (no config.yaml)", "resume")
         stored = validated(TrainConfig, yaml.safe_load(run.config.read_text()), str(run.config))
         if stored != config:
-            log.warning("--resume continues with the run's own config.yaml; the given recipe/--set are ignored")
+            log.warning("resuming with the run's own config.yaml; the recipe and overrides given now are ignored")
         return stored, load_manifest(run.manifest)
     if is_main_process() and run.config.exists():
-        raise UsageError(f"{run.root} already holds a run; choose another -o, or --resume to continue it")
+        raise UsageError("already holds a run; write to another folder, or resume this one", "out", run.root)
     manifest = select_rows(load_manifest(manifest_path), config)
     config = config.model_copy(update={"preprocessing": lung_step(config.preprocessing)[0]})  # names the lung model
     if is_main_process():

