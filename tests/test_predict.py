@@ -102,10 +102,10 @@ def test_explain_command_and_api(trained_run, folder, tmp_path, capsys):
     run, _ = trained_run
     assert main(["explain", str(folder / "large.png"), "--run", str(run), "-o", str(tmp_path / "o.png"),
                  "--method", "gradcam++"]) == 0
-    assert "heat inside the lung field" in capsys.readouterr().out
+    assert "heat inside the lungs" in capsys.readouterr().out
     from PIL import Image
 
     assert Image.open(tmp_path / "o.png").format == "PNG"
     result = covidxr.load_model(run).explain(folder / "large.png")
-    assert result["heatmap"].shape == (32, 32) and 0 <= result["lung_heat_share"] <= 1
+    assert result["heatmap"].shape == result["lung_mask"].shape == (32, 32) and 0 <= result["lung_heat_share"] <= 1
     assert main(["explain", str(folder / "notes.txt"), "--run", str(run), "-o", str(tmp_path / "x.png")]) == 3

@@ -116,6 +116,13 @@ def lung_mask_from_probability(probability: np.ndarray, threshold: float = 0.5) 
                     tuple(problems) + ("lung mask replaced by the fixed lung-field rectangle",), fallback=True)
 
 
+def dice_and_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two bool masks (1, 1 when both are empty)."""
+    overlap = float(np.logical_and(predicted, truth).sum())
+    total, union = float(predicted.sum() + truth.sum()), float(np.logical_or(predicted, truth).sum())
+    return (2 * overlap / total if total else 1.0), (overlap / union if union else 1.0)
+
+
 OUTLINE_COLOUR, FALLBACK_COLOUR = (0, 230, 64), (255, 160, 0)
 
 

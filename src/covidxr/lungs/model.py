@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import segmentation_models_pytorch as smp
 import torch
+from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from covidxr.models.pretrained import efficientnet_lite_file, efficientnet_lite_state_dict, state_dict_for
 
 ENCODER = "tu-efficientnet_lite0"
-DECODER_CHANNELS = (128, 64, 32, 16, 8)
+DECODER_CHANNELS = (64, 32, 16, 16, 8)
 IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
 """The mean and spread of ImageNet's RGB statistics, for one grey channel."""
 
@@ -63,8 +66,35 @@ def load_lung_net(path: str | Path) -> LungNet:
     return net.eval()
 
 
-def export_onnx(net: LungNet, path: str | Path, size: int) -> None:
-    """ONNX graph of `net` (float32) with a dynamic batch: input `image` (N, 1, size, size), output `logits`."""
+def export_onnx(net: LungNet, path: str | Path, size: int, metadata: dict[str, str]) -> None:
+    """ONNX graph of `net` with a dynamic batch: input `image` (N, 1, size, size), output `logits`; weights
+    stored as float16 and cast to float32 inside the graph (ONNX Runtime folds the casts when it loads the
+    file, so it computes in float32 from a file half the size); `metadata` in the file's metadata_props."""
     example = torch.zeros(1, 1, size, size)
     torch.onnx.export(net.float().eval(), (example,), str(path), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+                      do_constant_folding=False)
+    graph = onnx.load(str(path))
+    _store_float16(graph)
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
+def _store_float16(model: onnx.ModelProto) -> None:
+    """Replace every float32 initializer by a float16 one and a Cast back to float32 under its name."""
+    casts, kept = [], []
+    for initializer in model.graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            kept.append(initializer)
+            continue
+        values = numpy_helper.to_array(initializer).astype(np.float16)
+        half = numpy_helper.from_array(values, f"{initializer.name}.fp16")
+        kept.append(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [initializer.name], to=onnx.TensorProto.FLOAT))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)

@@ -6,7 +6,8 @@ Images are split by patient (the project's split: units of patients and duplicat
 seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
 one side); the loss is Dice + BCE; the epoch with the best validation Dice is kept. The model folder gets
 `model.safetensors` (float32), `model.json`, `split.csv` (which image went where) and `metrics.csv`;
-`--ship DIR` then writes the packaged form: float16 weights, their ONNX graph (parity-checked) and model.json.
+`--ship DIR` then writes the packaged form: float16 weights, their ONNX graph (parity-checked), model.json
+and split.csv (file name, sha256, patient and split of each annotated image).
 Deterministic for a seed and a thread count on one machine (seeded shuffles and augmentation).
 """
 
@@ -32,7 +33,7 @@ from covidxr.data.sources.cohen import import_cohen
 from covidxr.data.split import assign_splits
 from covidxr.errors import CovidxrError
 from covidxr.lungs.annotations import annotation_table
-from covidxr.lungs.geometry import SEGMENTER_SIZE, letterbox
+from covidxr.lungs.geometry import SEGMENTER_SIZE, dice_and_iou, letterbox
 from covidxr.lungs.model import LungNet, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
 from covidxr.progress import progress_bar, stderr
 from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256, read_json, write_json
@@ -43,6 +44,8 @@ V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 MASK_THRESHOLD = 0.5
 ONNX_PARITY_TOLERANCE = 1e-3
+SHIPPED_SPLIT_COLUMNS = ["filename", "sha256", "patient_id", "split"]
+"""Which Cohen image the segmenter trained, chose its epoch or was tested on (no paths, no pixels)."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,6 @@ class Augmentation:
 def as_input(images: np.ndarray) -> torch.Tensor:
     """(N, H, W) uint8 -> (N, 1, H, W) float in [0, 1]."""
     return torch.from_numpy(images).float().div(255).unsqueeze(1)
-
-
-def dice_and_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two bool masks (1, 1 when both are empty)."""
-    overlap = float(np.logical_and(predicted, truth).sum())
-    total, union = float(predicted.sum() + truth.sum()), float(np.logical_or(predicted, truth).sum())
-    return (2 * overlap / total if total else 1.0), (overlap / union if union else 1.0)
 
 
 def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: int) -> float:
@@ -196,7 +192,6 @@ def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSett
 def ship(model_dir: str | Path, target: str | Path) -> Path:
     """The package's form of a trained segmenter in `target`: float16 `model.safetensors`, `model.onnx`
     (float32 graph of those weights, its metadata naming their hash) and `model.json` with that hash."""
-    import onnx
     import onnxruntime
 
     model_dir, target = Path(model_dir), Path(target)
@@ -204,12 +199,9 @@ def ship(model_dir: str | Path, target: str | Path) -> Path:
     save_weights(load_lung_net(model_dir / "model.safetensors"), target / "model.safetensors", half=True)
     net, weights_sha256 = load_lung_net(target / "model.safetensors"), file_sha256(target / "model.safetensors")
     contract = {**read_json(model_dir / "model.json"), "weights_sha256": weights_sha256,
-                "weights_dtype": "float16", "onnx": "model.onnx (float32 graph of the float16 weights)"}
-    export_onnx(net, target / "model.onnx", contract["input"]["size"])
-    graph = onnx.load(str(target / "model.onnx"))
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = "weights_sha256", weights_sha256
-    onnx.save(graph, str(target / "model.onnx"))
+                "weights_dtype": "float16",
+                "onnx": "model.onnx: the same float16 weights, cast to float32 inside the graph"}
+    export_onnx(net, target / "model.onnx", contract["input"]["size"], {"weights_sha256": weights_sha256})
     example = torch.rand(2, 1, contract["input"]["size"], contract["input"]["size"],
                          generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -219,6 +211,11 @@ def ship(model_dir: str | Path, target: str | Path) -> Path:
     if difference > ONNX_PARITY_TOLERANCE:
         raise CovidxrError(f"ONNX parity check failed: max |logit difference| {difference:.2e}")
     write_json(target / "model.json", {**contract, "onnx_parity_max_logit_difference": difference})
+    split = pd.read_csv(model_dir / "split.csv", dtype=str, keep_default_na=False)
+    split.assign(filename=split["path"].map(lambda p: Path(p).name))[SHIPPED_SPLIT_COLUMNS].to_csv(
+        target / "split.csv", index=False)
+    for path in target.iterdir():
+        path.chmod(0o644)
     return target
 
 
