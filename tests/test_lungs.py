@@ -57,8 +57,8 @@ def write_fake_segmenter(folder: Path, weights_sha256: str = "f" * 64, onnx_sha2
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(folder / "model.onnx"))
     (folder / "model.json").write_text(json.dumps({
-        "name": "fake-dark-is-lung", "weights_sha256": weights_sha256, "threshold": 0.5,
-        "input": {"size": SIZE}}))
+        "name": "fake-dark-is-lung", "weights_sha256": weights_sha256, "threshold": 0.5, "input": {"size": SIZE},
+        "architecture": {"name": "40 * (0.5 - image)"}, "pretrained": {"source": "none"}, "data": {}}))
     return folder
 
 
@@ -286,3 +286,39 @@ def test_shared_annotations_and_the_shipped_segmenter_on_held_out_images():
         predicted = shipped_segmenter().segment(np.asarray(Image.open(row.path).convert("L"))).mask
         dice = 2 * (predicted & row.mask).sum() / (predicted.sum() + row.mask.sum())
         assert dice > 0.85, row.path
+
+
+def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, cohen_dir, normals_csv):
+    from covidxr.evaluation.lungs import evaluate_segmenter
+    from covidxr.evaluation.metrics import PatientBootstrap
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "covid-chestxray-dataset").symlink_to(cohen_dir)
+    (data / "rsna-normal-224").symlink_to(normals_csv.parent)
+    image = two_lungs(96, 96)
+    save_image(image, cohen_dir / "images" / "img2.jpg", quality=95)
+    ellipses = [cv2.ellipse2Poly((int(x * 96), 48), (12, 24), 0, 0, 360, 5).tolist() for x in (0.3, 0.7)]
+    archive = data / "v7labs-covid-19-xray-dataset" / "annotations" / "covid-only.zip"
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("2.json", json.dumps(darwin("img2.jpg", 96, 96, ellipses)))
+    (cohen_dir / "annotations" / "lungVAE-masks").mkdir(parents=True)
+    save_image(((image < 100) * 255).astype(np.uint8), cohen_dir / "annotations" / "lungVAE-masks" / "img3_mask.png")
+    (cohen_dir / "annotations" / "imageannotation_ai_lung_bounding_boxes.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "img4.jpg", "width": 96, "height": 96}],
+         "annotations": [{"image_id": 1, "bbox": [10, 10, 30, 60]}, {"image_id": 1, "bbox": [56, 10, 30, 60]}]}))
+    folder = write_fake_segmenter(tmp_path / "segmenter")
+    manifest = import_cohen(cohen_dir).manifest
+    held_out = manifest[manifest["path"].str.endswith("img2.jpg")]
+    held_out.assign(filename="img2.jpg", split="test")[["filename", "sha256", "patient_id", "split"]].to_csv(
+        folder / "split.csv", index=False)
+    result = evaluate_segmenter(data, tmp_path / "evaluation", folder, PatientBootstrap(resamples=50))
+    assert result["held_out"]["n_images"] == 1 and result["held_out"]["dice"] > 0.9
+    assert result["lungvae"]["non_covid"]["n_images"] == 1 and result["coco_boxes"]["n_images"] == 1
+    groups = {row["group"] for row in result["lung_share"]["by_group"]}
+    assert "rsna / normal" in groups and "cohen / covid" in groups
+    assert {p.name for p in (tmp_path / "evaluation").iterdir()} >= {
+        "lungs-evaluation.json", "lungs-dice.png", "lungs-share.png", "contact-sheet.png", "held-out.csv"}
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["evaluation"]["held_out"]["dice"] == result["held_out"]["dice"] and card["limitations"]

@@ -136,7 +136,7 @@ def plot_figures(held_out: Scored, shares: pd.DataFrame, out: Path) -> list[Path
     groups = sorted(shares["group"].unique())
     figure = Figure(figsize=(6, 0.45 * len(groups) + 1.2))
     axis = figure.subplots()
-    axis.boxplot([shares.loc[shares["group"] == g, "share"] for g in groups], vert=False, showfliers=False)
+    axis.boxplot([shares.loc[shares["group"] == g, "share"] for g in groups], orientation="horizontal", showfliers=False)
     axis.set_yticks(range(1, len(groups) + 1), [f"{g} (n={int((shares['group'] == g).sum())})" for g in groups],
                     fontsize=8)
     axis.set_xlabel("share of the image the predicted lungs cover")
