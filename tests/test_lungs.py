@@ -322,3 +322,15 @@ def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, 
         "lungs-evaluation.json", "lungs-dice.png", "lungs-share.png", "contact-sheet.png", "held-out.csv"}
     card = json.loads((folder / "model_card.json").read_text())
     assert card["evaluation"]["held_out"]["dice"] == result["held_out"]["dice"] and card["limitations"]
+
+
+def test_training_is_deterministic_for_a_seed():
+    from covidxr.lungs.train import TrainingSettings, train_net
+
+    images = np.stack([two_lungs(64, 64, body=150 + 10 * i) for i in range(2)])
+    masks = (images < 100).astype(np.uint8)
+    settings = TrainingSettings(epochs=1, batch_size=2, pretrained=False)
+    first, _, history = train_net((images, masks), (images[:1], masks[:1]), settings)
+    second, _, again = train_net((images, masks), (images[:1], masks[:1]), settings)
+    assert history["train_loss"].tolist() == again["train_loss"].tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

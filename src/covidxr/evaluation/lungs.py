@@ -136,7 +136,8 @@ def plot_figures(held_out: Scored, shares: pd.DataFrame, out: Path) -> list[Path
     groups = sorted(shares["group"].unique())
     figure = Figure(figsize=(6, 0.45 * len(groups) + 1.2))
     axis = figure.subplots()
-    axis.boxplot([shares.loc[shares["group"] == g, "share"] for g in groups], orientation="horizontal", showfliers=False)
+    axis.boxplot([shares.loc[shares["group"] == g, "share"] for g in groups], orientation="horizontal",
+                 showfliers=False)
     axis.set_yticks(range(1, len(groups) + 1), [f"{g} (n={int((shares['group'] == g).sum())})" for g in groups],
                     fontsize=8)
     axis.set_xlabel("share of the image the predicted lungs cover")
@@ -216,7 +217,7 @@ def write_card(folder: Path, result: dict) -> None:
     contract = read_json(folder / "model.json")
     held = result["held_out"]
     card = {
-        "model": contract["name"], "intended_use": NOT_FOR_CLINICAL_USE,
+        "model": contract["name"], "intended_use": NOT_FOR_CLINICAL_USE, "not_for_clinical_use": True,
         "what": "Lung masks of frontal chest radiographs (both lungs, the lung behind the heart included), for "
                 "cropping or masking before classification and for the shortcut audit and Grad-CAM heat share.",
         "architecture": contract["architecture"], "pretrained": contract["pretrained"],

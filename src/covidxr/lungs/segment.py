@@ -52,7 +52,7 @@ def as_grayscale(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.uint8 else scale_to_uint8(array)
 
 
-def _onnx_backend(path: Path, weights_sha256: str, threads: int | None) -> Backend | None:
+def onnx_session(path: Path, weights_sha256: str, threads: int | None) -> Backend | None:
     """An ONNX Runtime session over `path` when its metadata records `weights_sha256`, else None."""
     import onnxruntime
 
@@ -118,7 +118,7 @@ class LungSegmenter:
         with _BACKENDS_LOCK:
             if key not in _BACKENDS:
                 onnx_path = self.folder / "model.onnx"
-                session = _onnx_backend(onnx_path, self.weights_sha256, self.threads) if onnx_path.is_file() else None
+                session = onnx_session(onnx_path, self.weights_sha256, self.threads) if onnx_path.is_file() else None
                 _BACKENDS[key] = (session, "onnxruntime") if session else \
                     (_torch_backend(self.folder / "model.safetensors"), "pytorch")
             return _BACKENDS[key]
