@@ -110,8 +110,10 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         content = await _read_upload(file, max_upload)
         gray = decode_upload(content, file.filename or "upload", max_pixels)
         buffer = io.BytesIO()
-        predictor.explain(gray, buffer)
-        return Response(buffer.getvalue(), media_type="image/png")
+        result = predictor.explain(gray, buffer)
+        headers = {"X-Lung-Heat-Share": f"{result['lung_heat_share']:.4f}",
+                   "X-Lung-Warnings": "; ".join(result["lung_warnings"])}
+        return Response(buffer.getvalue(), media_type="image/png", headers=headers)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
