@@ -324,13 +324,30 @@ def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, 
     assert card["evaluation"]["held_out"]["dice"] == result["held_out"]["dice"] and card["limitations"]
 
 
-def test_training_is_deterministic_for_a_seed():
-    from covidxr.lungs.train import TrainingSettings, train_net
+def test_training_is_deterministic_and_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    from covidxr.lungs import train
 
     images = np.stack([two_lungs(64, 64, body=150 + 10 * i) for i in range(2)])
-    masks = (images < 100).astype(np.uint8)
-    settings = TrainingSettings(epochs=1, batch_size=2, pretrained=False)
-    first, _, history = train_net((images, masks), (images[:1], masks[:1]), settings)
-    second, _, again = train_net((images, masks), (images[:1], masks[:1]), settings)
+    data = (images, (images < 100).astype(np.uint8))
+    settings = train.TrainingSettings(epochs=2, batch_size=2, pretrained=False)
+    straight, _, history = train.train_net(data, data, settings)
+    validations, mean_dice = [], train.mean_dice
+
+    def interrupted(*args):
+        validations.append(1)
+        if len(validations) == 2:
+            raise KeyboardInterrupt
+        return mean_dice(*args)
+    monkeypatch.setattr(train, "mean_dice", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_net(data, data, settings, tmp_path / "checkpoint.pt")
+    monkeypatch.setattr(train, "mean_dice", mean_dice)
+    continued, _, again = train.train_net(data, data, settings, tmp_path / "checkpoint.pt")
     assert history["train_loss"].tolist() == again["train_loss"].tolist()
-    assert all(np.array_equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(torch_equal(a, b) for a, b in zip(straight.state_dict().values(), continued.state_dict().values()))
+    with pytest.raises(CovidxrError, match="other settings"):
+        train.train_net(data, data, train.TrainingSettings(epochs=3, pretrained=False), tmp_path / "checkpoint.pt")
+
+
+def torch_equal(first, second) -> bool:
+    return bool((first == second).all())

@@ -190,12 +190,19 @@ def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Pat
     shares = shares_by_group(segmenter, sample)
     table = share_table(shares)
     vae_rows = vae.rows.assign(covid=vae.rows["finding"].str.contains("COVID-19"))
+    both = annotations.of("v7").drop_duplicates("sha256").merge(
+        annotations.of("lungvae").drop_duplicates("sha256")[["sha256", "mask"]], on="sha256", suffixes=("", "_vae"))
+    outline_agreement = [dice_and_iou(row.mask, row.mask_vae)[0] for row in both.itertuples()]
     result = {
         "model": segmenter.identity(), "intended_use": NOT_FOR_CLINICAL_USE, "ci_method": bootstrap.method,
         "held_out": {"data": "V7 Labs hand-drawn outlines of the segmenter's test patients (COVID-19 images)",
                      **held_out.summary(bootstrap)},
         "lungvae": {"data": "lungVAE model masks of Cohen images the segmenter never saw (they leave out the lung "
                             "behind the heart, which the V7 outlines and this segmenter include)",
+                    "v7_vs_lungvae": {"n_images": len(outline_agreement),
+                                      "dice": float(np.mean(outline_agreement)) if outline_agreement else None,
+                                      "note": "the two annotations against each other, on the images that have both: "
+                                              "the best Dice a segmenter that draws like V7 can get against lungVAE"},
                     "covid": Scored(vae_rows[vae_rows["covid"]]).summary(bootstrap),
                     "non_covid": Scored(vae_rows[~vae_rows["covid"]]).summary(bootstrap)},
         "coco_boxes": {"data": "COCO lung boxes of Cohen images the segmenter never saw: IoU of the bounding box of "

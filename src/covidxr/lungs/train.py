@@ -4,7 +4,8 @@
 
 Images are split by patient (the project's split: units of patients and duplicate groups, 70/15/15,
 seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
-one side); the loss is Dice + BCE; the epoch with the best validation Dice is kept. The model folder gets
+one side); the loss is Dice + BCE; the epoch with the best validation Dice is kept. Each epoch ends with a
+checkpoint (`OUT/checkpoint.pt`): run the same command again to continue an interrupted training. The model folder gets
 `model.safetensors` (float32), `model.json`, `split.csv` (which image went where) and `metrics.csv`;
 `--ship DIR` then writes the packaged form: float16 weights, their ONNX graph (parity-checked), model.json
 and split.csv (file name, sha256, patient and split of each annotated image).
@@ -14,6 +15,7 @@ Deterministic for a seed and a thread count on one machine (seeded shuffles and 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,9 +117,19 @@ def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: i
     return float(np.mean(scores))
 
 
-def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-              settings: TrainingSettings) -> tuple[LungNet, dict, pd.DataFrame]:
-    """Train from `settings`; the network of the best validation epoch, its provenance, and one row per epoch."""
+def _save_checkpoint(path: Path, state: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], settings: TrainingSettings,
+              checkpoint: Path | None = None) -> tuple[LungNet, dict, pd.DataFrame]:
+    """Train from `settings`; the network of the best validation epoch, its provenance, and one row per epoch.
+
+    With `checkpoint`, the whole state (network, optimiser, schedule, random generators, history) is saved
+    there after every epoch, and a run finding one continues after its last epoch: an interrupted run ends
+    with the weights an uninterrupted one would have."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     net, pretrained = build_lung_net(settings.pretrained)
@@ -128,10 +140,24 @@ def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps, pct_start=0.1)
     dice_loss, augment = smp.losses.DiceLoss("binary", from_logits=True), Augmentation()
     shuffle = torch.Generator().manual_seed(settings.seed)
-    best, best_state, history = -1.0, None, []
+    best, best_state, history, first_epoch = -1.0, None, [], 0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if saved["settings"] != json.dumps(asdict(settings)):
+            raise CovidxrError(f"{checkpoint} was written with other settings ({saved['settings']}): delete it to "
+                               "start again")
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        shuffle.set_state(saved["shuffle"])
+        torch.set_rng_state(saved["rng"])
+        best, best_state, history = saved["best"], saved["best_state"], json.loads(saved["history"])
+        first_epoch = len(history)
+        stderr.print(f"continuing from {checkpoint} after epoch {first_epoch}")
     with progress_bar("batch") as bar:
-        task = bar.add_task("training the lung segmenter", total=steps)
-        for epoch in range(settings.epochs):
+        done = first_epoch * steps // settings.epochs
+        task = bar.add_task("training the lung segmenter", total=steps, completed=done)
+        for epoch in range(first_epoch, settings.epochs):
             started, losses = time.perf_counter(), []
             net.train()
             for batch in torch.randperm(len(images), generator=shuffle).split(settings.batch_size):
@@ -153,6 +179,12 @@ def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
             stderr.print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}, validation Dice {val_dice:.4f}")
             if val_dice > best:
                 best, best_state = val_dice, {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, {
+                    "net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(), "best": best,
+                    "best_state": best_state, "history": json.dumps(history),
+                    "settings": json.dumps(asdict(settings))})
     net.load_state_dict(best_state)
     return net.eval(), pretrained, pd.DataFrame(history)
 
@@ -165,7 +197,7 @@ def make_lung_model(data_root: str | Path, out: str | Path, settings: TrainingSe
     for line in lines:
         stderr.print(line)
     parts = {split: letterboxed_pairs(rows[rows["split"] == split]) for split in ("train", "val")}
-    net, pretrained, history = train_net(parts["train"], parts["val"], settings)
+    net, pretrained, history = train_net(parts["train"], parts["val"], settings, out / "checkpoint.pt")
     save_weights(net, out / "model.safetensors")
     save_manifest(rows.drop(columns=["mask"]), out / "split.csv")
     history.to_csv(out / "metrics.csv", index=False)
