@@ -19,6 +19,7 @@ from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungMask
 from covidxr.lungs.segment import LungSegmenter, segment_lungs, shipped_lung_model, shipped_segmenter
+from covidxr.progress import worker_count
 
 __all__ = ["LungMask", "LungSegmenter", "lung_step", "prepare_with_lungs", "segment_lungs", "shipped_lung_model",
            "shipped_segmenter"]
@@ -43,6 +44,9 @@ def lung_step(config: Preprocessing) -> tuple[Preprocessing, LungMasker | None]:
 
 
 def prepare_with_lungs(manifest: pd.DataFrame, root: str | Path, config: Preprocessing) -> PrepareReport:
-    """`covidxr.data.cache.prepare` with the lung masker the preprocessing needs (see `lung_step`)."""
+    """`covidxr.data.cache.prepare` with the lung masker the preprocessing needs (see `lung_step`); with one
+    worker process per core, each segmenter runs on one thread."""
     config, lungs = lung_step(config)
+    if lungs is not None and worker_count() > 1:
+        lungs = LungSegmenter(lungs.folder, threads=1)
     return prepare(manifest, root, config, lungs)

@@ -31,7 +31,7 @@ MODEL_KEYS = ("name", "weights_sha256", "threshold", "input")
 BATCH = 16
 Backend = Callable[[np.ndarray], np.ndarray]
 """(N, 1, size, size) float32 in [0, 1] -> (N, 1, size, size) logits."""
-_BACKENDS: dict[tuple[str, str], tuple[Backend, str]] = {}
+_BACKENDS: dict[tuple[str, str, int | None], tuple[Backend, str]] = {}
 _BACKENDS_LOCK = threading.Lock()
 
 
@@ -114,7 +114,7 @@ class LungSegmenter:
         return {"name": self.name, "weights_sha256": self.weights_sha256}
 
     def _backend(self) -> tuple[Backend, str]:
-        key = (str(self.folder.resolve()), self.weights_sha256)
+        key = (str(self.folder.resolve()), self.weights_sha256, self.threads)
         with _BACKENDS_LOCK:
             if key not in _BACKENDS:
                 onnx_path = self.folder / "model.onnx"
