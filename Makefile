@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 DATA ?= $(if $(wildcard ../shared/data/covid-chestxray-dataset/metadata.csv),../shared/data,data)
 OUT ?= out/demo
 SHIP := out/default-model
+LUNGS := out/lung-model
+V7 := $(DATA)/v7labs-covid-19-xray-dataset/annotations/covid-only.zip
 
 # Debian packages the tests use: Chromium (the HTML report and the page, headless), Orthanc + its DICOMweb
 # plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-.PHONY: install system-deps system-packages test demo data bench default-model clean
+.PHONY: install system-deps system-packages test demo data bench default-model lung-model clean
 
 install: system-deps $(VENV)/.installed
 
@@ -61,6 +63,15 @@ demo: data
 	@echo "the shipped model's predictions:" && cat $(OUT)/predictions-shipped-model.csv
 	@echo "demo outputs are in $(OUT)/: manifests, prepare-preview.png, run-demo/ (model, metrics, evaluation/), report.html, predictions-*.csv"
 
+# Re-create the lung segmenter shipped in the package (src/covidxr/shipped/lungs) from Cohen's images and the
+# V7 Labs lung outlines (github.com/v7labs/covid-19-xray-dataset: annotations/covid-only.zip under $(DATA)),
+# then evaluate it into $(LUNGS)/evaluation and write its card. Seeded; about HOURS on 2 CPU cores; an
+# interrupted run continues from its last epoch when started again (delete $(LUNGS) to start afresh).
+lung-model: data
+	@test -f "$(V7)" || { echo "missing $(V7): put the V7 Labs annotations (covid-only.zip) there"; exit 1; }
+	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNGS) --ship src/covidxr/shipped/lungs
+	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNGS)/evaluation
+
 # Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install): float16
 # weights, model.json, model card, and model.onnx (parity-checked) so predict and serve run without PyTorch.
 default-model: data
@@ -75,7 +86,7 @@ default-model: data
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
-		bench_train_step.py bench_inference.py bench_predict_cli.py; do \
+		bench_train_step.py bench_inference.py bench_predict_cli.py bench_segment.py; do \
 		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:

@@ -463,13 +463,16 @@ def test_the_web_page_offers_the_dicom_sr_of_a_dicom_upload_only(tmp_path, predi
     assert button_hidden_for_png
 
 
-def test_the_overlay_is_an_rgb_array_and_outlines_a_lung_mask_when_given():
+def test_the_overlay_is_an_rgb_array_and_outlines_the_lung_mask():
     from covidxr.explain.cam import overlay_rgb
+    from covidxr.lungs import LungMask
 
     pixels, heatmap = xray_pixels(9, size=64), np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
-    mask = np.zeros((64, 64), dtype=np.uint8)
-    mask[16:48, 8:28] = 255
-    plain, outlined = overlay_rgb(pixels, heatmap, "title"), overlay_rgb(pixels, heatmap, "title", lung_mask=mask)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[16:48, 8:28] = True
+    no_lungs = LungMask(np.zeros((64, 64), dtype=bool), lungs=0)
+    plain, outlined = overlay_rgb(pixels, heatmap, "title", no_lungs), overlay_rgb(pixels, heatmap, "title",
+                                                                                   LungMask(mask, lungs=1))
     assert plain.dtype == np.uint8 and plain.ndim == 3 and plain.shape[2] == 3 and plain.shape == outlined.shape
     changed = np.argwhere((plain != outlined).any(axis=2))
     assert len(changed) > 0

@@ -102,10 +102,40 @@ def test_explain_command_and_api(trained_run, folder, tmp_path, capsys):
     run, _ = trained_run
     assert main(["explain", str(folder / "large.png"), "--run", str(run), "-o", str(tmp_path / "o.png"),
                  "--method", "gradcam++"]) == 0
-    assert "heat inside the lung field" in capsys.readouterr().out
+    assert "heat inside the lungs" in capsys.readouterr().out
     from PIL import Image
 
     assert Image.open(tmp_path / "o.png").format == "PNG"
     result = covidxr.load_model(run).explain(folder / "large.png")
-    assert result["heatmap"].shape == (32, 32) and 0 <= result["lung_heat_share"] <= 1
+    assert result["heatmap"].shape == result["lungs"].mask.shape == (32, 32) and 0 <= result["lung_heat_share"] <= 1
     assert main(["explain", str(folder / "notes.txt"), "--run", str(run), "-o", str(tmp_path / "x.png")]) == 3
+
+
+def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_run, folder, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from covidxr.data.imageio import read_grayscale
+    from covidxr.data.preprocess import preprocess
+    from covidxr.lungs import lung_step, shipped_segmenter
+    from covidxr.serving.app import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    contract = json.loads((run / "model.json").read_text())
+    cropping, _ = lung_step(covidxr.load_model(run).run.preprocessing.model_copy(update={"lungs": "crop"}))
+    contract["preprocessing"].update(cropping.model_dump(mode="json"))
+    (run / "model.json").write_text(json.dumps(contract))
+    eager = covidxr.load_model(run)
+    assert eager.preprocessing.lung_model.weights_sha256 == shipped_segmenter().weights_sha256
+    gray = read_grayscale(folder / "large.png")
+    assert np.array_equal(eager._pixels(gray), preprocess(gray, eager.preprocessing, shipped_segmenter())[0])
+    before = eager.predict(folder / "large.png")["probabilities"]["covid"]
+    assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
+    onnx_path = covidxr.load_model(run)
+    assert onnx_path.info["runtime"] == "onnxruntime"
+    assert onnx_path.predict(folder / "large.png")["probabilities"]["covid"] == pytest.approx(before, abs=1e-5)
+    upload = {"file": ("x.png", (folder / "large.png").read_bytes())}
+    served = TestClient(create_app(run)).post("/v1/predict", files=upload)
+    assert served.json()["probabilities"]["covid"] == pytest.approx(before, abs=1e-5)

@@ -58,6 +58,7 @@ def test_explain_returns_a_png(client):
     response = client.post("/v1/explain", files={"file": ("chest.png", _png(), "image/png")})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(response.content)).format == "PNG"
+    assert 0 <= float(response.headers["x-lung-heat-share"]) <= 1 and "x-lung-warnings" in response.headers
 
 
 @pytest.mark.parametrize("files, status, code", [
@@ -197,6 +198,7 @@ def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_pat
             decision = page.inner_text("#decision")
             covid = float(page.inner_text(".probability[data-class='covid']"))
             overlay_loaded = page.evaluate("document.getElementById('overlay').naturalWidth > 0")
+            lungs = page.inner_text("#lungs")
             browser.close()
     finally:
         server.should_exit = True
@@ -204,6 +206,7 @@ def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_pat
     assert errors == []
     assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
     assert 0.0 <= covid <= 1.0 and overlay_loaded
+    assert "White outline: the lungs" in lungs and "% of the heat lies inside them" in lungs
 
 
 def test_the_serve_command_answers_on_loopback(trained_run):

@@ -131,3 +131,24 @@ def test_python_m_shipped_packages_an_evaluated_run_and_keeps_the_size_limit(tra
     assert "bytes as float16 is over the 1,000-byte limit" in capsys.readouterr().err
     assert (target / "model.safetensors").read_bytes() == shipped_bytes, "a refused package leaves the old one"
     assert sorted(p.name for p in target.iterdir()) == ["model.json", "model.safetensors", "model_card.json"]
+
+
+def test_shipped_lung_segmenter_is_small_consistent_and_evaluated():
+    from covidxr.lungs import shipped_lung_model, shipped_segmenter
+    from covidxr.runs import shipped_dir
+
+    folder = shipped_lung_model()
+    contract = json.loads((folder / "model.json").read_text())
+    assert contract["weights_sha256"] == file_sha256(folder / "model.safetensors")
+    assert contract["weights_dtype"] == "float16" and contract["pretrained"]["source"] == "imagenet"
+    assert (folder / "model.safetensors").stat().st_size <= 10 * 1024 * 1024
+    assert shipped_segmenter().backend_name == "onnxruntime"  # the ONNX file records the same weights hash
+    assert sum(path.stat().st_size for path in shipped_dir().rglob("*") if path.is_file()) < 60 * 1024 * 1024
+    held_out = json.loads((folder / "model_card.json").read_text())["evaluation"]["held_out"]
+    assert held_out["dice_ci"][0] <= held_out["dice"] <= held_out["dice_ci"][1] and held_out["n_patients"] >= 20
+
+
+def test_segment_lungs_returns_a_mask_at_the_input_size():
+    image = lesion_image(3, covid=False, size=300)[:, 20:]
+    mask = covidxr.segment_lungs(image)
+    assert mask.shape == image.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}

@@ -11,3 +11,11 @@ def load_model(run=None):
     from covidxr.predict import load_model as load
 
     return load(run)
+
+
+def segment_lungs(image):
+    """`covidxr.segment_lungs(array)`: the shipped segmenter's lung mask (uint8, the input's size, 255 on both
+    lungs, 0 elsewhere): see covidxr.lungs.segment_lungs."""
+    from covidxr.lungs import segment_lungs as segment
+
+    return segment(image)

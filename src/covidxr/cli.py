@@ -150,11 +150,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from covidxr.data import load_manifest
     from covidxr.data.cache import prepare
     from covidxr.data.preprocess import Preprocessing
+    from covidxr.lungs import lung_step
 
     if (args.preview is None) != (args.preview_out is None):
         raise UsageError("--preview N and --preview-out FILE.png go together")
-    config = with_overrides(Preprocessing(size=args.size), parse_overrides(args.set))
-    report = prepare(load_manifest(args.manifest), args.out, config)
+    config, lungs = lung_step(with_overrides(Preprocessing(size=args.size), parse_overrides(args.set)))
+    report = prepare(load_manifest(args.manifest), args.out, config, lungs)
     _print_lines(report.lines())
     if args.preview:
         from covidxr.reporting.preview import contact_sheet
@@ -330,7 +331,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _print_lines([f"error: {error}"])
         return EXIT_PARTIAL
     _print_lines([f"P(covid) {result['probability_covid']:.3f}; {result['lung_heat_share']:.0%} of the "
-                  f"{args.method} heat inside the lung field; wrote {args.out}"])
+                  f"{args.method} heat inside the lungs; wrote {args.out}"])
     return EXIT_OK
 
 
@@ -410,6 +411,30 @@ def cmd_dicomweb(args: argparse.Namespace) -> int:
 def _print_dicomweb_reports(reports: list) -> None:
     _print_lines([f"study {r.study} instance {r.instance or '-'}: {r.status}" + (f" ({r.reason})" if r.reason else "")
                   for r in reports])
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from covidxr.lungs import LungSegmenter
+    from covidxr.lungs.segment import segment_files
+    from covidxr.predict import expand_paths
+
+    paths = expand_paths(args.paths)
+    if not paths:
+        raise UsageError(f"no file found in {', '.join(map(str, args.paths))}")
+    results = segment_files(paths, args.out, args.overlay, LungSegmenter(args.model))
+    pd.DataFrame([r.as_row() for r in results]).to_csv(args.out / "segment.csv", index=False)
+    for result in results:
+        if result.status != "ok":
+            _print_lines([f"{result.path}: error: {result.error}"])
+        elif result.warnings:
+            _print_lines([f"{result.path}: {'; '.join(result.warnings)}"])
+    failed = sum(r.status != "ok" for r in results)
+    fallbacks = sum(any("rectangle" in w for w in r.warnings) for r in results)
+    _print_lines([f"{len(results) - failed} segmented ({fallbacks} with the fallback rectangle), {failed} failed; "
+                  f"wrote {args.out / 'segment.csv'}"])
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -501,6 +526,12 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("-o", "--out", type=Path, required=True, metavar="OVERLAY.png")
     explain.add_argument("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam")
     explain.set_defaults(handler=cmd_explain, data=None)
+    segment = commands.add_parser("segment", help="lung masks (and outline overlays) with the shipped segmenter")
+    segment.add_argument("paths", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    segment.add_argument("-o", "--out", type=Path, required=True, metavar="DIR")
+    segment.add_argument("--overlay", action="store_true", help="also write DIR/<stem>_overlay.png")
+    segment.add_argument("--model", type=Path, metavar="DIR", help="a lung segmenter folder (default: the shipped one)")
+    segment.set_defaults(handler=cmd_segment)
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:

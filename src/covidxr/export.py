@@ -17,9 +17,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxscript import ir
 
-from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.errors import CovidxrError
+from covidxr.lungs import prepare_with_lungs
 from covidxr.models.loading import RunModel, load_run
 from covidxr.models.onnx_runtime import OnnxModel
 from covidxr.runs import default_cache_root
@@ -35,7 +35,7 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
     try:
         manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
         rows = manifest[manifest["split"] == "test"].head(count).reset_index(drop=True)
-        report = prepare(rows, default_cache_root(), run.preprocessing)
+        report = prepare_with_lungs(rows, default_cache_root(), run.preprocessing)
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
         images = CachedImages(rows, report.cache, run.classes)
         if len(images):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.data.preprocess import Preprocessing, preprocess
+from covidxr.data.preprocess import LungMasker, Preprocessing, preprocess
 from covidxr.errors import UsageError
 from covidxr.models.onnx_runtime import matching_onnx
 from covidxr.progress import progress_bar, worker_count
@@ -91,33 +91,34 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return expanded
 
 
-def prepare_file(path: str | Path, preprocessing: Preprocessing) -> PreparedFile:
+def prepare_file(path: str | Path, preprocessing: Preprocessing, lungs: LungMasker | None = None) -> PreparedFile:
     """Decode one file and prepare it as the run's model expects; an unreadable file gets its reason."""
     try:
         gray = read_grayscale(path)
     except ImageReadError as error:
         return PreparedFile(os.fspath(path), error=error.problem)
-    return PreparedFile(os.fspath(path), preprocess(gray, preprocessing)[0], image_warnings(gray))
+    return PreparedFile(os.fspath(path), preprocess(gray, preprocessing, lungs)[0], image_warnings(gray))
 
 
-def prepare_files(paths: Sequence[str | Path], preprocessing: Preprocessing) -> list[PreparedFile]:
-    return [prepare_file(path, preprocessing) for path in paths]
+def prepare_files(paths: Sequence[str | Path], preprocessing: Preprocessing,
+                  lungs: LungMasker | None = None) -> list[PreparedFile]:
+    return [prepare_file(path, preprocessing, lungs) for path in paths]
 
 
-def prepared_in_order(paths: Sequence[str | Path], preprocessing: Preprocessing,
+def prepared_in_order(paths: Sequence[str | Path], preprocessing: Preprocessing, lungs: LungMasker | None = None,
                       workers: int | None = None) -> Iterator[PreparedFile]:
     """`prepare_file` of every path, in input order. With many files, in `workers` processes (default: one
     per core) fed chunks of CHUNK files, with at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker
     submitted ahead of the consumer, so a folder of any size holds a bounded number of images in memory."""
     workers = worker_count() if workers is None else workers
     if workers < 2 or len(paths) < PARALLEL_FROM:
-        yield from (prepare_file(path, preprocessing) for path in paths)
+        yield from (prepare_file(path, preprocessing, lungs) for path in paths)
         return
     chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[list[PreparedFile]]] = deque()
         for chunk in chunks:
-            pending.append(pool.submit(prepare_files, chunk, preprocessing))
+            pending.append(pool.submit(prepare_files, chunk, preprocessing, lungs))
             if len(pending) >= workers * CHUNKS_IN_FLIGHT_PER_WORKER:
                 yield from pending.popleft().result()
         while pending:
@@ -133,6 +134,11 @@ class Predictor:
         self.rundir = run if isinstance(run, RunDir) else RunDir(run)
         self.contract = self.rundir.read_contract()
         self.preprocessing = Preprocessing.from_recorded(self.contract.preprocessing)
+        self.lungs: LungMasker | None = None
+        if self.preprocessing.lungs != "none":
+            from covidxr.lungs import lung_step  # lazy: only runs that crop or mask to the lungs need it
+
+            self.preprocessing, self.lungs = lung_step(self.preprocessing)
         self.onnx = matching_onnx(self.rundir, self.contract)
         self._torch: RunModel | None = None
         self._torch_lock = threading.Lock()
@@ -166,7 +172,7 @@ class Predictor:
                 "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
 
     def _pixels(self, gray: np.ndarray) -> np.ndarray:
-        pixels, _ = preprocess(gray, self.preprocessing)
+        pixels, _ = preprocess(gray, self.preprocessing, self.lungs)
         return pixels
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -205,10 +211,12 @@ class Predictor:
 
     def explain(self, item: str | Path | np.ndarray, out=None, method: str = "gradcam") -> dict:
         """Class activation map of the positive class for one image (path or 2-D grey uint8 array): the map,
-        the share of its heat inside the lung field, and, with `out` (a path or binary file), a PNG overlay."""
+        the share of its heat inside the lung mask, and, with `out` (a path or binary file), a PNG overlay with
+        the lung outline."""
         import torch  # lazy: class activation maps need the PyTorch model
 
         from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
+        from covidxr.lungs import shipped_segmenter
 
         positive = self.contract.positive_index
         gray = item if isinstance(item, np.ndarray) else read_grayscale(item)
@@ -217,13 +225,16 @@ class Predictor:
         model = self.torch_run.model
         with self._cam_lock:
             heatmap = heatmaps(model, torch.from_numpy(pixels)[None, None].float(), positive, method)[0]
-        share = lung_heat_share(heatmap)
+        lungs = shipped_segmenter().segment(pixels)
+        share = lung_heat_share(heatmap, lungs.mask)
         if out is not None:
             name = "image" if isinstance(item, np.ndarray) else Path(item).name[:40]
+            region = "the lung field rectangle (no plausible lung mask)" if lungs.fallback else "the lungs"
             title = (f"{name}\nP({self.contract.positive_class}) {probability:.2f} (threshold "
-                     f"{self.threshold:.2f}), {method}, {share:.0%} of heat in the lung field")
-            save_overlay(pixels, heatmap, title, out)
-        return {"probability_covid": probability, "lung_heat_share": share, "method": method, "heatmap": heatmap}
+                     f"{self.threshold:.2f}), {method}, {share:.0%} of heat in {region}")
+            save_overlay(pixels, heatmap, title, out, lungs)
+        return {"probability_covid": probability, "lung_heat_share": share, "method": method, "heatmap": heatmap,
+                "lungs": lungs}
 
     def predict_files(self, paths: Sequence[str | Path], workers: int | None = None) -> list[Prediction]:
         """Predictions for files in input order, batched, with a progress bar; unreadable ones get status
@@ -232,7 +243,7 @@ class Predictor:
         results, pending, pixels = [], [], []
         with progress_bar(disable=len(paths) < PARALLEL_FROM) as bar:
             task = bar.add_task("predicting", total=len(paths))
-            for prepared in prepared_in_order(paths, self.preprocessing, workers):
+            for prepared in prepared_in_order(paths, self.preprocessing, self.lungs, workers):
                 prediction = Prediction(path=prepared.path, warnings=prepared.warnings)
                 results.append(prediction)
                 if prepared.pixels is None:

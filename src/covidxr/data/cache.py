@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.data.preprocess import Preprocessing, preprocess
-from covidxr.errors import CovidxrError
+from covidxr.data.preprocess import LungMasker, Preprocessing, preprocess
+from covidxr.errors import CovidxrError, UsageError
 from covidxr.progress import map_with_progress
 
 INDEX_COLUMNS = ["sha256", "slot", "width", "height", "top", "bottom", "left", "right"]
@@ -53,15 +53,15 @@ class Prepared:
     problem: str = ""
 
 
-def prepare_file(job: tuple[str, str, Preprocessing]) -> Prepared:
+def prepare_file(job: tuple[str, str, Preprocessing, LungMasker | None]) -> Prepared:
     """Check the file still has the manifest's bytes, decode and preprocess it."""
-    path, expected_sha256, config = job
+    path, expected_sha256, config, lungs = job
     try:
         content_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         if content_sha256 != expected_sha256:
             return Prepared(expected_sha256, problem="file changed since import (sha256 differs): re-import it")
         image = read_grayscale(path)
-        pixels, cut = preprocess(image, config)
+        pixels, cut = preprocess(image, config, lungs)
     except ImageReadError as error:
         return Prepared(expected_sha256, problem=error.problem)
     except OSError as error:
@@ -162,12 +162,17 @@ class PrepareReport:
         return lines
 
 
-def prepare(manifest: pd.DataFrame, root: str | Path, config: Preprocessing = Preprocessing()) -> PrepareReport:
-    """Decode and preprocess every manifest image the cache lacks, on all cores, with a progress bar."""
+def prepare(manifest: pd.DataFrame, root: str | Path, config: Preprocessing = Preprocessing(),
+            lungs: LungMasker | None = None) -> PrepareReport:
+    """Decode and preprocess every manifest image the cache lacks, on all cores, with a progress bar.
+    `lungs`: the lung masker a `config.lungs` other than "none" needs (a picklable callable)."""
+    if config.lungs != "none" and lungs is None:
+        raise UsageError("needs a lung masker: use covidxr.lungs.prepare_with_lungs (or pass lungs=)", "lungs",
+                         config.lungs)
     cache = PixelCache(root, config)
     files = manifest.drop_duplicates("sha256")
     todo = files[~files["sha256"].map(cache.__contains__)]
-    jobs = [(path, sha, config) for path, sha in zip(todo["path"], todo["sha256"])]
+    jobs = [(path, sha, config, lungs) for path, sha in zip(todo["path"], todo["sha256"])]
     batch: list[Prepared] = []
     problems: dict[str, str] = {}
     for result in map_with_progress(prepare_file, jobs, f"preparing {config.size}px"):

@@ -1,14 +1,17 @@
-"""Border removal, square crop or pad, area resize and optional histogram equalisation or CLAHE: decoded
-pixels -> model pixels.
+"""Border removal, square crop or pad (or the box around the lungs), area resize and optional histogram
+equalisation or CLAHE: decoded pixels -> model pixels.
 
 Every step is set by `Preprocessing`, which runs record in their inference contract and the pixel cache
-uses as its key, so different settings never share pixels.
+uses as its key, so different settings never share pixels. The lung step (`lungs: crop | mask`) needs a
+lung masker, a callable from a decoded image to its bool lung mask: `covidxr.lungs.lung_step(config)`
+gives the shipped segmenter; this module only applies the mask it returns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,10 +19,24 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from covidxr.data.regions import mask_box
 from covidxr.errors import UsageError
 
 BorderKind = Literal["black", "white", "uniform"]
 ADDED_SETTINGS = ("equalize",)
+LungsMode = Literal["none", "crop", "mask"]
+LungMasker = Callable[[np.ndarray], np.ndarray]
+"""Decoded grayscale uint8 image -> bool lung mask of the same shape."""
+LUNG_FIELDS = ("lung_margin", "lung_fill", "lung_model")
+
+
+class LungModelRef(BaseModel):
+    """The lung segmenter a preprocessing used: its name and the sha256 of its weights."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    weights_sha256: str
 
 
 class Preprocessing(BaseModel):
@@ -40,6 +57,12 @@ class Preprocessing(BaseModel):
     clahe: bool = False
     clahe_clip: float = Field(2.0, gt=0)
     clahe_tiles: int = Field(8, ge=1, le=64)
+    lungs: LungsMode = Field("none", description="none; crop: the box around both lungs plus lung_margin, made "
+                                                 "square (instead of `square`); mask: crop, and lung_fill outside "
+                                                 "the lungs")
+    lung_margin: float = Field(0.1, ge=0, le=1, description="share of the lung box's height/width added per side")
+    lung_fill: int = Field(0, ge=0, le=255, description="grey value outside the lungs with lungs=mask")
+    lung_model: LungModelRef | None = Field(None, description="the lung segmenter used (set by training)")
 
     @model_validator(mode="after")
     def _one_equalisation(self) -> Preprocessing:
@@ -54,11 +77,15 @@ class Preprocessing(BaseModel):
         return cls(**{name: value for name, value in recorded.items() if name in cls.model_fields})
 
     def key(self) -> str:
-        """Short stable hash of every setting: the cache folder name. Settings added after the first release
-        count only when they differ from their default, so caches prepared before them stay valid."""
+        """Short stable hash of every setting in use: the cache folder name. Settings added after the first
+        release count only when they differ from their default, and the lung settings only when the lung step is
+        on, so caches prepared before them stay valid."""
         settings = self.model_dump(mode="json")
         for name in ADDED_SETTINGS:
             if settings[name] == type(self).model_fields[name].default:
+                del settings[name]
+        if self.lungs == "none":
+            for name in ("lungs", *LUNG_FIELDS):
                 del settings[name]
         text = json.dumps(settings, sort_keys=True)
         return f"{self.size}px-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
@@ -137,15 +164,38 @@ def make_square(image: np.ndarray, mode: Literal["crop", "pad"]) -> np.ndarray:
     return cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT, value=0)
 
 
-def preprocess(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
-    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut."""
+def lung_square(image: np.ndarray, lungs: np.ndarray, config: Preprocessing) -> np.ndarray:
+    """The square around the lungs' box grown by `lung_margin`, centred on it, black (or `lung_fill` with
+    lungs=mask) where it leaves the image; with lungs=mask everything outside the lungs is `lung_fill`."""
+    fill = config.lung_fill if config.lungs == "mask" else 0
+    if config.lungs == "mask":
+        image = np.where(lungs, image, np.uint8(fill))
+    top, bottom, left, right = mask_box(lungs, config.lung_margin)
+    side = max(bottom - top, right - left)
+    top, left = (top + bottom - side) // 2, (left + right - side) // 2
+    height, width = image.shape
+    padded = cv2.copyMakeBorder(image, max(0, -top), max(0, top + side - height), max(0, -left),
+                                max(0, left + side - width), cv2.BORDER_CONSTANT, value=fill)
+    top, left = max(0, top), max(0, left)
+    return padded[top:top + side, left:left + side]
+
+
+def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | None = None) -> tuple[np.ndarray, Cut]:
+    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut. `lungs` is the
+    lung masker that `config.lungs` other than "none" needs."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise UsageError(f"shape {image.shape} dtype {image.dtype}: expected a 2-D uint8 grey array (height, width), "
                          "as read_grayscale returns", "image")
     cropped, cut = remove_borders(image, config)
     if config.crop_top:
         cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]
-    square = make_square(np.ascontiguousarray(cropped), config.square)
+    cropped = np.ascontiguousarray(cropped)
+    if config.lungs == "none":
+        square = make_square(cropped, config.square)
+    elif lungs is None:
+        raise UsageError("needs a lung masker (covidxr.lungs.lung_step gives it)", "lungs", config.lungs)
+    else:
+        square = lung_square(cropped, lungs(cropped), config)
     interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR
     resized = cv2.resize(square, (config.size, config.size), interpolation=interpolation)
     if config.equalize:

@@ -79,9 +79,9 @@ def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: b
 
 @quiet_about_headers()
 def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: dict | None = None,
-               radiographs_only: bool = False, lung_mask: np.ndarray | None = None) -> ResultObjects:
+               radiographs_only: bool = False) -> ResultObjects:
     """The SR and the SC of one source instance (`prediction`, when given, is reused); DicomResultError when
-    it gets none. `lung_mask` (in the model's prepared geometry) is outlined on the overlay."""
+    it gets none. The overlay outlines the lungs as the lung segmenter draws them."""
     from covidxr.explain.cam import overlay_rgb  # lazy: PyTorch; `sr_of` (predict, serve) runs without it
 
     reason = skip_reason(dataset, radiographs_only)
@@ -89,9 +89,9 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
         raise DicomResultError(name, reason)
     gray = _grayscale(dataset, name)
     result, model = _classification(predictor, gray, prediction), model_identity(predictor)
-    heatmap = predictor.explain(gray)["heatmap"]
-    pixels, _ = preprocess(gray, predictor.preprocessing)
-    overlay = overlay_rgb(pixels, heatmap, overlay_title(result, model), lung_mask)
+    explained = predictor.explain(gray)
+    pixels, _ = preprocess(gray, predictor.preprocessing, predictor.lungs)
+    overlay = overlay_rgb(pixels, explained["heatmap"], overlay_title(result, model), explained["lungs"])
     header = evidence_header(dataset)
     return _built(name, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),
                                               result))

@@ -2,8 +2,9 @@
 
 1. Source predictability: a logistic regression on the model's own embeddings (grouped by patient,
    5-fold) predicts `source` and `site`. A high AUC means the images carry their origin.
-2. Occlusion: the model re-evaluated with the lung field hidden (replaced by mean grey), with only the
-   lung field kept, and with only an outer border band kept (the regions of `covidxr.data.regions`).
+2. Occlusion: the model re-evaluated with the lungs hidden (replaced by mean grey), with only the lungs
+   kept, and with only an outer border band kept. The lungs are each image's mask from the lung segmenter
+   (`covidxr.lungs`; the fixed rectangle of `covidxr.data.regions` where no plausible mask is found).
    If the classes stay separable with the lungs hidden, the model uses shortcuts.
 3. Leave-one-site-out on the embeddings: a classifier fitted on the other sites, tested on each site
    that holds both classes; labels that come from a single site cannot be left out, and it says so.
@@ -13,6 +14,7 @@ Each result has a one-line verdict; the source and occlusion AUCs have patient-b
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +27,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
-from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
-from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask, lung_field_mask
+from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
 from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none
+from covidxr.lungs import LungSegmenter, prepare_with_lungs, shipped_segmenter
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
 
@@ -37,21 +39,44 @@ log = logging.getLogger("covidxr.audit")
 MIN_SITE_PATIENTS = 5
 
 
+@dataclass
+class OcclusionPass:
+    """P(positive class) per image as prepared and with parts hidden (set to the image's mean grey), the pooled
+    embeddings, and how each image's lung mask was found."""
+
+    scores: np.ndarray
+    lungs_hidden: np.ndarray
+    lungs_only: np.ndarray
+    borders_only: np.ndarray
+    embeddings: np.ndarray
+    lung_shares: np.ndarray
+    fallbacks: int
+
+
 @torch.no_grad()
-def _scores_and_embeddings(run: RunModel, images: CachedImages, keep: torch.Tensor | None):
-    """P(positive class) per image and the pooled backbone embedding, with pixels outside `keep` set to mean
-    grey."""
+def occlusion_pass(run: RunModel, images: CachedImages, segmenter: LungSegmenter) -> OcclusionPass:
+    """One pass over the images: the lungs are each image's mask from the lung segmenter (the fixed
+    rectangle where it finds none plausible), the border the outer band of `covidxr.data.regions`."""
     positive = run.positive_index
-    scores, embeddings = [], []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("scores", "hidden", "only", "borders", "embeddings")}
+    shares, fallbacks = [], 0
     for pixels, _ in DataLoader(images, batch_size=64):
         pixels = pixels.float()
-        if keep is not None:
-            pixels = torch.where(keep, pixels, pixels.mean(dim=(2, 3), keepdim=True))
-        features = run.model.features(pixels)
-        logits = run.model.head(features).numpy()
-        scores.append(softmax_with_temperature(logits, run.temperature)[:, positive])
-        embeddings.append(features.mean(dim=(2, 3)).numpy())
-    return np.concatenate(scores), np.concatenate(embeddings)
+        masks = segmenter.segment_many(list(pixels[:, 0].numpy().astype(np.uint8)))
+        lungs = torch.from_numpy(np.stack([m.mask for m in masks]))[:, None]
+        shares += [m.share for m in masks]
+        fallbacks += sum(m.fallback for m in masks)
+        mean_grey = pixels.mean(dim=(2, 3), keepdim=True)
+        borders = torch.from_numpy(border_mask(pixels.shape[-1]))
+        for name, keep in (("scores", None), ("hidden", ~lungs), ("only", lungs), ("borders", borders)):
+            features = run.model.features(pixels if keep is None else torch.where(keep, pixels, mean_grey))
+            logits = run.model.head(features).numpy()
+            parts[name].append(softmax_with_temperature(logits, run.temperature)[:, positive])
+            if keep is None:
+                parts["embeddings"].append(features.mean(dim=(2, 3)).numpy())
+    joined = {name: np.concatenate(values) for name, values in parts.items()}
+    return OcclusionPass(joined["scores"], joined["hidden"], joined["only"], joined["borders"], joined["embeddings"],
+                         np.asarray(shares), fallbacks)
 
 
 def _origin_auc(y: np.ndarray, out_of_fold: np.ndarray, classes: np.ndarray) -> float | None:
@@ -166,14 +191,13 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
           bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
-    report = prepare(rows, Path(cache_root or default_cache_root()), run.preprocessing)
+    report = prepare_with_lungs(rows, Path(cache_root or default_cache_root()), run.preprocessing)
     rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     images = CachedImages(rows, report.cache, run.classes)
-    size = run.preprocessing.size
     truth = (rows["label"] == run.positive_class).to_numpy()
-    scores, embeddings = _scores_and_embeddings(run, images, None)
-    lungs, borders = torch.from_numpy(lung_field_mask(size)), torch.from_numpy(border_mask(size))
-    variants = [_scores_and_embeddings(run, images, keep)[0] for keep in (~lungs, lungs, borders)]
+    segmenter = shipped_segmenter()
+    passed = occlusion_pass(run, images, segmenter)
+    embeddings = passed.embeddings
     source_auc, source_auc_ci = _grouped_auc(embeddings, rows["source"], rows["patient_id"], bootstrap)
     site_auc, _ = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
     result = {
@@ -181,9 +205,14 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
         "splits": "all rows (train, val and test for a run's own data)", "ci_method": bootstrap.method,
         "source_predictability": {"source_auc": source_auc, "source_auc_ci": source_auc_ci, "site_auc": site_auc,
                                   "verdict": source_verdict(source_auc, site_auc)},
-        "occlusion": occlusion_results(truth, scores, *variants, rows["patient_id"], bootstrap),
+        "occlusion": occlusion_results(truth, passed.scores, passed.lungs_hidden, passed.lungs_only,
+                                       passed.borders_only, rows["patient_id"], bootstrap),
         "leave_one_site_out": leave_one_site_out(embeddings, rows, truth, run.positive_class),
-        "lung_field": {"rows": LUNG_ROWS, "columns": LUNG_COLUMNS, "border_band": BORDER_BAND},
+        "lungs": {"masks": f"per image, from the lung segmenter {segmenter.name} (weights sha256 "
+                           f"{segmenter.weights_sha256[:12]}...) on the prepared pixels",
+                  "fallback_rectangle": {"images": passed.fallbacks, "rows": LUNG_ROWS, "columns": LUNG_COLUMNS},
+                  "mean_lung_share": float(passed.lung_shares.mean()) if len(rows) else None,
+                  "border_band": BORDER_BAND},
     }
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)

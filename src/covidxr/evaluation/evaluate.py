@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.labels import label_for
 from covidxr.data.manifest import load_manifest
@@ -27,6 +26,7 @@ from covidxr.evaluation.metrics import (
     metrics_with_intervals,
 )
 from covidxr.evaluation.plots import evaluation_plots
+from covidxr.lungs import prepare_with_lungs
 from covidxr.models.inference import predict_logits
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, predicted_classes, softmax_with_temperature, write_json
@@ -84,7 +84,7 @@ def model_probabilities(
     run: RunModel, rows: pd.DataFrame, cache_root: Path
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows that could be prepared, their raw logits and their temperature-scaled probabilities."""
-    report = prepare(rows, cache_root, run.preprocessing)
+    report = prepare_with_lungs(rows, cache_root, run.preprocessing)
     if len(report.failures):
         log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.manifest import load_dropped
 from covidxr.evaluation.audit import audit
@@ -19,6 +18,7 @@ from covidxr.evaluation.crossval import read_cv
 from covidxr.evaluation.evaluate import evaluate, model_probabilities
 from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result, within_source_lines
 from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
+from covidxr.lungs import prepare_with_lungs, shipped_segmenter
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import NOT_FOR_CLINICAL_USE, default_cache_root, read_json
 
@@ -90,7 +90,7 @@ def _explanations(run: RunModel, cache_root: Path, folder: Path) -> str:
     manifest = pd.read_csv(run.rundir.manifest, dtype=str, keep_default_na=False)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     rows, _, probabilities = model_probabilities(run, test, cache_root)
-    cache = prepare(rows, cache_root, run.preprocessing).cache
+    cache = prepare_with_lungs(rows, cache_root, run.preprocessing).cache
     positive = run.positive_index
     truth = rows["label"].map(run.classes.index).to_numpy()
     rng = np.random.default_rng(0)
@@ -105,13 +105,21 @@ def _explanations(run: RunModel, cache_root: Path, folder: Path) -> str:
         images = CachedImages(rows.iloc[indices], cache, run.classes)
         pixels = torch.stack([images[i][0] for i in range(len(images))])
         maps = heatmaps(run.model, pixels.float(), positive)
-        shares = [lung_heat_share(m) for m in maps]
+        lungs = shipped_segmenter().segment_many(list(pixels[:, 0].numpy()))
+        shares = [lung_heat_share(m, mask.mask) for m, mask in zip(maps, lungs)]
         titles = [f"true {rows['label'].iloc[i]}, P({run.positive_class}) {probabilities[i, positive]:.2f}\n"
                   f"heat in lungs {s:.0%}" for i, s in zip(indices, shares)]
-        out = gallery(pixels[:, 0].numpy(), maps, titles, folder / f"{title.split()[0].lower()}.png")
-        sections.append(f"<h3>{html.escape(title)}</h3><p>Mean share of Grad-CAM heat inside the approximate lung "
-                        f"field: {np.mean(shares):.0%}.</p>{_png(out)}")
+        out = gallery(pixels[:, 0].numpy(), maps, titles, lungs, folder / f"{title.split()[0].lower()}.png")
+        fallbacks = sum(mask.fallback for mask in lungs)
+        sections.append(f"<h3>{html.escape(title)}</h3><p>Mean share of Grad-CAM heat inside the lungs (outlined: "
+                        f"each image's mask from the lung segmenter{_fallback_note(fallbacks)}): "
+                        f"{np.mean(shares):.0%}.</p>{_png(out)}")
     return "".join(sections)
+
+
+def _fallback_note(fallbacks: int) -> str:
+    return f"; {fallbacks} image(s) with the fixed rectangle, dashed, where no plausible mask was found" \
+        if fallbacks else ""
 
 
 def _model_card(card: dict) -> str:

@@ -218,12 +218,16 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         return {"filename": file.filename, **prediction}
 
     @app.post("/v1/explain", response_class=Response, responses={
-        200: {"content": {"image/png": {}}, "description": "the class activation overlay (PNG)"}, **UPLOAD_ERRORS})
+        200: {"content": {"image/png": {}}, "description": "the class activation overlay (PNG) with the lung outline; "
+              "headers X-Lung-Heat-Share (share of the heat inside the lungs) and X-Lung-Warnings"},
+        **UPLOAD_ERRORS})
     def explain(file: UploadFile = File(...)) -> Response:
         content, buffer = _read_upload(file, max_upload), io.BytesIO()
         with slots:
-            predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
-        return Response(buffer.getvalue(), media_type="image/png")
+            result = predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
+        headers = {"X-Lung-Heat-Share": f"{result['lung_heat_share']:.4f}",
+                   "X-Lung-Warnings": "; ".join(result["lungs"].warnings)}
+        return Response(buffer.getvalue(), media_type="image/png", headers=headers)
 
     @app.post("/v1/dicom-sr", response_class=Response, responses={
         200: {"content": {"application/dicom": {}}, "description": "the DICOM Comprehensive SR"}, **UPLOAD_ERRORS})

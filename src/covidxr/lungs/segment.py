@@ -1,0 +1,223 @@
+"""Lung masks from the segmenter shipped in the package (or any segmenter model folder).
+
+    >>> import covidxr
+    >>> mask = covidxr.segment_lungs(gray)        # uint8, gray's height x width: 255 on the lungs, 0 elsewhere
+
+Inference runs on ONNX Runtime (NumPy only, torch is never imported) when the folder's `model.onnx`
+records the weights hash of its `model.json`, else on PyTorch. A segmentation that finds no lung, one
+lung, or lungs covering an implausible share of the image is replaced by the fixed lung-field rectangle,
+with warnings that say so; it never raises.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from covidxr.data.imageio import ImageReadError, read_grayscale, scale_to_uint8
+from covidxr.errors import CovidxrError, UsageError
+from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_probability, outline_overlay, unletterbox
+from covidxr.progress import progress_bar
+from covidxr.runs import read_json, shipped_dir
+
+MODEL_KEYS = ("name", "weights_sha256", "threshold", "input")
+BATCH = 16
+Backend = Callable[[np.ndarray], np.ndarray]
+"""(N, 1, size, size) float32 in [0, 1] -> (N, 1, size, size) logits."""
+_BACKENDS: dict[tuple[str, str, int | None], tuple[Backend, str]] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def shipped_lung_model() -> Path:
+    """The folder of the lung segmenter shipped inside the package."""
+    return shipped_dir() / "lungs"
+
+
+def as_grayscale(array: np.ndarray) -> np.ndarray:
+    """A 2-D uint8 image from a 2-D array of any numeric type (scaled by its own min..max unless uint8) or
+    an (H, W, 3|4) RGB(A) uint8 array."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return cv2.cvtColor(array, cv2.COLOR_RGBA2GRAY if array.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
+    if array.ndim != 2 or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"expected a 2-D grayscale array or an (H, W, 3|4) uint8 RGB(A) array, got shape "
+                         f"{array.shape} dtype {array.dtype}")
+    return array if array.dtype == np.uint8 else scale_to_uint8(array)
+
+
+def onnx_session(path: Path, weights_sha256: str, threads: int | None) -> Backend | None:
+    """An ONNX Runtime session over `path` when its metadata records `weights_sha256`, else None."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if session.get_modelmeta().custom_metadata_map.get("weights_sha256") != weights_sha256:
+        return None
+    return lambda batch: session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def _torch_backend(path: Path) -> Backend:
+    import torch
+
+    from covidxr.lungs.model import load_lung_net
+
+    net = load_lung_net(path)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+    return run
+
+
+class LungSegmenter:
+    """A lung segmenter model folder (`model.json`, `model.safetensors`, optionally `model.onnx`), callable
+    as the lung step of preprocessing: decoded grayscale uint8 -> bool mask of the same size.
+
+    Picklable (worker processes build their own ONNX Runtime session, once per process)."""
+
+    def __init__(self, folder: str | Path | None = None, threads: int | None = None):
+        self.folder = Path(folder) if folder is not None else shipped_lung_model()
+        if not (self.folder / "model.json").is_file():
+            raise UsageError(f"no lung segmenter in {self.folder} (model.json missing): re-create the shipped one "
+                             "with `make lung-model`")
+        self.contract = read_json(self.folder / "model.json")
+        missing = [key for key in MODEL_KEYS if key not in self.contract]
+        if missing:
+            raise CovidxrError(f"{self.folder / 'model.json'}: not a lung segmenter's model.json (lacks "
+                               f"{', '.join(missing)})")
+        self.threads = threads
+
+    @property
+    def name(self) -> str:
+        return str(self.contract["name"])
+
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.contract["weights_sha256"])
+
+    @property
+    def size(self) -> int:
+        return int(self.contract["input"]["size"])
+
+    def identity(self) -> dict[str, str]:
+        """What a classifier's model.json records of the segmenter its preprocessing used."""
+        return {"name": self.name, "weights_sha256": self.weights_sha256}
+
+    def _backend(self) -> tuple[Backend, str]:
+        key = (str(self.folder.resolve()), self.weights_sha256, self.threads)
+        with _BACKENDS_LOCK:
+            if key not in _BACKENDS:
+                onnx_path = self.folder / "model.onnx"
+                session = onnx_session(onnx_path, self.weights_sha256, self.threads) if onnx_path.is_file() else None
+                _BACKENDS[key] = (session, "onnxruntime") if session else \
+                    (_torch_backend(self.folder / "model.safetensors"), "pytorch")
+            return _BACKENDS[key]
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend()[1]
+
+    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[np.ndarray]:
+        """Lung probability maps (float32, 0..1), each at its image's own size."""
+        grays = [as_grayscale(image) for image in images]
+        maps = []
+        for start in range(0, len(grays), batch_size):
+            boxed = [letterbox(gray, self.size) for gray in grays[start:start + batch_size]]
+            batch = np.stack([square for square, _ in boxed])[:, None].astype(np.float32) / 255
+            logits = self._backend()[0](batch)[:, 0]
+            maps += [unletterbox(1 / (1 + np.exp(-lgt)), box) for lgt, (_, box) in zip(logits, boxed)]
+        return maps
+
+    def segment_many(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[LungMask]:
+        """The checked lung mask of each image (the rectangle, with warnings, where a result is implausible)."""
+        threshold = float(self.contract["threshold"])
+        return [lung_mask_from_probability(p, threshold) for p in self.probabilities(images, batch_size)]
+
+    def segment(self, gray: np.ndarray) -> LungMask:
+        return self.segment_many([gray])[0]
+
+    def __call__(self, gray: np.ndarray) -> np.ndarray:
+        return self.segment(gray).mask
+
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder, "contract": self.contract, "threads": self.threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+@lru_cache(maxsize=1)
+def shipped_segmenter() -> LungSegmenter:
+    return LungSegmenter()
+
+
+def segment_lungs(image: np.ndarray) -> np.ndarray:
+    """The shipped segmenter's lung mask of a grayscale (or RGB) array: uint8 at the input's height and
+    width, 255 on both lungs (the lung behind the heart included), 0 elsewhere."""
+    return shipped_segmenter().segment(image).as_uint8()
+
+
+@dataclass
+class SegmentedFile:
+    """One row of `segment.csv`."""
+
+    path: str
+    status: str = "ok"
+    error: str = ""
+    lung_share: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_row(self) -> dict:
+        return {"path": self.path, "status": self.status, "error": self.error, "lung_share": self.lung_share,
+                "warnings": ";".join(self.warnings)}
+
+
+def _output_stem(path: Path, taken: set[str]) -> str:
+    """The file's stem, made unique among the outputs so far (`name`, `name-2`, ...)."""
+    stem, number = path.stem, 1
+    while stem in taken:
+        number += 1
+        stem = f"{path.stem}-{number}"
+    taken.add(stem)
+    return stem
+
+
+def segment_files(paths: Sequence[str | Path], out: str | Path, overlay: bool = False,
+                  segmenter: LungSegmenter | None = None) -> list[SegmentedFile]:
+    """Write `OUT/<stem>_lungs.png` (255 lungs / 0 elsewhere, the input's size), with `overlay` also
+    `OUT/<stem>_overlay.png`, for each file; unreadable files get an error row, the others are still done."""
+    segmenter = segmenter or shipped_segmenter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, taken = [], set()
+    with progress_bar() as bar:
+        task = bar.add_task("segmenting lungs", total=len(paths))
+        for path in map(Path, paths):
+            results.append(_segment_file(path, out, overlay, segmenter, taken))
+            bar.advance(task)
+    return results
+
+
+def _segment_file(path: Path, out: Path, overlay: bool, segmenter: LungSegmenter, taken: set[str]) -> SegmentedFile:
+    try:
+        gray = read_grayscale(path)
+    except ImageReadError as error:
+        return SegmentedFile(str(path), "error", error.problem)
+    lungs = segmenter.segment(gray)
+    stem = _output_stem(path, taken)
+    notes = list(lungs.warnings) + ([f"written as {stem}_lungs.png (another input has the same name)"]
+                                    if stem != path.stem else [])
+    Image.fromarray(lungs.as_uint8()).save(out / f"{stem}_lungs.png")
+    if overlay:
+        Image.fromarray(outline_overlay(gray, lungs)).save(out / f"{stem}_overlay.png")
+    return SegmentedFile(str(path), lung_share=round(lungs.share, 4), warnings=notes)
