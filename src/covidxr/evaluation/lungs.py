@@ -251,8 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = evaluate_segmenter(args.data, args.out, args.model)
     held = result["held_out"]
-    stderr.print(f"held-out Dice {held['dice']:.3f} {held['dice_ci']}, IoU {held['iou']:.3f} {held['iou_ci']} "
-                 f"({held['n_images']} images, {held['n_patients']} patients); wrote {args.out}")
+    dice_low, dice_high = held["dice_ci"] or (float("nan"), float("nan"))
+    iou_low, iou_high = held["iou_ci"] or (float("nan"), float("nan"))
+    stderr.print(f"held-out Dice {held['dice']:.3f} [{dice_low:.3f}, {dice_high:.3f}], IoU {held['iou']:.3f} "
+                 f"[{iou_low:.3f}, {iou_high:.3f}] (95% CIs; {held['n_images']} images, {held['n_patients']} "
+                 f"patients); wrote {args.out}")
 
 
 if __name__ == "__main__":
