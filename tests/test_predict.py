@@ -10,6 +10,7 @@ import covidxr
 from conftest import lesion_image, save_image
 from covidxr.cli import main
 from covidxr.errors import UsageError
+from covidxr.predict import PARALLEL_FROM
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_ru
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run)
     contract = json.loads((run / "model.json").read_text())
-    cropping, _ = lung_step(covidxr.load_model(run).run.preprocessing.model_copy(update={"lungs": "crop"}))
+    cropping, _ = lung_step(covidxr.load_model(run).preprocessing.model_copy(update={"lungs": "crop"}))
     contract["preprocessing"].update(cropping.model_dump(mode="json"))
     (run / "model.json").write_text(json.dumps(contract))
     eager = covidxr.load_model(run)
@@ -132,6 +133,9 @@ def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_ru
     gray = read_grayscale(folder / "large.png")
     assert np.array_equal(eager._pixels(gray), preprocess(gray, eager.preprocessing, shipped_segmenter())[0])
     before = eager.predict(folder / "large.png")["probabilities"]["covid"]
+    many = [folder / "large.png"] * PARALLEL_FROM
+    in_workers = eager.predict_files(many, workers=2)
+    assert [p.probabilities["covid"] for p in in_workers] == pytest.approx([before] * len(many), abs=1e-6)
     assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
     onnx_path = covidxr.load_model(run)
     assert onnx_path.info["runtime"] == "onnxruntime"
