@@ -16,7 +16,7 @@ from covidxr.evaluation.compare import COMPARE_KEYS, compare, load_recipes, with
 from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none
 from covidxr.reporting.comparison import write_comparison
 
-FAST = tiny_recipe_overrides(**{"trainer.max_epochs": "1"})
+FAST = tiny_recipe_overrides(plain=False, **{"trainer.max_epochs": "1"})  # each recipe keeps its mitigations
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_harmonisation_settings_are_validated():
         load_recipe("default", ["harmonisation.jpeg_quality=90,20"])
     with pytest.raises(UsageError, match="valid: rescale_p"):
         load_recipe("default", ["harmonisation.jpg_p=1"])
-    config = load_recipe("default", ["harmonisation.gamma_p=0.5", "preprocessing.size=32"])
+    config = load_recipe("default", tiny_recipe_overrides(**{"harmonisation.gamma_p": "0.5"}))
     assert "RandomGamma" in repr(augmentation(config)) and "RandomJpeg" not in repr(augmentation(config))
 
 

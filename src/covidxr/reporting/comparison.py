@@ -45,23 +45,26 @@ def _error(value: float, interval: list[float] | None) -> list[list[float]]:
     return [[max(0.0, value - low)], [max(0.0, high - value)]]
 
 
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+
+
 def skill_plot(entries: list[dict], out: Path) -> Path:
     """Pooled out-of-fold within-source AUC (y) against test AUC (x), each with its 95% CI."""
     figure = Figure(figsize=(6.4, 5.2))
     axis = figure.subplots()
     plotted = [e for e in entries if e.get("auc") is not None and e.get("oof_within_source_auc") is not None]
-    for entry in plotted:
+    for number, entry in enumerate(plotted):
         x, y = entry["auc"], entry["oof_within_source_auc"]
         axis.errorbar([x], [y], xerr=_error(x, entry.get("auc_ci")),
-                      yerr=_error(y, entry.get("oof_within_source_auc_ci")), fmt="o", capsize=3)
-        axis.annotate(entry["recipe"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+                      yerr=_error(y, entry.get("oof_within_source_auc_ci")), fmt=MARKERS[number % len(MARKERS)],
+                      capsize=3, label=entry["recipe"])  # a legend, not labels beside points: close recipes overlap
     axis.plot([0.4, 1.0], [0.4, 1.0], ls="--", color="grey", lw=0.8, label="within-source = test")
     axis.axhline(0.5, color="firebrick", lw=0.8, ls=":", label="chance within the source")
     source = next((e.get("oof_source") for e in entries if e.get("oof_source")), "one source")
     axis.set(xlim=(0.4, 1.0), ylim=(0.3, 1.0), xlabel="test AUC (split's test rows)",
              ylabel=f"pooled out-of-fold AUC within {source}")
     axis.set_title("Does the model read the disease or the source?", fontsize=10)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=7, loc="upper left")
     axis.grid(alpha=0.3)
     if len(plotted) < len(entries):
         axis.text(0.41, 0.31, f"{len(entries) - len(plotted)} recipe(s) without both figures not shown", fontsize=7)
