@@ -110,8 +110,9 @@ def test_folder_preparation_holds_a_bounded_number_of_chunks_in_flight(inbox, mo
     monkeypatch.setattr(predict, "ProcessPoolExecutor", _RecordingPool)
     monkeypatch.setattr(predict, "CHUNK", 1)
     paths = [inbox / "x00.png"] * 40
-    preprocessing = load_model().preprocessing
-    for index, prepared in enumerate(prepared_in_order(paths, preprocessing, workers=2)):
+    predictor = load_model()
+    preprocessing = predictor.preprocessing
+    for index, prepared in enumerate(prepared_in_order(paths, preprocessing, predictor.lungs, workers=2)):
         _RecordingPool.consumed = index + 1
         assert prepared.pixels is not None and prepared.pixels.shape == (preprocessing.size,) * 2
     assert _RecordingPool.submitted == 40
