@@ -10,6 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 DATA = Path(os.environ.get("DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+RECIPE = Path(__file__).resolve().parent / "ablation" / "0-resnet18-scratch.yaml"
+"""The speed benchmarks' recipe: the first wave's default (ResNet-18 from scratch, 128 px, whole image), kept
+fixed so their figures stay comparable when the shipped default changes."""
 
 
 def machine() -> str:

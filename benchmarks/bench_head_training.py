@@ -24,7 +24,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from _common import machine, shared_manifests
+from _common import RECIPE, machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data import build, save_manifest
 from covidxr.models.classifier import build_classifier
@@ -117,7 +117,7 @@ def main(backbones: list[str]) -> None:
         folder = Path(folder)
         save_manifest(manifest, folder / "subset.csv")
         for backbone in backbones:
-            config = load_recipe("default", SETTINGS + BACKBONES[backbone])
+            config = load_recipe(RECIPE, SETTINGS + BACKBONES[backbone])
             ensure_cache(manifest, folder / "cache", config)
             ours_seconds, command_seconds, ours_auc = ours(config, folder)
             theirs_seconds, theirs_auc = keras_way(config, manifest, folder / "cache")

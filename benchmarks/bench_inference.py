@@ -1,8 +1,9 @@
 """Inference: ONNX Runtime vs PyTorch eager, same model, same real images, one run.
 
-The `default` recipe's architecture (resnet18, 128 px; trained weights do not change the speed), shared
-Cohen images prepared as `predict` prepares them. Single-image latency (median of 200 calls after
-warm-up) and batch-of-32 throughput. Target: ONNX latency <= 0.6x eager. Last line: the ratio."""
+The first wave's default architecture (`ablation/0-resnet18-scratch.yaml`: resnet18, 128 px; trained
+weights do not change the speed), shared Cohen images prepared as `predict` prepares them. Single-image
+latency (median of 200 calls after warm-up) and batch-of-32 throughput. Target: ONNX latency <= 0.6x
+eager. Last line: the ratio."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine, shared_manifests
+from _common import RECIPE, machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.preprocess import preprocess
@@ -36,7 +37,7 @@ def median_seconds(function, calls: int) -> float:
 
 
 def main() -> None:
-    config = load_recipe("default")
+    config = load_recipe(RECIPE)
     size = config.preprocessing.size
     cohen, _ = shared_manifests()
     images = np.stack([preprocess(read_grayscale(p), config.preprocessing)[0] for p in cohen["path"].head(BATCH)])

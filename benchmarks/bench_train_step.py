@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from _common import machine, shared_manifests
+from _common import RECIPE, machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data import build
 from covidxr.models.classifier import build_classifier
@@ -36,7 +36,7 @@ def images_per_second(model, optimizer, batches) -> float:
 
 
 def main() -> None:
-    config = load_recipe("default")
+    config = load_recipe(RECIPE)
     cohen, rsna = shared_manifests()
     manifest = build([pd.concat([cohen, rsna], ignore_index=True)], task="binary", seed=0).manifest
     with tempfile.TemporaryDirectory() as folder:
