@@ -90,8 +90,8 @@ def main() -> None:
     baseline = best_rate(lambda: decode_and_resize(paths, size), len(paths))
     ours = best_rate(lambda: predictor.predict_files(paths), len(paths))
     serial = best_rate(lambda: predictor.predict_files(paths, workers=1), len(paths))
-    prepared = [p.pixels for p in (prepare_file(path, predictor.preprocessing) for path in paths[:BATCH * 4])
-                if p.pixels is not None]
+    first = (prepare_file(path, predictor.preprocessing, predictor.lungs) for path in paths[:BATCH * 4])
+    prepared = [p.pixels for p in first if p.pixels is not None]
     pixels = np.stack(prepared)
     model_alone = best_rate(lambda: [predictor.logits(pixels[i:i + BATCH]) for i in range(0, len(pixels), BATCH)],
                             len(pixels), repeats=3)
