@@ -1,6 +1,8 @@
 """How good is the lung segmenter, and does it draw the same lungs for every source?
 
-    python -m covidxr.evaluation.lungs --data ../shared/data -o out/lung-model/evaluation   # after training
+    python -m covidxr.evaluation.lungs --data DATA -o out/lung-model/evaluation   # after training
+
+DATA is the data folder of the README's *Data* section; `make lung-model` trains, then runs this.
 
 1. Held-out patients: Dice and IoU of the segmenter's final masks (post-processing and fallback included)
    against the hand-drawn V7 outlines of the test split's images, at each image's own resolution; 95%

@@ -1,6 +1,8 @@
 """Train the lung segmenter on the hand-drawn V7 Labs outlines of Cohen's images (plain PyTorch loop).
 
-    python -m covidxr.lungs.train --data ../shared/data -o out/lung-model --ship src/covidxr/shipped/lungs
+    python -m covidxr.lungs.train --data DATA -o out/lung-model --ship src/covidxr/shipped/lungs
+
+DATA is the data folder of the README's *Data* section (Cohen's collection and the V7 Labs outlines).
 
 Images are split by patient (the project's split: units of patients and duplicate groups, 70/15/15,
 seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
