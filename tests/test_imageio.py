@@ -12,6 +12,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from conftest import write_dicom, xray_pixels
+from hostile import dicom_with, float_tiff, jpeg_claiming, nan_slope_dicom, rle_multiframe, special_files
 from covidxr.data.imageio import ImageReadError, read_grayscale
 
 GRAY = xray_pixels(7, size=64)
@@ -111,7 +112,7 @@ def test_dicom_without_pixel_data(tmp_path):
 def test_malformed_dicom_headers_and_truncated_files_are_read_errors_not_crashes(tmp_path, cut):
     content = _dicom(tmp_path / "w.dcm", window=(2000.0, 3000.0)).read_bytes()
     (tmp_path / "bad-window.dcm").write_bytes(content.replace(b"2000.0", b"20x0.0", 1))
-    with pytest.raises(ImageReadError, match="bad-window.dcm: malformed DICOM header value \\(TypeError\\)"):
+    with pytest.raises(ImageReadError, match=r"bad-window.dcm: malformed DICOM header value \(TypeError: .+\)"):
         read_grayscale(tmp_path / "bad-window.dcm")
     (tmp_path / "cut.dcm").write_bytes(content[:int(len(content) * cut)])
     with pytest.raises(ImageReadError, match="cut.dcm: ") as error:
@@ -170,3 +171,70 @@ def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageReadError, match="file not found"):
         read_grayscale(tmp_path / "nope.png")
+
+
+def test_special_files_are_named_and_never_block(tmp_path):
+    files = special_files(tmp_path / "special")
+    for kind, problem in (("fifo", "named pipe"), ("loop", "symbolic link loop"), ("dangling", "dangling")):
+        with pytest.raises(ImageReadError, match=problem):
+            read_grayscale(files[kind])  # a FIFO would block open() forever
+
+
+def test_only_the_first_frame_is_decoded_and_the_frame_count_is_checked_first(tmp_path):
+    import tracemalloc
+
+    with pytest.raises(ImageReadError, match="100,000 frames exceeds the limit"):
+        read_grayscale(rle_multiframe(tmp_path / "huge.dcm", declared=100_000))
+    path = rle_multiframe(tmp_path / "many.dcm", declared=64, stored=2, size=256)  # 8 MiB if all were decoded
+    tracemalloc.start()
+    try:
+        gray = read_grayscale(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _check_gray(gray, (256, 256))
+    assert peak < 3 * 2**20, f"decoding one 256x256 frame peaked at {peak:,} bytes"
+
+
+@pytest.mark.parametrize("keyword, vr, value, message", [
+    ("Rows", "LO", "abc", "Rows is 'abc': expected one whole number"),
+    ("Rows", "US", [96, 96], "Rows is .*expected one whole number"),
+    ("Columns", "IS", "-5", "Columns is -5: expected a whole number of at least 1"),
+    ("NumberOfFrames", "IS", "2.5", "NumberOfFrames is 2.5"),
+    ("SamplesPerPixel", "US", 4, "SamplesPerPixel is 4"),
+])
+def test_odd_image_geometry_is_refused_with_the_reason(tmp_path, keyword, vr, value, message):
+    with pytest.raises(ImageReadError, match=message):
+        read_grayscale(dicom_with(tmp_path / "odd.dcm", **{keyword: (vr, value)}))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: float_tiff(folder / "nan.tif", float("nan")), "1 pixel value\\(s\\) are not finite"),
+    (lambda folder: float_tiff(folder / "inf.tif", float("inf")), "not finite"),
+    (lambda folder: nan_slope_dicom(folder / "nan.dcm"), "RescaleSlope is nan"),
+])
+def test_non_finite_pixels_are_refused(tmp_path, make, message):
+    with pytest.raises(ImageReadError, match=message):
+        read_grayscale(make(tmp_path))
+
+
+def test_a_jpeg_claiming_more_pixels_than_its_data_holds_is_refused(tmp_path):
+    forged = tmp_path / "forged.jpg"
+    forged.write_bytes(jpeg_claiming(7000, 7000))
+    with pytest.raises(ImageReadError, match="claims 7000x7000 pixels but the file holds only"):
+        read_grayscale(forged)
+    honest = tmp_path / "honest.jpg"
+    honest.write_bytes(jpeg_claiming(224, 224))
+    _check_gray(read_grayscale(honest), (224, 224))
+    black = np.zeros((1024, 1024), dtype=np.uint8)  # compresses to little, yet above the bound
+    Image.fromarray(black).save(tmp_path / "black.jpg", quality=95)
+    _check_gray(read_grayscale(tmp_path / "black.jpg"), (1024, 1024))
+
+
+def test_large_images_convert_in_blocks_to_the_same_grey():
+    from covidxr.data.imageio import to_uint8
+
+    values = np.random.default_rng(0).normal(1000, 300, size=(300, 200))
+    whole = to_uint8(values, "x", block_pixels=10**9)
+    assert np.array_equal(to_uint8(values, "x", block_pixels=1000), whole)
+    assert whole.min() == 0 and whole.max() == 255
