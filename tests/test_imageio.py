@@ -12,8 +12,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from conftest import write_dicom, xray_pixels
-from hostile import dicom_with, float_tiff, jpeg_claiming, nan_slope_dicom, rle_multiframe, special_files
 from covidxr.data.imageio import ImageReadError, read_grayscale
+from hostile import dicom_with, float_tiff, jpeg_claiming, nan_slope_dicom, rle_multiframe, special_files
 
 GRAY = xray_pixels(7, size=64)
 
