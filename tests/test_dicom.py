@@ -493,3 +493,53 @@ def test_no_header_value_reaches_a_warning_while_results_are_built(tmp_path, pre
         results = results_of(predictor, source, "cr.dcm")
     assert str(results.sr.PatientName) == "SECRETNAME"
     assert not [w for w in caught if "SECRETNAME" in str(w.message)]
+
+
+TYPE_2_AS_HOSPITALS_SEND_THEM = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                                 "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID",
+                                 "PatientOrientation", "ViewPosition", "SeriesNumber", "InstanceNumber", "Laterality")
+
+
+def minimal_radiograph(path: Path, modality: str, seed: int) -> Path:
+    """A CR or DX image whose type 2 attributes are all present and empty (as many modalities send them)."""
+    dataset = pydicom.dcmread(write_radiograph(path, xray_pixels(seed, size=256), modality))
+    for keyword in TYPE_2_AS_HOSPITALS_SEND_THEM:
+        setattr(dataset, keyword, None)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_minimal_cr_and_dx_headers_get_their_sr_and_sc(tmp_path, capsys, predictor):
+    inputs = tmp_path / "inputs"
+    sources = [minimal_radiograph(inputs / f"{modality}.dcm", modality, seed)
+               for seed, modality in enumerate(("CR", "DX"))]
+    written = write_radiograph(inputs / "full.dcm", xray_pixels(7, size=256), "DX")  # the headers tests write
+    out = tmp_path / "out"
+    assert main(["predict", str(inputs), "--dicom-out", str(out)]) == 0, capsys.readouterr()
+    for path in (*sources, written):
+        source = pydicom.dcmread(path)
+        sr_path, sc_path = (out / f"{source.SOPInstanceUID}.{kind}.dcm" for kind in ("sr", "sc"))
+        sr = check_sr(sr_path, source, predictor)
+        check_sc(sc_path, source, pydicom.dcmread(sr_path))
+        dsrdump_is_clean(sr_path)
+        sc = pydicom.dcmread(sc_path)
+        expected = list(source.PatientOrientation) if source.PatientOrientation else None
+        assert (list(sc.PatientOrientation) if sc.PatientOrientation else None) == expected
+        assert str(sr.PatientName) == str(source.PatientName or "")
+
+
+def test_a_dicom_result_error_names_the_cause_without_identifying_values(tmp_path, predictor, monkeypatch):
+    from covidxr.dicom import results
+    from covidxr.dicom.results import DicomResultError, sr_of
+
+    source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", xray_pixels(11, size=96)))
+
+    def refuses(header, *_):
+        raise ValueError(f"'{header.PatientID}' of '{header.PatientName}' is not a valid PatientOrientationValues")
+
+    monkeypatch.setattr(results, "build_sr", refuses)
+    with pytest.raises(DicomResultError) as raised:
+        sr_of(predictor, source, "cr.dcm")
+    message = str(raised.value)
+    assert "ValueError: '<redacted>' of '<redacted>' is not a valid PatientOrientationValues" in message
+    assert not any(value in message for value in IDENTIFYING)

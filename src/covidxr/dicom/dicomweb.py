@@ -24,7 +24,8 @@ from pydicom import Dataset
 from retrying import RetryError
 
 from covidxr.dicom.results import DicomResultError, ResultObjects, model_identity, results_of
-from covidxr.dicom.source import quiet_about_headers, skip_reason
+from covidxr.data.privacy import keep_header_values_out_of_logs
+from covidxr.dicom.source import skip_reason
 from covidxr.dicom.sr import ModelIdentity, ResultUIDs
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.predict import Predictor
@@ -130,9 +131,9 @@ class Study:
         return {str(header.get("SOPInstanceUID", "")) for header in self.headers}
 
 
-@quiet_about_headers()
 def find_studies(server: Server, studies: Sequence[str] | None) -> list[Study]:
     """The instances (QIDO-RS headers) of the named studies, or of every study on the server."""
+    keep_header_values_out_of_logs()
     if not studies:
         found = server.call("list its studies", lambda: server.client.search_for_studies(
             fields=["StudyInstanceUID"], get_remaining=True))

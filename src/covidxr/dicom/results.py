@@ -14,7 +14,8 @@ from pydicom import Dataset
 
 from covidxr.data.imageio import ImageReadError, dicom_grayscale, file_format, malformed_dicom_errors
 from covidxr.data.preprocess import preprocess
-from covidxr.dicom.source import evidence_header, quiet_about_headers, skip_reason
+from covidxr.data.privacy import describe_error, keep_header_values_out_of_logs
+from covidxr.dicom.source import evidence_header, skip_reason
 from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
 from covidxr.errors import CovidxrError
 from covidxr.predict import Prediction, Predictor
@@ -59,31 +60,42 @@ def overlay_title(result: Classification, model: ModelIdentity) -> str:
             f"Grad-CAM of {model.name}\nResearch and teaching only; not for clinical use")
 
 
-def _built(name: str, build):
-    """highdicom checks what it writes and raises ValueError or TypeError for a source it cannot use."""
+def _built(name: str, source: Dataset, build):
+    """highdicom checks what it writes and raises ValueError or TypeError for a source it cannot use; the error
+    gives its message, without the source's identifying values."""
     try:
-        return build()
-    except (ValueError, TypeError, AttributeError) as error:
-        raise DicomResultError(name, f"cannot build the DICOM result ({type(error).__name__})") from None
+        built = build()
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise DicomResultError(name, f"cannot build the DICOM result ({describe_error(error, source)})") from None
+    for result in (built.sr, built.sc) if isinstance(built, ResultObjects) else (built,):
+        _same_names(result, source)
+    return built
 
 
-@quiet_about_headers()
+def _same_names(result: Dataset, source: Dataset) -> None:
+    """The source's person names exactly as it wrote them (evidence_header gave one-part names a caret)."""
+    for element in source:
+        if element.VR == "PN" and element.keyword in result:
+            result[element.keyword].value = element.value
+
+
 def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: bool = False) -> Dataset:
     """The SR alone (no Grad-CAM) of one source instance; DicomResultError when it gets none."""
+    keep_header_values_out_of_logs()
     reason = skip_reason(dataset, radiographs_only)
     if reason:
         raise DicomResultError(name, reason)
     result = _classification(predictor, _grayscale(dataset, name), None)
-    return _built(name, lambda: build_sr(evidence_header(dataset), result, model_identity(predictor)))
+    return _built(name, dataset, lambda: build_sr(evidence_header(dataset), result, model_identity(predictor)))
 
 
-@quiet_about_headers()
 def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: dict | None = None,
                radiographs_only: bool = False) -> ResultObjects:
     """The SR and the SC of one source instance (`prediction`, when given, is reused); DicomResultError when
     it gets none. The overlay outlines the lungs as the lung segmenter draws them."""
     from covidxr.explain.cam import overlay_rgb  # lazy: PyTorch; `sr_of` (predict, serve) runs without it
 
+    keep_header_values_out_of_logs()
     reason = skip_reason(dataset, radiographs_only)
     if reason:
         raise DicomResultError(name, reason)
@@ -93,7 +105,7 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
     pixels, _ = preprocess(gray, predictor.preprocessing, predictor.lungs)
     overlay = overlay_rgb(pixels, explained["heatmap"], overlay_title(result, model), explained["lungs"])
     header = evidence_header(dataset)
-    return _built(name, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),
+    return _built(name, dataset, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),
                                               result))
 
 
@@ -108,7 +120,6 @@ class DicomOutput:
     sc: Path | None = None
 
 
-@quiet_about_headers()
 def _read_dicom_file(path: Path) -> Dataset | None:
     """The parsed file; None when it is not a DICOM file; DicomResultError when it cannot be parsed."""
     try:
@@ -116,10 +127,11 @@ def _read_dicom_file(path: Path) -> Dataset | None:
             return None
     except ImageReadError:
         return None
+    keep_header_values_out_of_logs()
     try:
         return pydicom.dcmread(path)
     except malformed_dicom_errors() as error:
-        raise DicomResultError(os.fspath(path), f"cannot parse DICOM ({type(error).__name__})") from None
+        raise DicomResultError(os.fspath(path), f"cannot parse DICOM ({describe_error(error)})") from None
 
 
 def write_dicom_outputs(predictor: Predictor, predictions: Sequence[Prediction], out: str | Path) -> list[DicomOutput]:

@@ -6,11 +6,7 @@ DICOMweb server (from the QIDO-RS search result, before anything is retrieved).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from pydicom import Dataset
+from pydicom import DataElement, Dataset
 from pydicom.uid import UID
 
 RADIOGRAPH_MODALITIES = ("CR", "DX")
@@ -56,23 +52,32 @@ def skip_reason(header: Dataset, radiographs_only: bool) -> str | None:
 
 
 def evidence_header(dataset: Dataset) -> Dataset:
-    """The source's attributes without its pixels, with absent type-2 patient and study attributes present
-    and empty (as the standard allows), so the results file under the same patient and study."""
+    """The source's attributes without its pixels, as the results copy them, with hospitals' gaps filled:
+    - absent type-2 patient and study attributes are present and empty (as the standard allows), so the results
+      file under the same patient and study;
+    - a one-component person name gets its trailing caret (`Doe` -> `Doe^`, the same name in DICOM PN), which
+      highdicom otherwise warns about by quoting the name;
+    - an empty, absent or invalid Patient Orientation stays empty in the SC: the standard allows it empty when
+      unknown, and covidxr does not guess it (see sr.build_sc)."""
     header = Dataset()
     for element in dataset:
         if element.keyword != "PixelData":
             header.add(element)
     for keyword in PATIENT_AND_STUDY_TYPE_2:
-        if keyword not in header:
+        if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")
+    for element in list(header):
+        if element.VR == "PN" and element.VM == 1 and element.value and "^" not in str(element.value):
+            header[element.tag] = DataElement(element.tag, "PN", f"{element.value}^")  # a new element: the
+            # source's own is shared, not copied
     return header
 
 
-@contextmanager
-def quiet_about_headers() -> Iterator[None]:
-    """pydicom and highdicom warn about odd header values by quoting them (a patient's name among them:
-    highdicom does for any one-part name), so their warnings are silenced while covidxr reads sources and
-    builds results. Also a decorator. (Python's warning filters are process-wide: not for threads racing.)"""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+def patient_orientation(header: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation when it is a valid pair of biped directions (`L`, `F`, `AL` ...),
+    else None (empty or absent in many CR images: a type-2 attribute)."""
+    value = header.get("PatientOrientation")
+    if not value or isinstance(value, str) or len(value) != 2:
+        return None
+    pair = tuple(str(part) for part in value)
+    return pair if all(part and set(part) <= set("ALPRHF") for part in pair) else None

@@ -24,6 +24,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from covidxr.dicom.source import patient_orientation
 from covidxr.runs import NOT_FOR_CLINICAL_USE
 
 MANUFACTURER = "covidxr"
@@ -37,6 +38,7 @@ LABEL = Code("LABEL", SCHEME, "Class at the operating threshold")
 COVID_19 = Code("840539006", "SCT", "COVID-19")
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = Code("1", "UCUM", "no units")
+UNKNOWN_ORIENTATION_PLACEHOLDER = ("L", "F")  # given to highdicom, then emptied: never written
 
 
 def software_version() -> str:
@@ -163,13 +165,15 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
 def build_sc(source: Dataset, overlay: np.ndarray, model: ModelIdentity) -> hd.sc.SCImage:
     """The Secondary Capture of an (H, W, 3) uint8 RGB overlay of the image `source` describes."""
     uids = ResultUIDs.derive(source, model)
-    orientation = source.get("PatientOrientation")
+    orientation = patient_orientation(source)
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=overlay, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=uids.sc_series, series_number=SC_SERIES_NUMBER,
         sop_instance_uid=uids.sc_instance, instance_number=_instance_number(source),
-        patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else ("", ""),
+        patient_orientation=orientation or UNKNOWN_ORIENTATION_PLACEHOLDER,
         series_description=SC_SERIES_DESCRIPTION, **_common_attributes(model))
+    if orientation is None:
+        image.PatientOrientation = None  # type 2: empty when unknown; highdicom only accepts a valid pair
     image.ImageComments = NOT_FOR_CLINICAL_USE
     image.BurnedInAnnotation = "NO"
     image.DerivationDescription = f"Grad-CAM of P({model.positive_class}) by {model.name}"[:1024]
