@@ -23,8 +23,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 from retrying import RetryError
 
-from covidxr.dicom.results import DicomResultError, ResultObjects, model_identity, results_of
 from covidxr.data.privacy import keep_header_values_out_of_logs
+from covidxr.dicom.results import DicomResultError, ResultObjects, model_identity, results_of
 from covidxr.dicom.source import skip_reason
 from covidxr.dicom.sr import ModelIdentity, ResultUIDs
 from covidxr.errors import CovidxrError, UsageError

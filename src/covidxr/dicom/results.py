@@ -105,8 +105,8 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
     pixels, _ = preprocess(gray, predictor.preprocessing, predictor.lungs)
     overlay = overlay_rgb(pixels, explained["heatmap"], overlay_title(result, model), explained["lungs"])
     header = evidence_header(dataset)
-    return _built(name, dataset, lambda: ResultObjects(build_sr(header, result, model), build_sc(header, overlay, model),
-                                              result))
+    return _built(name, dataset, lambda: ResultObjects(build_sr(header, result, model),
+                                                       build_sc(header, overlay, model), result))
 
 
 @dataclass
