@@ -40,6 +40,7 @@ from covidxr.dicom.sr import LABEL, PROBABILITY, THRESHOLD, ResultUIDs
 from covidxr.predict import load_model
 from covidxr.runs import NOT_FOR_CLINICAL_USE
 
+LOOPBACK = "http://127.0.0.1"  # the service answers to its own names only (TestClient says "testserver")
 IDENTIFYING = ("SECRET-ID", "Doe^Jane", "Doe", "19700101", "ACC-77")
 ALGORITHM_PARAMETERS = hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters")
 
@@ -350,8 +351,9 @@ class _FakeClient:
         self.datasets, self.reject, self.unreachable = datasets, reject, unreachable
         self.stored: list[pydicom.Dataset] = []
 
-    def search_for_instances(self, study_instance_uid, fields, get_remaining):
-        return [d.to_json_dict() for d in self.datasets if d.StudyInstanceUID == study_instance_uid]
+    def search_for_instances(self, study_instance_uid, fields, get_remaining, offset=0, limit=None):
+        found = [d.to_json_dict() for d in self.datasets if d.StudyInstanceUID == study_instance_uid]
+        return found[offset:offset + limit if limit else None]
 
     def retrieve_instance(self, study, series, instance):
         return next(d for d in self.datasets if d.SOPInstanceUID == instance)
@@ -398,7 +400,7 @@ def test_the_service_returns_the_sr_of_a_dicom_upload(tmp_path, predictor):
 
     from covidxr.serving.app import create_app
 
-    client = TestClient(create_app(predictor=predictor), raise_server_exceptions=False)
+    client = TestClient(create_app(predictor=predictor), base_url=LOOPBACK, raise_server_exceptions=False)
     path = write_radiograph(tmp_path / "cr.dcm", xray_pixels(6, size=200), "CR", "MONOCHROME1")
     source = pydicom.dcmread(path)
     response = client.post("/v1/dicom-sr", files={"file": ("cr.dcm", path.read_bytes())})

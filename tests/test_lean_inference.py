@@ -63,7 +63,7 @@ def test_the_service_with_a_matching_onnx_imports_neither_torch_nor_lightning_no
 import json, sys
 from fastapi.testclient import TestClient
 from covidxr.serving.app import create_app
-client = TestClient(create_app())
+client = TestClient(create_app(), base_url="http://127.0.0.1")
 with open({str(inbox / "x04.png")!r}, "rb") as image:
     status = client.post("/v1/predict", files={{"file": ("x.png", image.read(), "image/png")}}).status_code
 print(json.dumps({{"status": status, "loaded": [name for name in {HEAVY!r} if name in sys.modules]}}))

@@ -141,5 +141,5 @@ def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_ru
     assert onnx_path.info["runtime"] == "onnxruntime"
     assert onnx_path.predict(folder / "large.png")["probabilities"]["covid"] == pytest.approx(before, abs=1e-5)
     upload = {"file": ("x.png", (folder / "large.png").read_bytes())}
-    served = TestClient(create_app(run)).post("/v1/predict", files=upload)
+    served = TestClient(create_app(run), base_url="http://127.0.0.1").post("/v1/predict", files=upload)
     assert served.json()["probabilities"]["covid"] == pytest.approx(before, abs=1e-5)

@@ -16,11 +16,13 @@ from PIL import Image
 from conftest import lesion_image, write_dicom
 from covidxr.serving.app import create_app
 
+LOOPBACK = "http://127.0.0.1"  # the service answers to its own names only (TestClient says "testserver")
+
 
 @pytest.fixture(scope="module")
 def client(trained_run):
     run, _ = trained_run
-    return TestClient(create_app(run, max_upload=200_000), raise_server_exceptions=False)
+    return TestClient(create_app(run, max_upload=200_000), base_url=LOOPBACK, raise_server_exceptions=False)
 
 
 def _png(size: int = 128) -> bytes:
@@ -89,7 +91,7 @@ def test_a_server_failure_is_a_logged_500_with_the_request_id_and_bad_input_stay
 
     predictor = load_model(trained_run[0])
     monkeypatch.setattr(predictor, "predict", broken)
-    failing = TestClient(create_app(predictor=predictor), raise_server_exceptions=False)
+    failing = TestClient(create_app(predictor=predictor), base_url=LOOPBACK, raise_server_exceptions=False)
     with caplog.at_level("ERROR", logger="covidxr.serve"):
         response = failing.post("/v1/predict", files={"file": ("chest.png", _png(), "image/png")})
     assert response.status_code == 500
@@ -127,7 +129,7 @@ def test_serve_without_a_run_uses_the_shipped_model(monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
     assert main(["serve", "--port", "8123"]) == 0
     assert served["port"] == 8123 and served["host"] == "127.0.0.1"
-    client = TestClient(served["app"])
+    client = TestClient(served["app"], base_url=LOOPBACK)
     card = client.get("/v1/model").json()
     shipped = json.loads((shipped_run() / "model_card.json").read_text())
     assert card == shipped and card["not_for_clinical_use"] is True

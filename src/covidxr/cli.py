@@ -22,7 +22,8 @@ from covidxr.errors import CovidxrError, UsageError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # The commands `_add_evaluation_commands` defines: those that use a trained model.
 INFERENCE_COMMANDS = ("evaluate", "audit", "report", "export", "serve", "predict", "dicomweb", "explain", "segment")
-stdout = Console(soft_wrap=True)
+# Paths and data are printed literally: rich would otherwise turn `a:smile:b.jpg` into an emoji.
+stdout = Console(soft_wrap=True, emoji=False, markup=False, highlight=False)
 # Library parameters whose flag is not `--` + the name with dashes (argparse's own rule, `max_distance` ->
 # `--max-distance`); usage errors name parameters and are printed with the flag.
 FLAG_OF_PARAMETER = {"overrides": "--set", "out": "-o", "studies": "--study"}
@@ -60,6 +61,25 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, not {value}")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, not {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port; expected 1 to 65535")
+    return value
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """predict's output paths, checked before any work: --csv a file, --dicom-out a folder."""
+    if args.csv is not None and args.csv.is_dir():
+        raise UsageError("is a folder; expected the path of a CSV file to write", "csv", args.csv)
+    if args.dicom_out is not None and args.dicom_out.exists() and not args.dicom_out.is_dir():
+        raise UsageError("exists and is not a folder; expected a folder to write DICOM results into", "dicom_out",
+                         args.dicom_out)
 
 
 def _print_lines(lines: Sequence[str]) -> None:
@@ -352,6 +372,7 @@ def _write_predictions_csv(predictions: Sequence, classes: list[str], out: Path)
 def cmd_predict(args: argparse.Namespace) -> int:
     from covidxr.predict import expand_paths, load_model
 
+    _check_outputs(args)
     predictor = load_model(_require_run(args))
     paths = expand_paths(args.paths)
     if not paths:
@@ -369,7 +390,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _print_lines([f"{p.path}: {text}" + (f"  [{'; '.join(p.warnings)}]" if p.warnings else "")])
     failed = sum(p.status != "ok" for p in predictions)
     summary = f"{len(predictions) - failed} predicted, {failed} failed" + (f"; wrote {args.csv}" if args.csv else "")
-    Console(stderr=True).print(summary, markup=False, highlight=False)
+    Console(stderr=True, emoji=False).print(summary, markup=False, highlight=False)
     dicom_failed = _write_dicom_outputs(predictor, predictions, args.dicom_out, args.json) if args.dicom_out else 0
     return EXIT_PARTIAL if failed or dicom_failed else EXIT_OK
 
@@ -379,14 +400,15 @@ def _write_dicom_outputs(predictor, predictions: list, out: Path, quiet_stdout: 
     from covidxr.dicom.results import write_dicom_outputs
 
     outputs = write_dicom_outputs(predictor, predictions, out)
-    console = Console(stderr=True, soft_wrap=True) if quiet_stdout else stdout
+    console = Console(stderr=True, soft_wrap=True, emoji=False) if quiet_stdout else stdout
     for output in outputs:
         text = f"wrote {output.sr.name} and {output.sc.name}" if output.status == "written" else output.note
         console.print(f"{output.path}: {text}", markup=False, highlight=False)
     written = sum(output.status == "written" for output in outputs)
     failed = sum(output.status == "failed" for output in outputs)
-    Console(stderr=True).print(f"DICOM results: {written} written to {out}, {failed} DICOM input(s) without, "
-                               f"{len(outputs) - written - failed} non-DICOM input(s)", markup=False, highlight=False)
+    Console(stderr=True, emoji=False).print(f"DICOM results: {written} written to {out}, {failed} DICOM input(s) "
+                                            f"without, {len(outputs) - written - failed} non-DICOM input(s)",
+                                            markup=False, highlight=False)
     return failed
 
 
@@ -450,9 +472,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from covidxr.serving.app import create_app
+    from covidxr.serving.guard import allowed_hosts
 
-    app = create_app(_require_run(args))
-    Console(stderr=True).print(f"covidxr serving on http://{args.host}:{args.port}/ (API docs at /docs); "
+    app = create_app(_require_run(args), hosts=allowed_hosts(args.host, args.allow_host))
+    Console(stderr=True, emoji=False).print(f"covidxr serving on http://{args.host}:{args.port}/ (API docs at /docs); "
                                "not for clinical use", markup=False, highlight=False)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
@@ -495,7 +518,10 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="REST API and web page (FastAPI + uvicorn)")
     serve.add_argument("--run", type=Path, metavar="RUN")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this host name (repeatable; default: localhost, 127.0.0.1, "
+                            "[::1] and --host); other Host headers get 400")
     serve.set_defaults(handler=cmd_serve)
     predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -681,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser(argv[0] if argv else None).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    errors = Console(stderr=True, soft_wrap=True)
+    errors = Console(stderr=True, soft_wrap=True, emoji=False)
     _log_to(errors)
     try:
         return handler(args)

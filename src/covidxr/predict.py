@@ -80,11 +80,12 @@ def image_warnings(gray: np.ndarray) -> list[str]:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders recursively (hidden files skipped), sorted."""
+    """Files as given; folders recursively (hidden files skipped), sorted. Entries of a folder that are not
+    folders are all listed, pipes and broken links too, so that reading them reports why they failed."""
     expanded = []
     for path in map(Path, paths):
         if path.is_dir():
-            expanded += sorted(p for p in path.rglob("*") if p.is_file() and not any(
+            expanded += sorted(p for p in path.rglob("*") if not p.is_dir() and not any(
                 part.startswith(".") for part in p.relative_to(path).parts))
         else:
             expanded.append(path)

@@ -355,3 +355,21 @@ def _dicom_grey(pixels: np.ndarray, dataset: Dataset, name: str | Path) -> np.nd
         return 255 - gray if photometric == "MONOCHROME1" else gray
     rgb = Image.fromarray(to_uint8(pixels, name))
     return np.asarray(rgb.convert("L"), dtype=np.uint8).copy()
+
+
+def declared_pixels(content: bytes) -> int:
+    """The pixel count a file's header declares (its first frame), read without decoding; 0 when the header
+    cannot be read (decoding will then say why)."""
+    try:
+        if sniff_format(content[:132]) == "dicom":
+            import pydicom
+
+            keep_header_values_out_of_logs()
+            header = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True)
+            geometry = dicom_geometry(header, "upload", max_pixels=2**62)
+            return geometry.rows * geometry.columns * geometry.samples
+        with Image.open(io.BytesIO(content)) as image:
+            return image.width * image.height * len(image.getbands())
+    except (ImageReadError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+            *malformed_dicom_errors()):
+        return 0

@@ -6,24 +6,33 @@ the reason, and so are those that already hold this model's results (the result 
 source and the weights, see covidxr.dicom.sr). WADO-RS retrieves the others; each gets its Secondary
 Capture stored first, then its SR (STOW-RS), so an SR never exists without its overlay; a failure says
 which one is missing. A server that is down, keeps answering 'busy', or refuses access stops the run with
-one error after a bounded number of attempts. Nothing identifying is printed: instances are named by UID.
+one error after a bounded number of attempts. Each answer must arrive whole within a deadline (a server
+trickling bytes cannot hold the run) and within a size cap; searches page with `offset` up to a page cap,
+and a server that ignores `offset` (answering the same page again) is noticed. Answers that are not DICOM
+JSON stop the run with a message saying so. Nothing identifying is printed: instances are named by UID.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
+from pydicom.uid import UID
+from requests.adapters import HTTPAdapter
 from retrying import RetryError
 
-from covidxr.data.privacy import keep_header_values_out_of_logs
+from covidxr.data.privacy import describe_error, keep_header_values_out_of_logs
 from covidxr.dicom.results import DicomResultError, ResultObjects, model_identity, results_of
 from covidxr.dicom.source import skip_reason
 from covidxr.dicom.sr import ModelIdentity, ResultUIDs
@@ -38,6 +47,11 @@ TOKEN_ENVIRONMENT = "COVIDXR_DICOMWEB_TOKEN"
 INSTANCE_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
                    "NumberOfFrames", "InstanceNumber")
 ACCESS_REFUSED = (401, 403, 407)
+DEFAULT_DEADLINE = 300.0  # seconds for one whole answer, however the server paces its bytes
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+PAGE_SIZE = 500
+MAX_PAGES = 200
+log = logging.getLogger("covidxr.dicomweb")
 
 
 class DicomWebError(CovidxrError):
@@ -51,6 +65,43 @@ class DicomWebError(CovidxrError):
 
 class RequestFailed(CovidxrError):
     """The server answered one request with an error (not an access refusal): that instance failed."""
+
+
+class AnswerTooSlow(requests.Timeout):
+    """The whole answer did not arrive within the deadline."""
+
+
+class AnswerTooLarge(requests.RequestException):
+    """The answer is larger than MAX_ANSWER_BYTES."""
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """Reads every answer whole, in pieces as they arrive, within `deadline` seconds and MAX_ANSWER_BYTES:
+    requests' own timeout bounds each read, so a server sending a byte every few seconds would never end."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
+        started = time.monotonic()
+        kwargs["stream"] = True
+        response = super().send(request, **kwargs)
+        pieces, size = [], 0
+        try:
+            while piece := response.raw.read1(1 << 16, decode_content=True):
+                pieces.append(piece)
+                size += len(piece)
+                if size > MAX_ANSWER_BYTES:
+                    raise AnswerTooLarge(f"an answer of more than {MAX_ANSWER_BYTES:,} bytes")
+                if time.monotonic() - started > self.deadline:
+                    raise AnswerTooSlow(f"no whole answer within {self.deadline:g} s (the server is sending it "
+                                        f"slowly: {size:,} bytes so far)")
+        except (AnswerTooLarge, AnswerTooSlow):
+            response.close()
+            raise
+        response._content, response._content_consumed = b"".join(pieces), True
+        return response
 
 
 @dataclass
@@ -90,6 +141,10 @@ class Server:
             if status in ACCESS_REFUSED:
                 raise DicomWebError(message + f"; set {TOKEN_ENVIRONMENT} to a bearer token if it needs one") from None
             raise RequestFailed(message) from None
+        except requests.JSONDecodeError:
+            raise DicomWebError(f"{self.url}: the answer to {action} is not JSON (expected DICOM JSON)") from None
+        except (AnswerTooSlow, AnswerTooLarge) as error:
+            raise DicomWebError(f"{self.url}: gave up on the answer to {action}: {error}") from None
         except (requests.ConnectionError, requests.Timeout) as error:
             raise DicomWebError(f"cannot reach the DICOMweb server at {self.url} to {action} "
                                 f"({self.tries}): {_short(error)}") from None
@@ -102,18 +157,35 @@ def _short(error: Exception) -> str:
     return "timed out" if isinstance(error, requests.Timeout) else type(error).__name__
 
 
-def connect(url: str, attempts: int | None = None, wait_ms: int = DEFAULT_WAIT_MS, timeout: float = 60.0) -> Server:
+def check_url(url: str) -> None:
+    """UsageError unless `url` is http(s)://HOST[:PORT]/PATH with a port in range."""
+    expected = "expected http(s)://HOST[:PORT]/PATH of a DICOMweb service"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as error:
+        raise UsageError(f"{error}; {expected}", "url", url) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(expected, "url", url)
+
+
+def connect(url: str, attempts: int | None = None, wait_ms: int = DEFAULT_WAIT_MS, timeout: float = 60.0,
+            deadline: float = DEFAULT_DEADLINE) -> Server:
     """A client of the DICOMweb service at `url` (e.g. http://localhost:8042/dicom-web for Orthanc): up to
     `attempts` tries per request, waiting 2x, 4x, ... `wait_ms` between them, when the server cannot be
-    reached or answers 408/429/503/504 (default attempts: DEFAULT_ATTEMPTS). A bearer token is read from
-    $COVIDXR_DICOMWEB_TOKEN when set."""
+    reached or answers 408/429/503/504 (default attempts: DEFAULT_ATTEMPTS); `timeout` seconds per read and
+    `deadline` seconds for each whole answer. A bearer token is read from $COVIDXR_DICOMWEB_TOKEN when set."""
     attempts = DEFAULT_ATTEMPTS if attempts is None else attempts
     if attempts < 1:
         raise UsageError("must be at least 1", "attempts", attempts)
+    check_url(url)
     token = os.environ.get(TOKEN_ENVIRONMENT)
+    session = requests.Session()
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, DeadlineAdapter(deadline))
     try:
-        client = DICOMwebClient(url.rstrip("/"), headers={"Authorization": f"Bearer {token}"} if token else None,
-                                timeout=timeout)
+        client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout,
+                                headers={"Authorization": f"Bearer {token}"} if token else None)
     except ValueError as error:
         raise UsageError(f"{error}; expected http(s)://HOST[:PORT]/PATH of a DICOMweb service", "url", url) from None
     client.set_http_retry_params(retry=True, max_attempts=attempts, wait_exponential_multiplier=wait_ms)
@@ -131,25 +203,65 @@ class Study:
         return {str(header.get("SOPInstanceUID", "")) for header in self.headers}
 
 
+def _search(server: Server, action: str, search: Callable[..., list], **criteria) -> list[Dataset]:
+    """Every result of a QIDO-RS search, page by page (`offset`), at most MAX_PAGES pages; a page seen before
+    means the server ignores `offset`: paging stops there, with a warning."""
+    results: list[Dataset] = []
+    pages: set[str] = set()
+    for _ in range(MAX_PAGES):
+        found = server.call(action, lambda: search(offset=len(results), limit=PAGE_SIZE, get_remaining=False,
+                                                   **criteria))
+        if not found:
+            return results
+        page = json.dumps(found, sort_keys=True)
+        if page in pages:
+            log.warning("%s: the server answered the same page twice to %s (it ignores 'offset'); %d result(s) "
+                        "kept", server.url, action, len(results))
+            return results
+        pages.add(page)
+        results += _datasets(server, action, found)
+    raise DicomWebError(f"{server.url}: more than {MAX_PAGES} pages of {PAGE_SIZE} answers to {action}; name the "
+                        "studies with --study")
+
+
+def _datasets(server: Server, action: str, found: object) -> list[Dataset]:
+    """QIDO-RS answers as datasets; DicomWebError when they are not a list of DICOM JSON objects."""
+    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+        raise DicomWebError(f"{server.url}: the answer to {action} is not a list of DICOM JSON objects "
+                            f"(got {type(found).__name__}{' of other things' if isinstance(found, list) else ''})")
+    try:
+        return [Dataset.from_json(item) for item in found]
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise DicomWebError(f"{server.url}: the answer to {action} is not valid DICOM JSON "
+                            f"({describe_error(error)})") from None
+
+
+def _valid_uid(value: object) -> bool:
+    return isinstance(value, str) and UID(value).is_valid
+
+
 def find_studies(server: Server, studies: Sequence[str] | None) -> list[Study]:
-    """The instances (QIDO-RS headers) of the named studies, or of every study on the server."""
+    """The instances (QIDO-RS headers) of the named studies, or of every study on the server. A study the
+    server lists without a valid StudyInstanceUID is reported, not searched."""
     keep_header_values_out_of_logs()
-    if not studies:
-        found = server.call("list its studies", lambda: server.client.search_for_studies(
-            fields=["StudyInstanceUID"], get_remaining=True))
-        studies = sorted({str(Dataset.from_json(item).StudyInstanceUID) for item in found})
     listed = []
+    if studies:
+        for uid in studies:
+            if not _valid_uid(uid):
+                raise UsageError("not a valid DICOM UID (digits and dots, at most 64 characters)", "studies", uid)
+    else:
+        found = [str(item.get("StudyInstanceUID", "")) for item in _search(
+            server, "list its studies", server.client.search_for_studies, fields=["StudyInstanceUID"])]
+        studies = sorted({uid for uid in found if _valid_uid(uid)})
+        listed += [Study(uid or "-", problem="the server listed a study without a valid StudyInstanceUID")
+                   for uid in sorted({uid for uid in found if not _valid_uid(uid)})]
     for uid in studies:
         try:
-            found = server.call(f"list the instances of study {uid}", lambda uid=uid: (
-                server.client.search_for_instances(study_instance_uid=uid, fields=list(INSTANCE_FIELDS),
-                                                   get_remaining=True)))
+            headers = _search(server, f"list the instances of study {uid}", server.client.search_for_instances,
+                              study_instance_uid=uid, fields=list(INSTANCE_FIELDS))
         except RequestFailed as error:  # e.g. 404 for a study the server does not hold
             listed.append(Study(uid, problem=str(error)))
             continue
-        except ValueError as error:
-            raise UsageError(str(error), "studies", uid) from None
-        headers = [Dataset.from_json(item) for item in found]
         for header in headers:
             header.StudyInstanceUID = header.get("StudyInstanceUID") or uid
         listed.append(Study(uid, headers))

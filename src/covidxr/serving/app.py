@@ -1,28 +1,28 @@
 """`covidxr serve`: the REST API and the web page (docs/reference.md, "HTTP service").
 
-The model is loaded once. Uploads are read with a size limit, written only to a private temporary
-folder for decoding, and deleted before the answer is sent. Routes that decode or run the model are plain
-functions, which FastAPI runs in its thread pool: the event loop keeps answering while images are being
-predicted. Every bad request gets a 4xx JSON error `{"error": {"code", "message", "request_id"}}`; a
-failure of the server itself gets a 500 in the same form, logged with its request id (also sent as the
-`X-Request-ID` header of every answer).
+The model is loaded once. Uploads are read with a size limit enforced while they stream in, decoded in
+memory (never written anywhere by covidxr) and dropped before the answer is sent; the service's guards
+(trusted hosts, security headers, offline API docs, a memory budget) are in covidxr.serving.guard. Routes
+that decode or run the model are plain functions, which FastAPI runs in its thread pool: the event loop
+keeps answering while images are being predicted. Every bad request gets a 4xx JSON error `{"error":
+{"code", "message", "request_id"}}`; a failure of the server itself gets a 500 in the same form, logged with
+its request id (also sent as the `X-Request-ID` header of every answer).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import tempfile
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom import Dataset
 from starlette.exceptions import HTTPException
@@ -30,14 +30,26 @@ from starlette.exceptions import HTTPException
 from covidxr.data.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
-    file_format,
+    declared_pixels,
+    decode_bytes,
+    dicom_geometry,
+    format_of,
     malformed_dicom_errors,
-    read_grayscale,
     sniff_format,
 )
+from covidxr.data.privacy import describe_error
 from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE
+from covidxr.serving.guard import (
+    PixelBudget,
+    add_offline_docs,
+    allowed_hosts,
+    body_limit,
+    html_page,
+    install_guards,
+    return_large_blocks_to_the_system,
+)
 
 log = logging.getLogger("covidxr.serve")
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
@@ -45,6 +57,7 @@ MIN_SIDE = 32
 STATIC = Path(__file__).parent / "static"
 REQUEST_ID_HEADER = "X-Request-ID"
 SLOTS_PER_CORE = 2  # uploads decoded and predicted at once, per core; the others wait their turn
+PIXEL_BUDGET = 60_000_000  # decoded pixels in flight: one image at the pixel limit, or many ordinary ones
 
 
 class Health(BaseModel):
@@ -115,19 +128,23 @@ def _read_upload(upload: UploadFile, limit: int) -> bytes:
     return content
 
 
+async def one_file(request: Request) -> None:
+    """Two files in field `file` would silently use the last one: refused instead."""
+    count = len((await request.form()).getlist("file"))
+    if count > 1:
+        raise ApiError(400, "bad_request", f"malformed request: {count} files in field 'file'; send one")
+
+
 def decode_upload(content: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """Decode uploaded bytes (in a private temporary folder, removed at once) to grey pixels."""
-    with tempfile.TemporaryDirectory(prefix="covidxr-upload-") as folder:
-        path = Path(folder) / "upload"
-        path.write_bytes(content)
-        try:
-            file_format(path)
-        except ImageReadError as error:
-            raise ApiError(415, "unsupported_media", f"{name}: {error.problem}") from None
-        try:
-            gray = read_grayscale(path, max_pixels=max_pixels)
-        except ImageReadError as error:
-            raise ApiError(422, "unusable_image", f"{name}: {error.problem}") from None
+    """Decode uploaded bytes (in memory) to grey pixels."""
+    try:
+        format_of(content[:132], name)
+    except ImageReadError as error:
+        raise ApiError(415, "unsupported_media", f"{name}: {error.problem}") from None
+    try:
+        gray = decode_bytes(content, name, max_pixels=max_pixels)
+    except ImageReadError as error:
+        raise ApiError(422, "unusable_image", f"{name}: {error.problem}") from None
     if min(gray.shape) < MIN_SIDE:
         raise ApiError(422, "too_small", f"{name}: {gray.shape[1]}x{gray.shape[0]} is below {MIN_SIDE} pixels a side")
     return gray
@@ -140,7 +157,7 @@ def _parse_dicom(content: bytes, name: str) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(content))
     except malformed_dicom_errors() as error:
-        raise ApiError(422, "unusable_dicom", f"{name}: cannot parse DICOM ({type(error).__name__})") from None
+        raise ApiError(422, "unusable_dicom", f"{name}: cannot parse DICOM ({describe_error(error)})") from None
 
 
 def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int) -> tuple[bytes, str]:
@@ -149,11 +166,14 @@ def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int
     from covidxr.dicom.results import DicomResultError, sr_of  # lazy: highdicom takes a second to import
 
     dataset = _parse_dicom(content, name)
-    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
-    if rows * columns > max_pixels:
-        raise ApiError(422, "unusable_image", f"{name}: {columns}x{rows} pixels exceeds the limit of {max_pixels:,}")
-    if "PixelData" in dataset and min(rows, columns) < MIN_SIDE:
-        raise ApiError(422, "too_small", f"{name}: {columns}x{rows} is below {MIN_SIDE} pixels a side")
+    if "PixelData" in dataset:
+        try:
+            geometry = dicom_geometry(dataset, name, max_pixels)
+        except ImageReadError as error:
+            raise ApiError(422, "unusable_image", f"{name}: {error.problem}") from None
+        if min(geometry.rows, geometry.columns) < MIN_SIDE:
+            raise ApiError(422, "too_small", f"{name}: {geometry.columns}x{geometry.rows} is below {MIN_SIDE} pixels "
+                                             "a side")
     try:
         sr = sr_of(predictor, dataset, name)
     except DicomResultError as error:
@@ -164,16 +184,28 @@ def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int
 
 
 def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
-    """The service for run directory `run` (without one: the model shipped in the package)."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None,
+               hosts: Sequence[str] | None = None) -> FastAPI:
+    """The service for run directory `run` (without one: the model shipped in the package), answering to the
+    Host names `hosts` (default: guard.allowed_hosts(), the loopback names)."""
     predictor = predictor or load_model(run)
     if predictor.onnx is None:
         predictor.torch_run  # without a matching model.onnx, PyTorch loads now, not during the first request
     # More uploads at once than the cores can work on would only hold more decoded images in memory and
     # starve the event loop of the interpreter.
     slots = threading.BoundedSemaphore(SLOTS_PER_CORE * worker_count())
+    budget = PixelBudget(PIXEL_BUDGET)
+    return_large_blocks_to_the_system()
     app = FastAPI(title="covidxr", description="Chest X-ray COVID-19 classifier for research and teaching. "
-                                                "Not for clinical use.", version="1")
+                                                "Not for clinical use.", version="1", docs_url=None, redoc_url=None,
+                  max_body_size=body_limit(max_upload))
+    install_guards(app, hosts or allowed_hosts(), _error)
+    add_offline_docs(app)
+
+    def reserved(content: bytes):
+        """The upload's share of the pixel budget (none for an image over the limit: it is refused undecoded)."""
+        pixels = declared_pixels(content)
+        return budget.reserve(pixels if pixels <= max_pixels else 0)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -199,6 +231,8 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 413:  # FastAPI's max_body_size, while the body streams in
+            return _error(request, 413, "too_large", f"upload over the limit of {max_upload:,} bytes")
         return _error(request, error.status_code, "http_error", str(error.detail))
 
     @app.get("/health", response_model=Health)
@@ -210,9 +244,9 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         return predictor.rundir.read_card() if predictor.rundir.model_card.is_file() else {"model": predictor.info}
 
     @app.post("/v1/predict", response_model=PredictionAnswer, responses=UPLOAD_ERRORS)
-    def predict(file: UploadFile = File(...)) -> dict:
+    def predict(file: UploadFile = File(...), _: None = Depends(one_file)) -> dict:
         content = _read_upload(file, max_upload)
-        with slots:
+        with slots, reserved(content):
             prediction = predictor.predict(decode_upload(content, file.filename or "upload", max_pixels))
         prediction.pop("path")
         return {"filename": file.filename, **prediction}
@@ -221,9 +255,9 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         200: {"content": {"image/png": {}}, "description": "the class activation overlay (PNG) with the lung outline; "
               "headers X-Lung-Heat-Share (share of the heat inside the lungs) and X-Lung-Warnings"},
         **UPLOAD_ERRORS})
-    def explain(file: UploadFile = File(...)) -> Response:
+    def explain(file: UploadFile = File(...), _: None = Depends(one_file)) -> Response:
         content, buffer = _read_upload(file, max_upload), io.BytesIO()
-        with slots:
+        with slots, reserved(content):
             result = predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
         headers = {"X-Lung-Heat-Share": f"{result['lung_heat_share']:.4f}",
                    "X-Lung-Warnings": "; ".join(result["lungs"].warnings)}
@@ -231,16 +265,16 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
 
     @app.post("/v1/dicom-sr", response_class=Response, responses={
         200: {"content": {"application/dicom": {}}, "description": "the DICOM Comprehensive SR"}, **UPLOAD_ERRORS})
-    def dicom_sr(file: UploadFile = File(...)) -> Response:
+    def dicom_sr(file: UploadFile = File(...), _: None = Depends(one_file)) -> Response:
         """The DICOM Comprehensive SR of an uploaded DICOM image (same patient and study, a new series)."""
         content = _read_upload(file, max_upload)
-        with slots:
+        with slots, reserved(content):
             sr, filename = dicom_sr_of(content, file.filename or "upload", predictor, max_pixels)
         return Response(sr, media_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+    def page() -> HTMLResponse:
+        return html_page((STATIC / "index.html").read_text(encoding="utf-8"))  # its inline scripts allowed by hash
 
     return app
