@@ -324,3 +324,32 @@ def test_dicom_results_of_a_multiframe_file_do_not_stop_a_folder(tmp_path, capsy
     assert code == 3 and [p["status"] for p in predictions] == ["error", "ok"]
     assert "frames exceeds the limit" in predictions[0]["error"]
     assert Path(predictions[1]["path"]).name == "02-fine.png"
+
+
+def test_the_api_docs_render_offline_in_chromium(live):
+    from playwright.sync_api import sync_playwright
+
+    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+
+    chromium = chromium_or_skip()
+    elsewhere, problems, rendered = [], [], {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(f"http://127.0.0.1:{live}/")
+                   else (elsewhere.append(route.request.url), route.abort()))
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(f"http://127.0.0.1:{live}/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+        rendered["docs"] = page.inner_text(".swagger-ui")
+        page.goto(f"http://127.0.0.1:{live}/redoc")
+        page.wait_for_selector("redoc h1, [role=main] h1, h1", timeout=30_000)
+        page.wait_for_function("document.body.innerText.includes('/v1/predict')", timeout=30_000)
+        rendered["redoc"] = page.inner_text("body")
+        browser.close()
+    # ReDoc's sidebar shows its maker's logo from cdn.redoc.ly: the page's policy blocks it, nothing else is missing
+    logo = "Loading the image 'https://cdn.redoc.ly/redoc/logo-mini.svg' violates the following Content Security"
+    assert elsewhere == [] and [text for text in problems if not text.startswith(logo)] == [], (elsewhere, problems)
+    assert "/v1/predict" in rendered["docs"] and "/v1/explain" in rendered["docs"]
+    assert "covidxr" in rendered["redoc"]
