@@ -197,9 +197,9 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
     budget = PixelBudget(PIXEL_BUDGET)
     return_large_blocks_to_the_system()
     app = FastAPI(title="covidxr", description="Chest X-ray COVID-19 classifier for research and teaching. "
-                                                "Not for clinical use.", version="1", docs_url=None, redoc_url=None,
-                  max_body_size=body_limit(max_upload))
-    install_guards(app, hosts or allowed_hosts(), _error)
+                                                "Not for clinical use.", version="1", docs_url=None, redoc_url=None)
+    limit = body_limit(max_upload)  # per upload route: FastAPI's app-wide limit answers in plain text
+    install_guards(app, hosts or allowed_hosts(), max_upload, _error)
     add_offline_docs(app)
 
     def reserved(content: bytes):
@@ -243,7 +243,7 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
     def model_card() -> dict:
         return predictor.rundir.read_card() if predictor.rundir.model_card.is_file() else {"model": predictor.info}
 
-    @app.post("/v1/predict", response_model=PredictionAnswer, responses=UPLOAD_ERRORS)
+    @app.post("/v1/predict", response_model=PredictionAnswer, responses=UPLOAD_ERRORS, max_body_size=limit)
     def predict(file: UploadFile = File(...), _: None = Depends(one_file)) -> dict:
         content = _read_upload(file, max_upload)
         with slots, reserved(content):
@@ -251,7 +251,7 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         prediction.pop("path")
         return {"filename": file.filename, **prediction}
 
-    @app.post("/v1/explain", response_class=Response, responses={
+    @app.post("/v1/explain", response_class=Response, max_body_size=limit, responses={
         200: {"content": {"image/png": {}}, "description": "the class activation overlay (PNG) with the lung outline; "
               "headers X-Lung-Heat-Share (share of the heat inside the lungs) and X-Lung-Warnings"},
         **UPLOAD_ERRORS})
@@ -263,7 +263,7 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
                    "X-Lung-Warnings": "; ".join(result["lungs"].warnings)}
         return Response(buffer.getvalue(), media_type="image/png", headers=headers)
 
-    @app.post("/v1/dicom-sr", response_class=Response, responses={
+    @app.post("/v1/dicom-sr", response_class=Response, max_body_size=limit, responses={
         200: {"content": {"application/dicom": {}}, "description": "the DICOM Comprehensive SR"}, **UPLOAD_ERRORS})
     def dicom_sr(file: UploadFile = File(...), _: None = Depends(one_file)) -> Response:
         """The DICOM Comprehensive SR of an uploaded DICOM image (same patient and study, a new series)."""

@@ -109,9 +109,18 @@ def body_limit(max_upload: int) -> int:
     return max_upload + MULTIPART_OVERHEAD
 
 
-def install_guards(app: FastAPI, hosts: Sequence[str], error) -> None:
-    """Trusted hosts and security headers on `app`; `error(request, status, code, message)` builds the
-    service's JSON error answers. Registered before the request-id middleware, which wraps them."""
+def install_guards(app: FastAPI, hosts: Sequence[str], max_upload: int, error) -> None:
+    """Trusted hosts, a declared body length over the limit, and security headers on `app`;
+    `error(request, status, code, message)` builds the service's JSON error answers. Registered before the
+    request-id middleware, which wraps them. (A declared length is refused here because FastAPI's body limit
+    answers it in plain text; a body without one is cut off by that limit, answered by the app's handlers.)"""
+
+    @app.middleware("http")
+    async def declared_length(request: Request, call_next):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > body_limit(max_upload):
+            return error(request, 413, "too_large", f"upload over the limit of {max_upload:,} bytes")
+        return await call_next(request)
     @app.middleware("http")
     async def trusted_host(request: Request, call_next):
         header = request.headers.get("host", "")
