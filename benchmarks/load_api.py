@@ -4,7 +4,12 @@ Starts the server (`python load_api.py [RUN]`: a run directory, e.g. out/demo/ru
 without one, the shipped model) on a free 127.0.0.1 port, posts real shared Cohen images to /v1/predict,
 and meanwhile asks GET /health every 50 ms: while inference blocks the event loop, even /health waits.
 Prints the status counts (no 5xx allowed), p50/p95 latency of the uploads and of /health under load, and
-the server's resident memory before and after. Last line: the summary."""
+the server's resident memory before and after. Last line: the summary.
+
+`python load_api.py --mixed [RUN]`: the memory budget under a mixed load on 8 threads (see load_mixed.py):
+predict, explain and dicom-sr on Cohen images (as DICOM with one-part patient names for the SR), bad
+inputs, and an 18 MB RLE DICOM of 24 frames at 7000x7000; prints the server's resident memory at start,
+warm, peak (VmHWM) and after the load, the status counts, tracebacks and patient names in its log."""
 
 from __future__ import annotations
 
@@ -46,8 +51,13 @@ def percentiles(seconds: list[float]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--mixed"]:
+        from load_mixed import mixed_load
+
+        mixed_load(sys.argv[2] if len(sys.argv) > 2 else None)
+        return
     if len(sys.argv) > 2:
-        sys.exit("usage: python load_api.py [RUN]")
+        sys.exit("usage: python load_api.py [--mixed] [RUN]")
     images = sorted((DATA / "covid-chestxray-dataset" / "images").glob("*.jp*g"))[:20]
     if not images:
         sys.exit(f"shared data not found in {DATA}; set DATA=dir")
