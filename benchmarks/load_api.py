@@ -6,7 +6,7 @@ and meanwhile asks GET /health every 50 ms: while inference blocks the event loo
 Prints the status counts (no 5xx allowed), p50/p95 latency of the uploads and of /health under load, and
 the server's resident memory before and after. Last line: the summary.
 
-`python load_api.py --mixed [RUN]`: the memory budget under a mixed load on 8 threads (see load_mixed.py):
+`python load_api.py --mixed [--no-explain] [RUN]`: the memory budget under a mixed load on 8 threads (see load_mixed.py):
 predict, explain and dicom-sr on Cohen images (as DICOM with one-part patient names for the SR), bad
 inputs, and an 18 MB RLE DICOM of 24 frames at 7000x7000; prints the server's resident memory at start,
 warm, peak (VmHWM) and after the load, the status counts, tracebacks and patient names in its log."""
@@ -54,10 +54,11 @@ def main() -> None:
     if sys.argv[1:2] == ["--mixed"]:
         from load_mixed import mixed_load
 
-        mixed_load(sys.argv[2] if len(sys.argv) > 2 else None)
+        arguments = [argument for argument in sys.argv[2:] if argument != "--no-explain"]
+        mixed_load(arguments[0] if arguments else None, explain="--no-explain" not in sys.argv)
         return
     if len(sys.argv) > 2:
-        sys.exit("usage: python load_api.py [--mixed] [RUN]")
+        sys.exit("usage: python load_api.py [--mixed [--no-explain]] [RUN]")
     images = sorted((DATA / "covid-chestxray-dataset" / "images").glob("*.jp*g"))[:20]
     if not images:
         sys.exit(f"shared data not found in {DATA}; set DATA=dir")

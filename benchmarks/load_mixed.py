@@ -90,7 +90,9 @@ def bad_inputs() -> list[tuple[str, bytes]]:
             ("junk.dcm", b"\0" * 128 + b"DICM" + b"\x01" * 200)]
 
 
-def mixed_load(run: str | None) -> None:
+def mixed_load(run: str | None, explain: bool = True) -> None:
+    """The mixed load; without `explain`, no /v1/explain request (PyTorch is then never loaded: the ONNX path)."""
+    mix = MIX if explain else {kind: count for kind, count in MIX.items() if "explain" not in kind}
     images = sorted((DATA / "covid-chestxray-dataset" / "images").glob("*.jp*g"))[:20]
     if not images:
         sys.exit(f"shared data not found in {DATA}; set DATA=dir")
@@ -103,12 +105,12 @@ def mixed_load(run: str | None) -> None:
     server = subprocess.Popen([sys.executable, "-m", "covidxr.cli", "serve", *(["--run", run] if run else []),
                                "--port", str(port)], stderr=log, stdout=log)
     base = f"http://127.0.0.1:{port}"
-    jobs = ([("/v1/predict", payloads[i % len(payloads)]) for i in range(MIX["predict"])]
-            + [("/v1/explain", payloads[i % len(payloads)]) for i in range(MIX["explain"])]
-            + [("/v1/dicom-sr", dicoms[i % len(dicoms)]) for i in range(MIX["dicom-sr"])]
-            + [("/v1/predict", bad_inputs()[i % 4]) for i in range(MIX["bad"])]
-            + [("/v1/predict", large)] * MIX["multiframe-predict"]
-            + [("/v1/explain", large)] * MIX["multiframe-explain"])
+    jobs = ([("/v1/predict", payloads[i % len(payloads)]) for i in range(mix["predict"])]
+            + [("/v1/explain", payloads[i % len(payloads)]) for i in range(mix.get("explain", 0))]
+            + [("/v1/dicom-sr", dicoms[i % len(dicoms)]) for i in range(mix["dicom-sr"])]
+            + [("/v1/predict", bad_inputs()[i % 4]) for i in range(mix["bad"])]
+            + [("/v1/predict", large)] * mix["multiframe-predict"]
+            + [("/v1/explain", large)] * mix.get("multiframe-explain", 0))
     order = np.random.default_rng(0).permutation(len(jobs))
 
     def call(job: tuple[str, tuple[str, bytes]]) -> int:
@@ -125,7 +127,7 @@ def mixed_load(run: str | None) -> None:
                 time.sleep(0.5)
         start = status_kib(server.pid, "VmRSS")
         for route, payload in (("/v1/predict", payloads[0]), ("/v1/explain", payloads[0]),
-                               ("/v1/dicom-sr", dicoms[0])):
+                               ("/v1/dicom-sr", dicoms[0]))[:: 1 if explain else 2]:
             call((route, payload))
         warm = status_kib(server.pid, "VmRSS")
         began = time.time()
@@ -141,7 +143,7 @@ def mixed_load(run: str | None) -> None:
     text = Path(log.name).read_text(errors="replace")
     counts = {status: statuses.count(status) for status in sorted(set(statuses))}
     names = text.count(SECRET)
-    print(f"machine: {machine()}; mixed load on {THREADS} threads: {MIX}; large file {len(large[1]) / 1e6:.1f} MB "
+    print(f"machine: {machine()}; mixed load on {THREADS} threads: {mix}; large file {len(large[1]) / 1e6:.1f} MB "
           f"(24 frames of 7000x7000, RLE); model: {run or 'shipped'}; {wall:.0f} s")
     print(f"statuses: {counts}; tracebacks in the log: {text.count('Traceback')}; patient names in the log: {names}")
     print(f"server memory: start {start:.0f} MiB, warm {warm:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB "

@@ -98,3 +98,13 @@ def test_overrides_validate_and_list_valid_keys():
         with_overrides(Preprocessing(), parse_overrides(["square=stretch"]))
     with pytest.raises(UsageError, match="expected key=value"):
         parse_overrides(["clahe"])
+
+
+@pytest.mark.parametrize("shape", [(700, 650), (90, 2000), (2000, 90)])
+def test_blockwise_std_equals_the_whole_image_computation(shape):
+    from covidxr.data.preprocess import blockwise_std
+
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    image[:, :20] = 7
+    for axis in (0, 1):
+        assert np.array_equal(blockwise_std(image, axis, block_pixels=5_000), image.astype(np.float32).std(axis=axis))
