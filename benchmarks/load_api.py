@@ -6,10 +6,11 @@ and meanwhile asks GET /health every 50 ms: while inference blocks the event loo
 Prints the status counts (no 5xx allowed), p50/p95 latency of the uploads and of /health under load, and
 the server's resident memory before and after. Last line: the summary.
 
-`python load_api.py --mixed [--no-explain] [RUN]`: the memory budget under a mixed load on 8 threads (see load_mixed.py):
-predict, explain and dicom-sr on Cohen images (as DICOM with one-part patient names for the SR), bad
-inputs, and an 18 MB RLE DICOM of 24 frames at 7000x7000; prints the server's resident memory at start,
-warm, peak (VmHWM) and after the load, the status counts, tracebacks and patient names in its log."""
+`python load_api.py --mixed [--no-explain] [RUN]`: the memory budget under a mixed load on 8 threads (see
+load_mixed.py): predict, explain and dicom-sr on Cohen images (as DICOM with one-part patient names for the
+SR), bad inputs, and an 18 MB RLE DICOM of 24 frames at 7000x7000; prints the server's resident memory at
+start, warm, peak (VmHWM) and after the load, the status counts, tracebacks and patient names in its log.
+`--no-explain` leaves out /v1/explain, so PyTorch is never loaded (the ONNX path alone)."""
 
 from __future__ import annotations
 

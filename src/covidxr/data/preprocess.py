@@ -118,7 +118,8 @@ def blockwise_std(image: np.ndarray, axis: int, block_pixels: int = 4_000_000) -
     step = max(64, block_pixels // max(1, image.shape[axis]))
     if step >= lines:
         return image.astype(np.float32).std(axis=axis)
-    parts = (image[start:start + step] if axis == 1 else image[:, start:start + step] for start in range(0, lines, step))
+    parts = (image[start:start + step] if axis == 1 else image[:, start:start + step]
+             for start in range(0, lines, step))
     return np.concatenate([part.astype(np.float32).std(axis=axis) for part in parts])
 
 
