@@ -69,6 +69,7 @@ def corpus(tmp_path_factory) -> dict[str, tuple[bytes, int, str]]:
         "nan.tif": (float_tiff(folder / "e.tif", float("nan")).read_bytes(), 422, "not finite"),
         "inf.tif": (float_tiff(folder / "f.tif", float("inf")).read_bytes(), 422, "not finite"),
         "forged.jpg": (jpeg_claiming(7000, 7000), 422, "claims 7000x7000 pixels"),
+        "odd.bmp": (b"BM" + b"\x07" * 300, 422, "cannot decode image"),  # Pillow's message quotes the file's path
     }
 
 
