@@ -43,6 +43,16 @@ def resident_mib(pid: int) -> float:
     return float("nan")
 
 
+def wait_until_healthy(base: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+
+
 def percentiles(seconds: list[float]) -> str:
     if not seconds:
         return "no answer"
@@ -71,13 +81,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     health: list[float] = []
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_healthy(base)
         before = resident_mib(server.pid)
         started = time.time()
         loaded = threading.Event()

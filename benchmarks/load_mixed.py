@@ -23,7 +23,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from _common import DATA, machine
-from load_api import free_port
+from load_api import free_port, wait_until_healthy
 
 THREADS, SECRET = 8, "RaceSecret"
 MIX = {"predict": 120, "explain": 30, "dicom-sr": 30, "bad": 20, "multiframe-predict": 6, "multiframe-explain": 2}
@@ -118,13 +118,7 @@ def mixed_load(run: str | None, explain: bool = True) -> None:
         return httpx.post(base + route, files={"file": (name, content)}, timeout=600).status_code
 
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_healthy(base)
         start = status_kib(server.pid, "VmRSS")
         for route, payload in (("/v1/predict", payloads[0]), ("/v1/explain", payloads[0]),
                                ("/v1/dicom-sr", dicoms[0]))[:: 1 if explain else 2]:

@@ -30,7 +30,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
-from conftest import SHARED_DATA, save_image, write_dicom, write_radiograph, xray_pixels
+from conftest import SHARED_DATA, save_image, serve_in_thread, write_dicom, write_radiograph, xray_pixels
 from covidxr.cli import main
 from covidxr.data.imageio import read_grayscale
 from covidxr.dicom.dicomweb import DicomWebError, Server, classify_studies
@@ -421,21 +421,13 @@ def test_the_service_returns_the_sr_of_a_dicom_upload(tmp_path, predictor):
 
 
 def test_the_web_page_offers_the_dicom_sr_of_a_dicom_upload_only(tmp_path, predictor):
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from covidxr.serving.app import create_app
     from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor=predictor), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
+    port, stop = serve_in_thread(create_app(predictor=predictor))
     path = write_radiograph(tmp_path / "chest.dcm", xray_pixels(8, size=200), "DX", "MONOCHROME2")
     png = save_image(xray_pixels(8, size=200), tmp_path / "chest.png")
     errors = []
@@ -456,8 +448,7 @@ def test_the_web_page_offers_the_dicom_sr_of_a_dicom_upload_only(tmp_path, predi
             button_hidden_for_png = page.evaluate("document.getElementById('dicom-sr').hidden")
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        stop()
     assert errors == []
     source = pydicom.dcmread(path)
     assert saved.name == f"{source.SOPInstanceUID}.sr.dcm"

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import lesion_image, write_radiograph, xray_pixels
+from conftest import lesion_image, serve_in_thread, write_radiograph, xray_pixels
 from covidxr.cli import main
 from covidxr.serving.app import create_app
 from hostile import (
@@ -138,20 +138,9 @@ def _raw_request(port: int, head: bytes, body_chunks, pause: float = 0.0) -> tup
 
 @pytest.fixture(scope="module")
 def live(app):
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
+    port, stop = serve_in_thread(app)
     yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    stop()
 
 
 def test_the_size_limit_holds_while_the_body_streams_in(live):

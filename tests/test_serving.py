@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import lesion_image, write_dicom
+from conftest import lesion_image, serve_in_thread, write_dicom
 from covidxr.serving.app import create_app
 
 LOOPBACK = "http://127.0.0.1"  # the service answers to its own names only (TestClient says "testserver")
@@ -171,20 +171,12 @@ def _free_port() -> int:
 
 
 def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_path):
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(trained_run[0]), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
+    port, stop = serve_in_thread(create_app(trained_run[0]))
     image = tmp_path / "chest.png"
     image.write_bytes(_png(size=160))
     errors = []
@@ -203,8 +195,7 @@ def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_pat
             lungs = page.inner_text("#lungs")
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        stop()
     assert errors == []
     assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
     assert 0.0 <= covid <= 1.0 and overlay_loaded
