@@ -4,6 +4,13 @@
 8-bit images are kept as stored; deeper images (16-bit PNG/TIFF, 32-bit, DICOM after its modality and
 VOI LUTs) are scaled linearly from their own minimum and maximum to 0..255; DICOM MONOCHROME1 is
 inverted so that bone is bright. The format is sniffed from the content, never from the extension.
+
+Refused before any pixel is decoded, with the reason: anything but a regular file (a FIFO would block
+the reader), more pixels per frame than the limit, DICOM geometry that is not one whole number per
+attribute or more than MAX_FRAMES frames (only the first frame is ever decoded), a Huffman JPEG too short
+for the pixels it claims. Refused after decoding: non-finite pixel values. Large images are converted in
+blocks (BLOCK_PIXELS) so memory stays bounded. DICOM problems carry the library's message without
+identifying values (covidxr.data.privacy).
 """
 
 from __future__ import annotations
