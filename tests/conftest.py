@@ -177,11 +177,12 @@ PLAIN_TRAINING = {"model.pretrained": "none", "transfer.mode": "full", "preproce
 
 
 def tiny_recipe_overrides(plain: bool = True, **extra: str) -> list[str]:
-    """--set values for a seconds-long run on the synthetic data (from scratch, the whole image; with
-    `plain`, also without the default recipe's mitigations)."""
+    """--set values for a seconds-long run on the synthetic data (from scratch, the whole image, no input check:
+    the synthetic images are not radiographs; with `plain`, also without the default recipe's mitigations)."""
     settings = {"preprocessing.size": "32", "model.name": "covidxr_cnn", "trainer.max_epochs": "2",
                 "optimisation.batch_size": "8", "trainer.checkpoint_every_n_steps": "3", "model.pretrained": "none",
-                "transfer.mode": "full", "preprocessing.lungs": "none", **(PLAIN_TRAINING if plain else {}), **extra}
+                "transfer.mode": "full", "preprocessing.lungs": "none", "input_check": "none",
+                **(PLAIN_TRAINING if plain else {}), **extra}
     return [f"{key}={value}" for key, value in settings.items()]
 
 

@@ -11,13 +11,13 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from conftest import tiny_recipe_overrides
 from covidxr.cli import main
-from covidxr.evaluation.calibration import expected_calibration_error
 from covidxr.evaluation.evaluate import source_only
-from covidxr.evaluation.metrics import (
+from covidxr.metrics import (
     PatientBootstrap,
     at_prevalence,
     binary_metrics,
     confusion,
+    expected_calibration_error,
     metrics_with_intervals,
 )
 from covidxr.runs import softmax_with_temperature
@@ -272,7 +272,7 @@ def test_the_source_warning_fires_only_when_the_source_baseline_is_informative()
 def test_ece_and_the_reliability_diagram_share_scikit_learns_bins():
     from sklearn.calibration import calibration_curve
 
-    from covidxr.evaluation.calibration import reliability
+    from covidxr.metrics import reliability
 
     scores = np.r_[SCORES, [0.1, 0.5, 0.9, 1.0, 0.0]]
     truth = np.r_[TRUTH, [False, True, True, True, False]]

@@ -35,6 +35,7 @@ from covidxr.data.imageio import (
     read_grayscale,
     sniff_format,
 )
+from covidxr.inputcheck import InputCheckResult
 from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE
@@ -52,14 +53,21 @@ class Health(BaseModel):
 
 
 class PredictionAnswer(BaseModel):
-    """One prediction, as `covidxr predict --json` gives it, with `filename` instead of `path`."""
+    """One prediction, as `covidxr predict --json` gives it, with `filename` instead of `path`. An upload the input
+    check refuses is an answer too (200): `input_check.status` "refused" with its reason, and no label or
+    probability."""
 
     filename: str | None = Field(description="the uploaded file's name")
     status: str = Field(description="'ok' (files that cannot be used get a 4xx error instead)")
     error: str | None = None
-    label: str | None = Field(description="the class called at the operating threshold")
-    threshold: float | None = Field(description="the operating threshold on the positive class's probability")
-    probabilities: dict[str, float] = Field(description="temperature-scaled probability of each class")
+    input_check: InputCheckResult = Field(description="is this a frontal chest radiograph? accepted, refused (with "
+                                                      "its reason) or skipped")
+    label: str | None = Field(description="the class called at the operating point; null when refused")
+    threshold: float | None = Field(description="the operating point's threshold on `probability`")
+    operating_point: str | None = Field(description="the named operating point the label was called at")
+    prevalence: float | None = Field(description="the share of positives `probability` assumes")
+    probability: float | None = Field(description="calibrated probability of the model's positive class")
+    probabilities: dict[str, float] | None = Field(description="calibrated probability of each class")
     warnings: list[str] = Field(description="what is evident from the pixels (low resolution, inverted grey)")
 
 
@@ -91,7 +99,8 @@ ERRORS = {
     400: "malformed request (missing or wrong multipart field `file`)",
     413: "upload over the size limit",
     415: "neither an image nor a DICOM file",
-    422: "an image that cannot be used (truncated, too many pixels, no pixel data, too small)",
+    422: "an image that cannot be used (truncated, too many pixels, no pixel data, too small; explain and dicom-sr: "
+         "refused by the input check)",
     500: "a failure of the server, logged with the request id",
 }
 UPLOAD_ERRORS = {status: {"model": ErrorAnswer, "description": text} for status, text in ERRORS.items()}
@@ -163,10 +172,12 @@ def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int
     return buffer.getvalue(), f"{dataset.SOPInstanceUID}.sr.dcm"
 
 
-def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None) -> FastAPI:
-    """The service for run directory `run` (without one: the model shipped in the package)."""
-    predictor = predictor or load_model(run)
+def create_app(run: str | Path | None = None, operating_point: str | None = None, prevalence: float | None = None,
+               max_upload: int = DEFAULT_MAX_UPLOAD, max_pixels: int = DEFAULT_MAX_PIXELS,
+               predictor: Predictor | None = None) -> FastAPI:
+    """The service for run directory `run` (without one: the model shipped in the package), calling labels at
+    `operating_point` with probabilities at `prevalence` (defaults: the model's)."""
+    predictor = predictor or load_model(run, operating_point, prevalence)
     if predictor.onnx is None:
         predictor.torch_run  # without a matching model.onnx, PyTorch loads now, not during the first request
     # More uploads at once than the cores can work on would only hold more decoded images in memory and
@@ -225,6 +236,8 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         content, buffer = _read_upload(file, max_upload), io.BytesIO()
         with slots:
             result = predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
+        if result["probability"] is None:
+            raise ApiError(422, "input_refused", f"{file.filename or 'upload'}: {result['input_check'].words()}")
         headers = {"X-Lung-Heat-Share": f"{result['lung_heat_share']:.4f}",
                    "X-Lung-Warnings": "; ".join(result["lungs"].warnings)}
         return Response(buffer.getvalue(), media_type="image/png", headers=headers)
