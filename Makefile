@@ -13,7 +13,8 @@ V7 := $(DATA)/v7labs-covid-19-xray-dataset/annotations/covid-only.zip
 # plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-.PHONY: install system-deps system-packages test demo data bench default-model lung-model clean
+.PHONY: install system-deps system-packages test demo data bench default-model lung-model input-check \
+	shipped-calibration clean
 
 install: system-deps $(VENV)/.installed
 
@@ -83,6 +84,24 @@ default-model: data
 	$(BIN)/covidxr report --run $(SHIP)/run -o $(SHIP)/report.html
 	$(BIN)/python -m covidxr.models.shipped $(SHIP)/run
 	$(BIN)/covidxr export --format onnx --run "$$($(BIN)/python -c 'from covidxr.runs import shipped_dir; print(shipped_dir())')"
+
+# Fit the input check shipped in the package (src/covidxr/shipped/input_check.json): frontal radiographs of both
+# sources in the shipped model's own split against Cohen's CT slices and lateral views and non-medical images; its
+# figures on held-out images go to out/input-check/figures.json and into the JSON. About 8 minutes on 2 CPU cores.
+input-check: data
+	$(call build_dataset,$(SHIP))
+	$(BIN)/python -m covidxr.inputcheck.fit --data "$(DATA)" --manifest $(SHIP)/binary.csv -o out/input-check \
+		--ship src/covidxr/shipped/input_check.json
+
+# Give the shipped model (trained before `train` fitted calibrations) what `train` now records: calibration and
+# operating points refitted on its own validation split, its input check, and its test-split figures in the card.
+shipped-calibration: data
+	$(call build_dataset,$(SHIP))
+	rm -rf $(SHIP)/calibrated
+	$(BIN)/covidxr calibrate --data $(SHIP)/binary.csv --split val -o $(SHIP)/calibrated
+	$(BIN)/covidxr evaluate --run $(SHIP)/calibrated --data $(SHIP)/binary.csv --split test
+	$(BIN)/python -m covidxr.models.shipped --calibration $(SHIP)/calibrated \
+		$(SHIP)/calibrated/evaluation/evaluate-binary-test.json
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \

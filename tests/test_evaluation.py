@@ -125,7 +125,7 @@ def test_evaluate_writes_the_contract_json_and_extends_the_model_card(trained_ru
     assert result["data"] == "internal" and result["split"] == "test"
     contract = json.loads((run / "model.json").read_text())
     assert result["threshold"] == contract["threshold"]
-    assert {"sensitivity>=0.9", "sensitivity>=0.95"} <= {t["rule"] for t in result["thresholds"]}
+    assert set(result["operating_points"]) == {"balanced", "high-sensitivity", "high-specificity"}
     assert (run / "evaluation" / "evaluate-internal-test.json").is_file()
     assert (run / "evaluation" / "evaluate-internal-test-curves.png").is_file()
     card = json.loads((run / "model_card.json").read_text())

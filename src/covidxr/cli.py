@@ -279,13 +279,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from covidxr.evaluation.metrics import format_estimate
     from covidxr.evaluation.recalibrate import calibrate
 
-    result = calibrate(_require_run(args), args.data, args.out, args.prevalence, args.cache)
+    result = calibrate(_require_run(args), args.data, args.out, args.prevalence, args.cache, args.split)
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     figures = result["figures_out_of_fold"]
-    lines = [f"{result['data']}: {result['images']} images, {result['patients']} patients, {result['positives']} "
-             f"positives, {result['negatives']} negatives; {result['folds']}-fold cross-fitting by patient",
+    lines = [f"{result['data']} ({result['split']}): {result['images']} images, {result['patients']} patients, "
+             f"{result['positives']} positives, {result['negatives']} negatives; {result['folds']}-fold cross-fitting "
+             "by patient",
              f"ECE out of fold: before {format_estimate(figures['before'], 'ece')}, after "
              f"{format_estimate(figures['after'], 'ece')}"]
     for name, after in figures["after"]["operating_points"].items():
@@ -545,6 +546,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--prevalence", type=_prevalence, metavar="P",
                            help="the site's share of positives, when the sample's share is not it (e.g. an "
                                 "enriched sample): the new run reports probabilities at P")
+    calibrate.add_argument("--split", help="only the rows of this split of the manifest (default: every row)")
     calibrate.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     calibrate.set_defaults(handler=cmd_calibrate)

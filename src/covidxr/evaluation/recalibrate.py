@@ -81,18 +81,18 @@ def _ece(truth: np.ndarray, scores: np.ndarray, patients: pd.Series, bootstrap: 
 
 
 def calibrate(run_dir: str | Path | None, data: str | Path, out: str | Path, prevalence: float | None = None,
-              cache_root: str | Path | None = None, folds: int = FOLDS, resamples: int = 1000,
-              seed: int = 0) -> dict:
+              cache_root: str | Path | None = None, split: str | None = None, folds: int = FOLDS,
+              resamples: int = 1000, seed: int = 0) -> dict:
     """Write run `out`: the run's files with calibration and operating points refitted on `data` (every labelled
-    row), and `model.json`'s `recalibration` (the sample, its size per class, out-of-fold figures before and
-    after). Returns that `recalibration` object."""
+    row, or those of `split`), and `model.json`'s `recalibration` (the sample, its size per class, out-of-fold
+    figures before and after). Returns that `recalibration` object."""
     check_prevalence(prevalence)
     out = Path(out)
     if out.exists():
         raise UsageError("already exists; write the recalibrated run to a new folder", "out", out)
     run = load_run(run_dir)
     bootstrap = PatientBootstrap(resamples, seed)
-    rows, name, _ = evaluation_rows(run, Path(data), None)
+    rows, name, split = evaluation_rows(run, Path(data), split)
     rows, logits, before = model_probabilities(run, rows, Path(cache_root or default_cache_root()))
     positive = run.positive_index
     targets = np.array([run.classes.index(label) for label in rows["label"]])
@@ -120,10 +120,11 @@ def calibrate(run_dir: str | Path | None, data: str | Path, out: str | Path, pre
         "after": {**_ece(truth, calibrated, patients, bootstrap), "operating_points": {
             point_name: _point_figures(truth, called, patients, bootstrap) for point_name, called in calls.items()}},
     }
-    refitted = calibration_contract(logits, targets, patients, positive, f"site sample {name}", default_point)
+    refitted = calibration_contract(logits, targets, patients, positive, f"{name} ({split})", default_point)
     refitted["calibration"]["deployment_prevalence"] = prevalence
-    recalibration = {"data": name, "manifest_sha256": manifest_sha256(Path(data)), "images": int(len(rows)),
-                     "patients": int(patients.nunique()), **counts, "folds": folds, "figures_out_of_fold": figures,
+    recalibration = {"data": name, "split": split, "manifest_sha256": manifest_sha256(Path(data)),
+                     "images": int(len(rows)), "patients": int(patients.nunique()), **counts, "folds": folds,
+                     "figures_out_of_fold": figures,
                      "ci_method": bootstrap.method, "minimum_per_class": MIN_PER_CLASS,
                      "from_run": str(run.run), "weights_changed": False}
     _write_run(run.rundir, out, {**run.contract, **refitted, "recalibration": recalibration})

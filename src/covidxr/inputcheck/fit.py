@@ -7,7 +7,8 @@ trained on (its split is reused, so the check's test images are the classifier's
 classifier and novelty statistics are fitted on training rows; its thresholds are chosen on validation rows (accept
 at least ACCEPT_TARGET of the frontal images of each source there); the figures are measured on test rows, with
 95% intervals from a bootstrap over patients (or base images). Writes OUT/input_check.json, OUT/figures.json, the
-features (OUT/features.npz, OUT/samples.parquet) and each image's outcome (OUT/outcomes.parquet), and with --ship the same JSON into the package.
+features (OUT/features.npz, OUT/samples.parquet), each image's outcome (OUT/outcomes.parquet), and with --ship
+the same JSON into the package.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -117,30 +119,44 @@ def outcomes(model: InputCheckModel, table: pd.DataFrame, raw: np.ndarray) -> pd
 
 
 def rate_with_interval(part: pd.DataFrame, accepted: bool, bootstrap: PatientBootstrap) -> dict:
+    """The share of `part` accepted (or refused) with a 95% interval: the wider of a bootstrap over groups
+    (patients, base images) and the exact binomial interval on images, which stays honest where every image of a
+    small set has one outcome (a bootstrap then collapses to a point)."""
     hits = (part["status"] == "accepted").to_numpy() == accepted
-    interval = bootstrap.intervals(lambda rows: {"rate": float(hits[rows].mean())}, part["group"])["rate"]
+    resampled = bootstrap.intervals(lambda rows: {"rate": float(hits[rows].mean())}, part["group"])["rate"]
+    exact = binomtest(int(hits.sum()), len(hits)).proportion_ci(0.95, method="exact")
+    interval = [min(exact.low, resampled[0]), max(exact.high, resampled[1])] if resampled else [exact.low, exact.high]
     return {"images": int(len(part)), "groups": int(part["group"].nunique()), "rate": float(hits.mean()),
-            "rate_ci": interval, "reasons": {str(k): int(v) for k, v in part["reason"].value_counts().items() if k}}
+            "rate_ci": [float(interval[0]), float(interval[1])],
+            "reasons": {str(k): int(v) for k, v in part["reason"].value_counts().items() if k}}
 
 
 GOALS = {"frontal": ("accepted", 0.99), "lateral": ("refused", 0.95), "ct": ("refused", 0.95),
          "other": ("refused", 0.95)}
 
 
-def figures(decided: pd.DataFrame, split: str = "test") -> dict:
-    """Acceptance of frontal images per source and refusal of each other kind, on `split`, with 95% intervals."""
+def figures(decided: pd.DataFrame, splits: tuple[str, ...] = ("test",), kinds: tuple[str, ...] = tuple(GOALS)) -> dict:
+    """Acceptance of frontal images per source and refusal of each other kind, on `splits`, with 95% intervals."""
     bootstrap = PatientBootstrap(1000, 0)
-    part = decided[decided["split"] == split]
+    part = decided[decided["split"].isin(splits)]
     result = {}
-    for kind, (outcome, goal) in GOALS.items():
+    for kind in kinds:
+        outcome, goal = GOALS[kind]
         rows = part[part["kind"] == kind]
         groups = rows.groupby("origin") if kind == "frontal" else [(kind, rows)]
         for name, group in groups:
             key = f"frontal {name}" if kind == "frontal" else kind
             result[key] = {"measure": f"share {outcome}", "goal": goal,
                            **rate_with_interval(group, outcome == "accepted", bootstrap)}
-    return {"split": split, "ci_method": bootstrap.method.replace("patients", "patients (or base images)"),
-            "by_kind": result}
+    return {"splits": list(splits), "ci_method": "the wider of the exact binomial interval on images and a "
+            + bootstrap.method.replace("over patients", "over patients (or base images)"), "by_kind": result}
+
+
+def held_out_figures(decided: pd.DataFrame) -> dict:
+    """Test-split figures, and the refusals of validation and test negatives together: the thresholds were chosen
+    on validation frontal images only, so no negative outside the training split was fitted on."""
+    return {"test": figures(decided),
+            "negatives_val_and_test": figures(decided, ("val", "test"), ("lateral", "ct", "other"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,18 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     model = fit_model(table, thumbnails, statistics)
     raw = feature_vectors(thumbnails, statistics, np.asarray(model.pca_mean), np.asarray(model.pca_components))
     decided = outcomes(model, table, raw)
-    held_out = figures(decided)
-    model = model.model_copy(update={"figures": {"test": held_out, "val": figures(decided, "val")}})
+    model = model.model_copy(update={"figures": held_out_figures(decided)})
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "input_check.json", model.model_dump(mode="json"))
     write_json(args.out / "figures.json", model.figures)
     decided.to_parquet(args.out / "outcomes.parquet")
     if args.ship:
         write_json(args.ship, model.model_dump(mode="json"))
-    for name, figure in held_out["by_kind"].items():
-        interval = figure["rate_ci"] or [float("nan")] * 2
-        log.info("%-22s %4d images %4d groups: %s %.3f [%.3f, %.3f] (goal %.2f) %s", name, figure["images"],
-                 figure["groups"], figure["measure"], figure["rate"], *interval, figure["goal"], figure["reasons"])
+    for name, held_out in model.figures.items():
+        for kind, figure in held_out["by_kind"].items():
+            log.info("%s %-15s %4d images %4d groups: %s %.3f [%.3f, %.3f] (goal %.2f) %s", name, kind,
+                     figure["images"], figure["groups"], figure["measure"], figure["rate"], *figure["rate_ci"],
+                     figure["goal"], figure["reasons"])
     return 0
 
 
