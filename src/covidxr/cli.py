@@ -21,7 +21,8 @@ from covidxr.errors import CovidxrError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # The commands `_add_evaluation_commands` defines: those that use a trained model.
-INFERENCE_COMMANDS = ("evaluate", "audit", "report", "export", "serve", "predict", "dicomweb", "explain", "segment")
+INFERENCE_COMMANDS = ("evaluate", "calibrate", "audit", "report", "export", "serve", "predict", "dicomweb", "explain",
+                      "segment")
 stdout = Console(soft_wrap=True)
 # Library parameters whose flag is not `--` + the name with dashes (argparse's own rule, `max_distance` ->
 # `--max-distance`); usage errors name parameters and are printed with the flag.

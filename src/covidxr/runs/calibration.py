@@ -1,6 +1,6 @@
 """Calibrated probabilities at any prevalence and named operating points, in NumPy only: the inference side of
-`model.json`'s `calibration`, `operating_points` and `default_operating_point` (docs/reference.md, "Run
-directory"). Training and `covidxr calibrate` fit them on labelled rows (`covidxr.training.calibration`);
+`model.json`'s `calibration`, `operating_points` and `default_operating_point` (docs/reference.md,
+"model.json"). Training and `covidxr calibrate` fit them on labelled rows (`covidxr.training.calibration`);
 everything that predicts applies them through `Scorer`.
 
 A calibration maps the model's logits to P(positive) as observed on the data it was fitted on, whose share of
