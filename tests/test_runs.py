@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,10 +175,12 @@ def test_predictions_follow_the_positive_class_model_json_names(trained_run, tmp
                                          "threshold": threshold})
         return copy
 
-    before = [covidxr.load_model(temperature_only("covid", 0.5)).predict(image) for image in images]
+    covid_model = covidxr.load_model(temperature_only("covid", 0.5))
+    before = [covid_model.predict(image) for image in images]
     negative = np.array([p["probabilities"]["non-covid"] for p in before])
     threshold = float(np.median(negative))
-    after = [covidxr.load_model(temperature_only("non-covid", threshold)).predict(image) for image in images]
+    flipped = covidxr.load_model(temperature_only("non-covid", threshold))
+    after = [flipped.predict(image) for image in images]
     assert [p["probabilities"] for p in after] == [p["probabilities"] for p in before]
     assert [p["probability"] for p in after] == negative.tolist()
     expected = np.where(negative >= threshold, "non-covid", "covid").tolist()
