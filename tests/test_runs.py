@@ -181,7 +181,8 @@ def test_predictions_follow_the_positive_class_model_json_names(trained_run, tmp
     threshold = float(np.median(negative))
     flipped = covidxr.load_model(temperature_only("non-covid", threshold))
     after = [flipped.predict(image) for image in images]
-    assert [p["probabilities"] for p in after] == [p["probabilities"] for p in before]
-    assert [p["probability"] for p in after] == negative.tolist()
+    for flipped_prediction, prediction in zip(after, before):
+        assert flipped_prediction["probabilities"] == pytest.approx(prediction["probabilities"], abs=1e-12)
+    assert [p["probability"] for p in after] == pytest.approx(negative.tolist(), abs=1e-12)
     expected = np.where(negative >= threshold, "non-covid", "covid").tolist()
     assert [p["label"] for p in after] == expected and set(expected) == {"covid", "non-covid"}

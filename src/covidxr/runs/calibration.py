@@ -103,9 +103,9 @@ def check_prevalence(prevalence: float | None) -> float | None:
     return prevalence
 
 
-def shift_prevalence(probabilities: np.ndarray, fitted: float, deployed: float) -> np.ndarray:
+def shift_prevalence(probabilities: np.ndarray, fitted: float, deployed: float | np.ndarray) -> np.ndarray:
     """P(positive) moved from the prevalence it was calibrated at to `deployed` (Bayes' rule on the odds)."""
-    return sigmoid(log_odds(probabilities) + float(log_odds(deployed) - log_odds(fitted)))
+    return sigmoid(log_odds(probabilities) + log_odds(deployed) - log_odds(fitted))
 
 
 @dataclass(frozen=True)
