@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import covidxr
 from conftest import lesion_image
@@ -152,3 +153,38 @@ def test_segment_lungs_returns_a_mask_at_the_input_size():
     image = lesion_image(3, covid=False, size=300)[:, 20:]
     mask = covidxr.segment_lungs(image)
     assert mask.shape == image.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+
+
+def test_the_shipped_model_carries_calibration_operating_points_and_its_input_check():
+    from covidxr.runs import RunDir
+
+    contract = RunDir(shipped_run()).read_contract()
+    content = contract.content
+    assert contract.calibration.method != "temperature" and 0 < contract.calibration.prevalence < 0.2
+    assert set(contract.operating_points) == {"balanced", "high-sensitivity", "high-specificity"}
+    assert content["input_check"]["figures"]["test"]["by_kind"]["other"]["rate"] >= 0.95
+    card = json.loads((shipped_run() / "model_card.json").read_text())
+    tested = card["evaluations"]["internal-test"]
+    assert tested["ece"] <= 0.05 and tested["ece_ci"][0] <= tested["ece"] <= tested["ece_ci"][1]
+    assert set(tested["operating_points"]) == set(contract.operating_points)
+    assert card["calibration"]["why_this_default"].startswith(contract.default_operating_point)
+
+
+def test_packaging_a_calibration_refuses_another_models_run(tmp_path):
+    import shutil
+
+    from covidxr.errors import CovidxrError
+    from covidxr.models.shipped import package_calibration
+    from covidxr.runs import write_json
+
+    target = shutil.copytree(shipped_run(), tmp_path / "shipped", ignore=shutil.ignore_patterns("lungs"))
+    other = shutil.copytree(shipped_run(), tmp_path / "other", ignore=shutil.ignore_patterns("lungs"))
+    content = json.loads((other / "model.json").read_text())
+    write_json(other / "model.json", {**content, "weights_sha256": "0" * 64})
+    evaluation = tmp_path / "evaluate.json"
+    write_json(evaluation, {"split": "test", "n_images": 823})
+    with pytest.raises(CovidxrError, match="not the shipped model's"):
+        package_calibration(other, evaluation, target)
+    write_json(evaluation, {"split": "val", "n_images": 820})
+    with pytest.raises(CovidxrError, match="not an evaluation of the shipped model's test split"):
+        package_calibration(target, evaluation, target)

@@ -87,9 +87,21 @@ def package_calibration(run: str | Path, evaluation: str | Path, target: Path | 
                            "prevalence": contract["calibration"]["prevalence"],
                            "compared": contract["calibration"]["compared"],
                            "operating_points": contract["operating_points"],
-                           "default_operating_point": contract["default_operating_point"]}
+                           "default_operating_point": contract["default_operating_point"],
+                           "why_this_default": why_default(figures["operating_points"],
+                                                           contract["default_operating_point"])}
     shipped.write_card(card)
     return shipped.root
+
+
+def why_default(points: dict, default: str) -> str:
+    """The card's argument for the default point, from the test-split figures of every point."""
+    others = [f"{name} has test sensitivity {point['sensitivity']:.2f} and specificity {point['specificity']:.2f}"
+              for name, point in points.items() if name != default]
+    chosen = points[default]
+    return (f"{default} (test sensitivity {chosen['sensitivity']:.2f}, specificity {chosen['specificity']:.2f}) is the "
+            f"default because the alternatives trade far more of one figure than they gain of the other: "
+            f"{'; '.join(others)}. Choose another with --operating-point when a site's costs differ.")
 
 
 def main(argv: list[str]) -> int:
