@@ -4,8 +4,6 @@ in the CLI, the Python API, the HTTP API, DICOM output and the page."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -156,38 +154,23 @@ def test_dicom_out_writes_nothing_for_a_refused_dicom_and_says_why(tmp_path, cap
 
 
 def test_the_page_shows_the_refusal_in_words(cat_png):
-    import socket
-
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
+    from conftest import served_on_loopback
     from covidxr.serving.app import create_app
     from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
     errors = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.set_input_files("#file", str(cat_png))
-            page.wait_for_selector("#decision.refused", timeout=60_000)
-            decision, threshold, bars = (page.inner_text(s) for s in ("#decision", "#threshold", "#bars"))
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served_on_loopback(create_app()) as port, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#file", str(cat_png))
+        page.wait_for_selector("#decision.refused", timeout=60_000)
+        decision, threshold, bars = (page.inner_text(s) for s in ("#decision", "#threshold", "#bars"))
+        browser.close()
     assert errors == []
     assert decision.startswith("This does not look like a frontal chest X-ray: it does not look like a radiograph")
     assert "No label and no probability" in threshold and bars == ""

@@ -169,43 +169,34 @@ def _free_port() -> int:
 
 
 def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_path):
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
+    from conftest import served_on_loopback
     from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(trained_run[0]), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
     image = tmp_path / "chest.png"
     image.write_bytes(_png(size=160))
     errors = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            assert "Not for clinical use" in page.inner_text(".notice")
-            page.set_input_files("#file", str(image))
-            page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
-            decision = page.inner_text("#decision")
-            covid = float(page.inner_text(".probability[data-class='covid']"))
-            overlay_loaded = page.evaluate("document.getElementById('overlay').naturalWidth > 0")
-            lungs = page.inner_text("#lungs")
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served_on_loopback(create_app(trained_run[0])) as port, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        assert "Not for clinical use" in page.inner_text(".notice")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
+        decision = page.inner_text("#decision")
+        covid = float(page.inner_text(".probability[data-class='covid']"))
+        threshold, meaning = page.inner_text("#threshold"), page.inner_text("#meaning")
+        overlay_loaded = page.evaluate("document.getElementById('overlay').naturalWidth > 0")
+        lungs = page.inner_text("#lungs")
+        browser.close()
     assert errors == []
     assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
     assert 0.0 <= covid <= 1.0 and overlay_loaded
+    assert 'operating point "balanced"' in threshold
+    assert meaning.startswith("At this operating point, of 100 people with COVID-19 like those in the validation set")
     assert "White outline: the lungs" in lungs and "% of the heat lies inside them" in lungs
 
 

@@ -459,7 +459,7 @@ def cmd_dicomweb(args: argparse.Namespace) -> int:
     logging.getLogger("retrying").setLevel(logging.CRITICAL)  # covidxr reports the outcome of its retries itself
     logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)
     server = connect(args.url, attempts=args.attempts)
-    predictor = load_model(_require_run(args))
+    predictor = load_model(_require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
     try:
         reports = classify_studies(server, predictor, args.study)
     except DicomWebError as error:
@@ -599,6 +599,9 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     dicomweb.add_argument("--run", type=Path, metavar="RUN")
     dicomweb.add_argument("--attempts", type=_positive, metavar="N",
                           help="tries per request when the server is down or busy (default 4)")
+    _add_answer_options(dicomweb)
+    dicomweb.add_argument("--no-input-check", action="store_true",
+                          help="skip the check that each image is a frontal chest radiograph")
     dicomweb.set_defaults(handler=cmd_dicomweb, data=None)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
     explain.add_argument("image", type=Path, metavar="IMAGE")

@@ -23,7 +23,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 from retrying import RetryError
 
-from covidxr.dicom.results import DicomResultError, ResultObjects, model_identity, results_of
+from covidxr.dicom.results import DicomResultError, InputRefused, ResultObjects, model_identity, results_of
 from covidxr.dicom.source import quiet_about_headers, skip_reason
 from covidxr.dicom.sr import ModelIdentity, ResultUIDs
 from covidxr.errors import CovidxrError, UsageError
@@ -201,6 +201,8 @@ def _classify_instance(server: Server, predictor: Predictor, header: Dataset, pr
         return _report(header, "skipped", "no pixel data")
     try:
         objects = results_of(predictor, dataset, str(header.SOPInstanceUID), radiographs_only=True)
+    except InputRefused as error:
+        return _report(header, "skipped", error.problem)
     except DicomResultError as error:
         return _report(header, "failed", error.problem)
     return _store_both(server, header, objects, present)

@@ -29,6 +29,10 @@ class DicomResultError(CovidxrError):
         super().__init__(f"{name}: {problem}")
 
 
+class InputRefused(DicomResultError):
+    """An instance the input check refused: an answer, not a failure."""
+
+
 @dataclass
 class ResultObjects:
     sr: Dataset
@@ -53,7 +57,7 @@ def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | N
     prediction = prediction if prediction is not None else predictor.predict(gray)
     checked = prediction["input_check"]
     if checked["status"] == "refused":
-        raise DicomResultError(name, f"refused by the input check ({checked['reason']}): no DICOM result")
+        raise InputRefused(name, f"refused by the input check ({checked['reason']}): no DICOM result")
     return Classification.from_prediction(prediction, predictor.contract.positive_class)
 
 

@@ -155,7 +155,7 @@ def _parse_dicom(content: bytes, name: str) -> Dataset:
 def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int) -> tuple[bytes, str]:
     """The SR of an uploaded DICOM image as DICOM file bytes, and the file name to give it (parsed in memory;
     nothing is written)."""
-    from covidxr.dicom.results import DicomResultError, sr_of  # lazy: highdicom takes a second to import
+    from covidxr.dicom.results import DicomResultError, InputRefused, sr_of  # lazy: highdicom takes a second to import
 
     dataset = _parse_dicom(content, name)
     rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
@@ -165,6 +165,8 @@ def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int
         raise ApiError(422, "too_small", f"{name}: {columns}x{rows} is below {MIN_SIDE} pixels a side")
     try:
         sr = sr_of(predictor, dataset, name)
+    except InputRefused as error:
+        raise ApiError(422, "input_refused", f"{name}: {error.problem}") from None
     except DicomResultError as error:
         raise ApiError(422, "unusable_dicom", f"{name}: {error.problem}") from None
     buffer = io.BytesIO()
