@@ -301,7 +301,7 @@ def test_dicomweb_round_trip_with_orthanc(orthanc, tmp_path, capsys, predictor):
 
 def test_a_server_that_is_down_gives_one_clear_error_after_bounded_retries(capsys):
     started = time.time()
-    code = main(["dicomweb", "--no-input-check", "--url", f"http://127.0.0.1:{free_port()}/dicom-web", "--attempts", "2"])
+    code = main(["dicomweb", "--url", f"http://127.0.0.1:{free_port()}/dicom-web", "--attempts", "2"])
     printed = capsys.readouterr()
     assert code == 1 and time.time() - started < 30
     assert printed.err.strip().endswith("(2 attempts): connection refused")
@@ -335,7 +335,7 @@ def test_a_busy_or_refusing_server_stops_the_run_with_one_error(status, attempts
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("COVIDXR_DICOMWEB_TOKEN", "token-123")
     try:
-        code = main(["dicomweb", "--no-input-check", "--url", f"http://127.0.0.1:{server.server_port}/dicom-web", "--attempts", "2"])
+        code = main(["dicomweb", "--url", f"http://127.0.0.1:{server.server_port}/dicom-web", "--attempts", "2"])
     finally:
         server.shutdown()
     printed = capsys.readouterr()

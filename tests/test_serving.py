@@ -3,6 +3,7 @@ web page driven in headless Chromium against a real server on a loopback port.""
 
 import io
 import json
+import re
 import socket
 import struct
 import threading
@@ -49,7 +50,8 @@ def test_predict_returns_one_prediction_object(client):
     response = client.post("/v1/predict", files={"file": ("chest.png", _png(), "image/png")})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"filename", "status", "error", "label", "threshold", "probabilities", "warnings"}
+    assert set(body) == {"filename", "status", "error", "input_check", "label", "threshold", "operating_point",
+                         "prevalence", "probability", "probabilities", "warnings"}
     assert body["filename"] == "chest.png" and body["status"] == "ok"
     assert sum(body["probabilities"].values()) == pytest.approx(1.0)
 
@@ -106,8 +108,9 @@ def test_openapi_describes_what_each_route_returns(client):
     components = schema["components"]["schemas"]
     answer = schema["paths"]["/v1/predict"]["post"]["responses"]
     assert answer["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionAnswer")
-    assert set(components["PredictionAnswer"]["properties"]) == {"filename", "status", "error", "label", "threshold",
-                                                                 "probabilities", "warnings"}
+    assert set(components["PredictionAnswer"]["properties"]) == {
+        "filename", "status", "error", "input_check", "label", "threshold", "operating_point", "prevalence",
+        "probability", "probabilities", "warnings"}
     for status in ("400", "413", "415", "422", "500"):
         assert answer[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorAnswer")
     assert set(components["ErrorDetail"]["properties"]) == {"code", "message", "request_id"}
@@ -132,7 +135,10 @@ def test_serve_without_a_run_uses_the_shipped_model(monkeypatch):
     shipped = json.loads((shipped_run() / "model_card.json").read_text())
     assert card == shipped and card["not_for_clinical_use"] is True
     response = client.post("/v1/predict", files={"file": ("chest.png", _png(size=160), "image/png")})
-    assert response.status_code == 200 and set(response.json()["probabilities"]) == {"covid", "non-covid"}
+    body = response.json()
+    assert response.status_code == 200 and body["input_check"]["status"] in {"accepted", "refused"}
+    assert set(body["probabilities"] or {}) == ({"covid", "non-covid"} if body["input_check"]["status"] == "accepted"
+                                                 else set())
 
 
 def test_dicom_without_pixels_is_422_and_leaks_no_identifier(client, tmp_path):
@@ -196,7 +202,8 @@ def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_pat
     assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
     assert 0.0 <= covid <= 1.0 and overlay_loaded
     assert 'operating point "balanced"' in threshold
-    assert meaning.startswith("At this operating point, of 100 people with COVID-19 like those in the validation set")
+    assert re.match(r"At this operating point, of 100 people with COVID-19 like those in the (test|validation) set, "
+                    r"about \d+ are flagged; of 100 without, about \d+ are flagged\.$", meaning)
     assert "White outline: the lungs" in lungs and "% of the heat lies inside them" in lungs
 
 
