@@ -20,8 +20,9 @@ from onnxscript import ir
 from covidxr.data.dataset import CachedImages
 from covidxr.errors import CovidxrError
 from covidxr.lungs import prepare_with_lungs
+from covidxr.models.classifier import Classifier, WithEmbedding
 from covidxr.models.loading import RunModel, load_run
-from covidxr.models.onnx_runtime import OnnxModel
+from covidxr.models.onnx_runtime import OUTPUTS, OnnxModel
 from covidxr.runs import default_cache_root
 
 log = logging.getLogger("covidxr.export")
@@ -66,15 +67,16 @@ def store_exact_float16(model: onnx.ModelProto) -> int:
     return len(casts)
 
 
-def write_onnx(model: torch.nn.Module, size: int, out: Path, metadata: dict[str, str] | None = None) -> Path:
-    """The model as one ONNX file: input `pixels` (batch, 1, size, size) float grey 0..255, output `logits`.
+def write_onnx(model: Classifier, size: int, out: Path, metadata: dict[str, str] | None = None) -> Path:
+    """The model as one ONNX file: input `pixels` (batch, 1, size, size) float grey 0..255, outputs `logits`
+    (batch, classes) and `embedding` (batch, channels), the pooled embedding a severity head reads.
 
     Constants are folded but batch normalisation is left unfused (ONNX Runtime fuses it when it loads the
     file), so the weights are stored as trained and weights kept in float16 stay exactly float16."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), (torch.zeros(2, 1, size, size),), dynamo=True, optimize=False,
-                                    verbose=False, input_names=["pixels"], output_names=["logits"],
+        program = torch.onnx.export(WithEmbedding(model).eval(), (torch.zeros(2, 1, size, size),), dynamo=True,
+                                    optimize=False, verbose=False, input_names=["pixels"], output_names=OUTPUTS,
                                     dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}})
     graph = program.model
     ir.passes.common.NameFixPass()(graph)
@@ -90,17 +92,20 @@ def write_onnx(model: torch.nn.Module, size: int, out: Path, metadata: dict[str,
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, float]:
-    """Write `out` (default RUN/model.onnx); returns it and the max |ONNX - PyTorch| logit difference."""
+    """Write `out` (default RUN/model.onnx); returns it and the max |ONNX - PyTorch| difference of the logits
+    and of the pooled embedding."""
     run = load_run(run_dir)
     out = Path(out) if out else run.rundir.onnx
     metadata = {"covidxr_model_json": json.dumps(run.contract), "weights_sha256": run.inference.weights_sha256,
                 "preprocessing": json.dumps(run.contract["preprocessing"]), "classes": json.dumps(run.classes),
-                "input": "pixels: float32 (batch, 1, size, size), grey 0..255; output: logits (batch, classes)"}
+                "input": "pixels: float32 (batch, 1, size, size), grey 0..255; outputs: logits (batch, classes), "
+                         "embedding (batch, channels): the backbone's pooled last feature map"}
     write_onnx(run.model, run.preprocessing.size, out, metadata)
     pixels = parity_inputs(run)
     with torch.no_grad():
-        expected = run.model(pixels).numpy()
-    difference = float(np.abs(OnnxModel(out).logits(pixels.numpy()) - expected).max())
+        expected = [output.numpy() for output in WithEmbedding(run.model)(pixels)]
+    exported = OnnxModel(out).outputs(pixels.numpy())
+    difference = max(float(np.abs(got - want).max()) for got, want in zip(exported, expected))
     if difference > PARITY_TOLERANCE:
         out.unlink()
         raise CovidxrError(f"ONNX parity check failed: max |difference| {difference:.2e} > {PARITY_TOLERANCE:.0e}")

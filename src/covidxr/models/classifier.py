@@ -73,6 +73,28 @@ class Classifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels))
 
+    def embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, channels) pooled embedding: the global average of the backbone's last feature map (what the
+        `linear` head's dense layer reads; a severity head reads it too)."""
+        return pooled(self.features(pixels))
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    return features.mean(dim=(2, 3))
+
+
+class WithEmbedding(nn.Module):
+    """A classifier whose forward returns (logits, pooled embedding) from one pass of the backbone (the ONNX
+    export's two outputs)."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.classifier.features(pixels)
+        return self.classifier.head(features), pooled(features)
+
 
 def backbone_architecture(name: str) -> str:
     """The timm model a model name builds (`xrv-densenet121-res224-all` -> densenet121)."""

@@ -1,0 +1,121 @@
+"""A severity head: linear maps from a classifier's pooled embedding to COVID-19 severity scores (geographic
+extent 0-8, opacity 0-6), with the cross-validated mean absolute error that is its stated uncertainty.
+
+`RUN/severity.json` (the shipped one: `covidxr/shipped/severity.json`) holds it; it names the weights hash of
+the classifier whose embedding it reads, so a head is only ever applied to that model. NumPy and pydantic
+only: the lean inference path (ONNX Runtime, no torch) computes severity from the ONNX model's `embedding`
+output.
+
+    >>> head = read_severity_head(RunDir(run), contract.weights_sha256)      # None: this model has no severity
+    >>> severity_from_embedding(embedding, head)                             # embedding: (1280,) float
+    {"extent": 3.1, "opacity": 2.4, "mae": {"extent": 1.2, "opacity": 0.8}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from covidxr.errors import CovidxrError
+from covidxr.runs.rundir import NOT_FOR_CLINICAL_USE, RunDir, read_json, write_json
+
+SEVERITY_FILE = "severity.json"
+SCORES = ("extent", "opacity")
+log = logging.getLogger("covidxr.severity")
+
+
+class SeverityScore(BaseModel):
+    """One score's linear map `clip(embedding @ coefficients + intercept, 0, maximum)` and its figures."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    maximum: float = Field(gt=0, description="the score's top (extent 8, opacity 6); predictions are clipped to it")
+    coefficients: list[float] = Field(description="one per embedding value")
+    intercept: float
+    alpha: float = Field(ge=0, description="ridge penalty chosen by patient-grouped inner cross-validation")
+    mae: float = Field(ge=0, description="cross-validated mean absolute error, in score points")
+    mae_ci: tuple[float, float] = Field(description="its 95% patient-bootstrap interval")
+    pearson_r: float | None = None
+    pearson_r_ci: tuple[float, float] | None = None
+
+
+class SeverityHead(BaseModel):
+    """What `severity.json` holds (its JSON Schema is in docs/severity.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: Literal[1] = 1
+    feature: str = Field(description="what the coefficients multiply")
+    embedding_size: int = Field(gt=0)
+    weights_sha256: str = Field(description="sha256 of the classifier weights whose embedding the head reads")
+    extent: SeverityScore
+    opacity: SeverityScore
+    evaluation: dict = Field(description="how the figures were measured: data, patients, folds, repeats, seed, "
+                                         "CI method, baselines")
+    provenance: dict = Field(description="the scores' source, raters and licence")
+    notice: str = NOT_FOR_CLINICAL_USE
+
+    @model_validator(mode="after")
+    def _coefficients_fit(self) -> SeverityHead:
+        for name in SCORES:
+            count = len(getattr(self, name).coefficients)
+            if count != self.embedding_size:
+                raise ValueError(f"{name} has {count} coefficients for an embedding of {self.embedding_size}")
+        return self
+
+    @property
+    def mae(self) -> dict[str, float]:
+        return {name: getattr(self, name).mae for name in SCORES}
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embedding_size, 2) coefficients, (2,) intercepts and (2,) maxima, in the order of SCORES."""
+        scores = [getattr(self, name) for name in SCORES]
+        coefficients = np.array([score.coefficients for score in scores], dtype=np.float64).T
+        return coefficients, np.array([s.intercept for s in scores]), np.array([s.maximum for s in scores])
+
+
+def severity_scores(embeddings: np.ndarray, head: SeverityHead) -> np.ndarray:
+    """(N, 2) extent and opacity of (N, embedding_size) pooled embeddings, clipped to each score's range."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[1] != head.embedding_size:
+        raise CovidxrError(f"embedding of shape {embeddings.shape}: this severity head reads (images, "
+                           f"{head.embedding_size}) pooled embeddings ({head.feature})")
+    if not np.isfinite(embeddings).all():
+        raise CovidxrError("the embedding holds NaN or infinite values; no severity can be computed from it")
+    coefficients, intercepts, maxima = head.weights()
+    return np.clip(embeddings @ coefficients + intercepts, 0, maxima)
+
+
+def severity_from_embedding(embedding: np.ndarray, head: SeverityHead) -> dict:
+    """One image's `severity` object (CONTRACTS: `{"extent", "opacity", "mae": {"extent", "opacity"}}`) from
+    its (embedding_size,) pooled embedding."""
+    embedding = np.asarray(embedding)
+    if embedding.ndim != 1:
+        raise CovidxrError(f"embedding of shape {embedding.shape}: expected one image's ({head.embedding_size},) "
+                           "vector (use severity_scores for a batch)")
+    extent, opacity = severity_scores(embedding[None], head)[0]
+    return {"extent": round(float(extent), 2), "opacity": round(float(opacity), 2), "mae": head.mae}
+
+
+def read_severity_head(rundir: RunDir, weights_sha256: str) -> SeverityHead | None:
+    """The run's severity head when `RUN/severity.json` exists and reads the embedding of the classifier with
+    `weights_sha256`; None without one (a model without severity), or, with a warning, for another model's."""
+    path = rundir.root / SEVERITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        head = SeverityHead.model_validate(read_json(path))
+    except ValidationError as error:
+        raise CovidxrError(f"{path}: not a severity head ({error.errors()[0]['loc']}: {error.errors()[0]['msg']})") \
+            from None
+    if head.weights_sha256 != weights_sha256:
+        log.warning("%s was fitted on another classifier's embedding; no severity is given", path)
+        return None
+    return head
+
+
+def write_severity_head(rundir: RunDir, head: SeverityHead) -> None:
+    write_json(rundir.root / SEVERITY_FILE, head.model_dump(mode="json"))
