@@ -38,14 +38,14 @@ FIGURES = {name: {"mae": 1.0, "mae_ci": [0.8, 1.2], "pearson_r": 0.7, "pearson_r
 def linear_data(rows: int = 60, columns: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(rows, columns)) * rng.uniform(0.5, 3, columns) + 2
-    targets = np.stack([features[:, :3].sum(axis=1) * 0.5 + 4, features[:, 3] * 0.3 + 3], axis=1)
+    targets = np.stack([features[:, :3].sum(axis=1) * 0.1 + 3, features[:, 3] * 0.2 + 2.5], axis=1)
     return features, np.clip(targets, 0, [8, 6]), np.arange(rows) // 2
 
 
 def head_of(size: int = 4, sha: str = "abc") -> SeverityHead:
     score = {"maximum": 8.0, "coefficients": [1.0] + [0.0] * (size - 1), "intercept": 1.0, "alpha": 1.0,
              "mae": 1.2, "mae_ci": (1.0, 1.4)}
-    return SeverityHead(feature="test", embedding_size=size, weights_sha256=sha, extent=score,
+    return SeverityHead(feature="test", embedding_size=size, weights_sha256=sha, preprocessing="128px-x", extent=score,
                         opacity={**score, "maximum": 6.0, "coefficients": [0.0, 2.0] + [0.0] * (size - 2),
                                  "mae": 0.9, "mae_ci": (0.7, 1.1)},
                         evaluation={"n_images": 10}, provenance={"raters": "3"})
@@ -126,7 +126,8 @@ def test_read_severity_head_only_for_the_model_it_was_fitted_on(tmp_path, caplog
 
 def test_fit_head_on_every_row_predicts_what_the_ridge_does():
     features, targets, units = linear_data()
-    head = fit_head(features, targets, units, FIGURES, "test features", "sha", {"n_images": 60}, {"raters": "3"})
+    head = fit_head(features, targets, units, FIGURES, feature="test features", weights_sha256="sha",
+                    preprocessing="128px-x", evaluation={"n_images": 60}, provenance={"raters": "3"})
     expected = np.clip(fit_ridge(features, targets, units)(features[:1]), 0, [8, 6])[0]
     result = severity_from_embedding(features[0], head)
     assert [result["extent"], result["opacity"]] == pytest.approx(expected.tolist(), abs=0.006)
@@ -152,36 +153,96 @@ def test_onnx_export_offers_the_pooled_embedding_beside_the_logits(tmp_path):
     assert np.array_equal(onnx_model.logits(pixels), logits) and onnx_model.has_embedding
 
 
-def test_severity_grad_cam_follows_the_score_of_the_head():
-    from covidxr.explain.severity import severity_classifier, severity_heatmaps
+def tiny_lite0(size: int = 64):
+    model, _ = build_classifier(ModelSpec(name="efficientnet_lite0"), 2, size, load_initial_weights=False)
+    return model.eval()
 
-    model = tiny_classifier()
-    pixels = np.stack([lesion_image(seed, covid=True, size=32) for seed in range(2)])
-    with torch.no_grad():
-        embedding = model.embedding(torch.from_numpy(pixels)[:, None].float()).numpy()
+
+def stages_head(width: int) -> SeverityHead:
     rng = np.random.default_rng(0)
     score = {"maximum": 100.0, "intercept": 0.5, "alpha": 1.0, "mae": 1.0, "mae_ci": (1.0, 1.0)}
-    head = SeverityHead(feature="t", embedding_size=embedding.shape[1], weights_sha256="s",
-                        extent={**score, "coefficients": rng.normal(size=embedding.shape[1]).tolist()},
-                        opacity={**score, "coefficients": rng.normal(size=embedding.shape[1]).tolist()},
+    return SeverityHead(feature="t", embedding_size=width, weights_sha256="s", preprocessing="p",
+                        extent={**score, "coefficients": rng.normal(size=width).tolist()},
+                        opacity={**score, "coefficients": rng.normal(size=width).tolist()},
                         evaluation={}, provenance={})
+
+
+def test_pooled_stages_export_to_onnx_and_their_grad_cam_follows_the_score(tmp_path):
+    from covidxr.explain.severity import severity_heatmaps, severity_network
+    from covidxr.models.classifier import PooledStages
+    from covidxr.models.onnx_export import write_features_onnx
+    from covidxr.models.onnx_runtime import OnnxModel
+
+    network = PooledStages(tiny_lite0(), (3, 4, 5, 6))
+    pixels = np.stack([lesion_image(seed, covid=True, size=64) for seed in range(2)])
+    batch = torch.from_numpy(pixels)[:, None].float()
     with torch.no_grad():
-        outputs = severity_classifier(model, head)(torch.from_numpy(pixels)[:, None].float()).numpy()
+        embedding = network(batch).numpy()
+    assert embedding.shape == (2, 80 + 112 + 192 + 320)
+    assert write_features_onnx(network, 64, tmp_path / "features.onnx", pixels) < 1e-4
+    assert np.abs(OnnxModel(tmp_path / "features.onnx").embedding(pixels[:, None]) - embedding).max() < 1e-4
+    head = stages_head(embedding.shape[1])
+    with torch.no_grad():
+        outputs = severity_network(network, head)(batch).numpy()
     coefficients, intercepts, _ = head.weights()
-    assert np.allclose(outputs, embedding @ coefficients + intercepts, atol=1e-4)
-    maps = severity_heatmaps(model, head, pixels, "opacity")
-    assert maps.shape == (2, 32, 32) and 0 <= maps.min() and maps.max() <= 1
+    assert np.allclose(outputs, embedding @ coefficients + intercepts, atol=1e-3)
+    maps = severity_heatmaps(network, head, pixels, "opacity")
+    assert maps.shape == (2, 64, 64) and 0 <= maps.min() and maps.max() <= 1 and maps.max() > 0
     with pytest.raises(CovidxrError, match="accepted: extent, opacity"):
-        severity_heatmaps(model, head, pixels, "size")
+        severity_heatmaps(network, head, pixels, "size")
+    with pytest.raises(CovidxrError, match="need an EfficientNet-style backbone"):
+        PooledStages(tiny_classifier(), (3,))
+
+
+def test_a_head_with_its_own_feature_network_checks_the_file(tmp_path):
+    from covidxr.runs import file_sha256
+    from covidxr.runs.severity import severity_features_file
+
+    rundir = RunDir(tmp_path)
+    assert severity_features_file(rundir, head_of()) is None
+    (tmp_path / "features.onnx").write_bytes(b"network")
+    head = head_of().model_copy(update={"features_onnx": "features.onnx",
+                                        "features_sha256": file_sha256(tmp_path / "features.onnx")})
+    assert severity_features_file(rundir, head) == tmp_path / "features.onnx"
+    (tmp_path / "features.onnx").write_bytes(b"altered")
+    with pytest.raises(CovidxrError, match="was altered"):
+        severity_features_file(rundir, head)
+    (tmp_path / "features.onnx").unlink()
+    with pytest.raises(CovidxrError, match="feature network is missing"):
+        severity_features_file(rundir, head)
 
 
 def test_the_fine_tuned_variant_is_seeded_and_predicts_both_scores():
     from covidxr.evaluation.severity_finetune import finetune_fitter, frozen_outputs
 
-    model, _ = build_classifier(ModelSpec(name="efficientnet_lite0"), 2, 64, load_initial_weights=False)
+    model = tiny_lite0()
     pixels = np.stack([lesion_image(seed, covid=seed % 2 == 0, size=64) for seed in range(8)])
     features = frozen_outputs(model, pixels)
     targets = np.linspace([0, 0], [8, 6], 8)
     fits = [finetune_fitter(model, seed=3, epochs=2)(features, targets, np.arange(8)) for _ in range(2)]
     first, second = (fit(features) for fit in fits)
     assert first.shape == (8, 2) and np.isfinite(first).all() and np.array_equal(first, second)
+
+
+def test_the_shipped_severity_head_reads_its_own_onnx_features_beside_the_shipped_classifier():
+    from covidxr.evaluation.severity_features import MID_STAGES, imagenet_classifier
+    from covidxr.models.classifier import PooledStages
+    from covidxr.models.onnx_runtime import OnnxModel
+    from covidxr.runs import shipped_dir
+    from covidxr.runs.severity import severity_features_file
+
+    shipped = RunDir(shipped_dir())
+    contract = shipped.read_contract()
+    head = read_severity_head(shipped, contract.weights_sha256)
+    assert head is not None and head.preprocessing.startswith(f"{contract.image_size}px-")
+    assert OnnxModel(shipped.onnx).has_embedding  # the classifier offers its pooled embedding too
+    network = OnnxModel(severity_features_file(shipped, head))
+    pixels = np.stack([lesion_image(seed, covid=True, size=contract.image_size) for seed in range(3)])
+    embedding = network.embedding(pixels[:, None])
+    with torch.no_grad():
+        expected = PooledStages(imagenet_classifier(contract.image_size), MID_STAGES)(
+            torch.from_numpy(pixels)[:, None].float()).numpy()
+    assert np.abs(embedding - expected).max() < 1e-4
+    severity = severity_from_embedding(embedding[0], head)
+    assert 0 <= severity["extent"] <= 8 and 0 <= severity["opacity"] <= 6
+    assert severity["mae"] == head.mae and head.evaluation["n_patients"] == 56

@@ -141,10 +141,10 @@ def format_figure(figure: dict, key: str) -> str:
     return shown + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
-def fit_head(features: np.ndarray, targets: np.ndarray, units: np.ndarray, figures: dict, feature: str,
-             weights_sha256: str, evaluation: dict, provenance: dict) -> SeverityHead:
+def fit_head(features: np.ndarray, targets: np.ndarray, units: np.ndarray, figures: dict, **fields) -> SeverityHead:
     """The severity head fitted on every row (ridge per score, alpha by grouped inner cross-validation), its
-    linear maps on the unscaled features, carrying the cross-validated `figures` of the same recipe."""
+    linear maps on the unscaled features, carrying the cross-validated `figures` of the same recipe; `fields`:
+    the head's other fields (feature, weights_sha256, preprocessing, evaluation, provenance, ...)."""
     linear = fit_ridge(features, targets, units)
     scores = {}
     for k, name in enumerate(SCORES):
@@ -153,5 +153,4 @@ def fit_head(features: np.ndarray, targets: np.ndarray, units: np.ndarray, figur
                                      intercept=float(linear.intercepts[k]), alpha=float(linear.alphas[k]),
                                      mae=figure["mae"], mae_ci=figure["mae_ci"], pearson_r=figure["pearson_r"],
                                      pearson_r_ci=figure["pearson_r_ci"])
-    return SeverityHead(feature=feature, embedding_size=features.shape[1], weights_sha256=weights_sha256,
-                        evaluation=evaluation, provenance=provenance, **scores)
+    return SeverityHead(embedding_size=features.shape[1], **fields, **scores)

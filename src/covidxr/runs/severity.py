@@ -1,26 +1,30 @@
 """A severity head: linear maps from a classifier's pooled embedding to COVID-19 severity scores (geographic
 extent 0-8, opacity 0-6), with the cross-validated mean absolute error that is its stated uncertainty.
 
-`RUN/severity.json` (the shipped one: `covidxr/shipped/severity.json`) holds it; it names the weights hash of
-the classifier whose embedding it reads, so a head is only ever applied to that model. NumPy and pydantic
-only: the lean inference path (ONNX Runtime, no torch) computes severity from the ONNX model's `embedding`
-output.
+`RUN/severity.json` (the shipped one: `covidxr/shipped/severity.json`) holds it. It names the weights hash of
+the classifier whose prepared input it shares (the same lung-masked pixels), so a head is only ever applied
+beside that model, and where its embedding comes from: `features_onnx`, an ONNX file beside it whose output
+`embedding` it reads (the shipped head: ImageNet EfficientNet-Lite0's pooled stages 3-6), or, without one,
+the classifier's own ONNX output `embedding`. NumPy and pydantic only: the lean inference path (ONNX
+Runtime, no torch) computes severity from that `embedding` output.
 
     >>> head = read_severity_head(RunDir(run), contract.weights_sha256)      # None: this model has no severity
-    >>> severity_from_embedding(embedding, head)                             # embedding: (1280,) float
+    >>> network = severity_features_file(RunDir(run), head)                  # None: the classifier's embedding
+    >>> severity_from_embedding(OnnxModel(network).embedding(pixels)[0], head)
     {"extent": 3.1, "opacity": 2.4, "mae": {"extent": 1.2, "opacity": 0.8}}
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from covidxr.errors import CovidxrError
-from covidxr.runs.rundir import NOT_FOR_CLINICAL_USE, RunDir, read_json, write_json
+from covidxr.runs.rundir import NOT_FOR_CLINICAL_USE, RunDir, file_sha256, read_json, write_json
 
 SEVERITY_FILE = "severity.json"
 SCORES = ("extent", "opacity")
@@ -43,14 +47,20 @@ class SeverityScore(BaseModel):
 
 
 class SeverityHead(BaseModel):
-    """What `severity.json` holds (its JSON Schema is in docs/severity.md)."""
+    """What `severity.json` holds (docs/severity.md lists its fields; `SeverityHead.model_json_schema()` is its
+    JSON Schema)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format_version: Literal[1] = 1
     feature: str = Field(description="what the coefficients multiply")
     embedding_size: int = Field(gt=0)
-    weights_sha256: str = Field(description="sha256 of the classifier weights whose embedding the head reads")
+    weights_sha256: str = Field(description="sha256 of the classifier weights beside which the head is used: it reads "
+                                            "the same prepared pixels (and, without features_onnx, its embedding)")
+    preprocessing: str = Field(description="Preprocessing.key() of the pixels the embedding is computed on")
+    features_onnx: str | None = Field(None, description="ONNX file beside severity.json whose output `embedding` "
+                                                        "the coefficients multiply; none: the classifier's own")
+    features_sha256: str | None = Field(None, description="sha256 of features_onnx")
     extent: SeverityScore
     opacity: SeverityScore
     evaluation: dict = Field(description="how the figures were measured: data, patients, folds, repeats, seed, "
@@ -115,6 +125,20 @@ def read_severity_head(rundir: RunDir, weights_sha256: str) -> SeverityHead | No
         log.warning("%s was fitted on another classifier's embedding; no severity is given", path)
         return None
     return head
+
+
+def severity_features_file(rundir: RunDir, head: SeverityHead) -> Path | None:
+    """The head's own feature network (an ONNX file with input `pixels` and output `embedding`), checked
+    against its recorded sha256; None when the head reads the classifier's embedding."""
+    if head.features_onnx is None:
+        return None
+    path = rundir.root / head.features_onnx
+    if not path.is_file():
+        raise CovidxrError(f"{path}: the severity head's feature network is missing; reinstall covidxr or remove "
+                           f"{rundir.root / SEVERITY_FILE}")
+    if file_sha256(path) != head.features_sha256:
+        raise CovidxrError(f"{path}: its sha256 differs from the one {SEVERITY_FILE} records; the file was altered")
+    return path
 
 
 def write_severity_head(rundir: RunDir, head: SeverityHead) -> None:
