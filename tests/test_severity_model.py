@@ -96,7 +96,7 @@ def test_out_of_fold_clips_to_each_score_range():
 def test_severity_from_embedding_applies_the_clipped_linear_maps_and_states_the_mae():
     head = head_of()
     assert severity_from_embedding(np.array([2.0, 1.5, 9.0, 9.0]), head) == {
-        "extent": 3.0, "opacity": 3.0, "mae": {"extent": 1.2, "opacity": 0.9}}
+        "extent": 3.0, "opacity": 4.0, "mae": {"extent": 1.2, "opacity": 0.9}}
     assert severity_from_embedding(np.array([20.0, 5.0, 0, 0]), head)["extent"] == 8.0
     assert severity_scores(np.array([[-5.0, -5.0, 0, 0]]), head).tolist() == [[0.0, 0.0]]
     with pytest.raises(CovidxrError, match="reads \\(images, 4\\) pooled embeddings"):

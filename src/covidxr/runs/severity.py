@@ -100,7 +100,7 @@ def severity_scores(embeddings: np.ndarray, head: SeverityHead) -> np.ndarray:
 
 
 def severity_from_embedding(embedding: np.ndarray, head: SeverityHead) -> dict:
-    """One image's `severity` object (CONTRACTS: `{"extent", "opacity", "mae": {"extent", "opacity"}}`) from
+    """One image's `severity` object of a prediction, `{"extent", "opacity", "mae": {"extent", "opacity"}}`, from
     its (embedding_size,) pooled embedding."""
     embedding = np.asarray(embedding)
     if embedding.ndim != 1:
