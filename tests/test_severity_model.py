@@ -132,6 +132,7 @@ def test_fit_head_on_every_row_predicts_what_the_ridge_does():
     result = severity_from_embedding(features[0], head)
     assert [result["extent"], result["opacity"]] == pytest.approx(expected.tolist(), abs=0.006)
     assert result["mae"] == {"extent": 1.0, "opacity": 1.0} and head.extent.mae_ci == (0.8, 1.2)
+    assert head.opacity.maximum == 6.0 and head.extent.alpha > 0
 
 
 def tiny_classifier():
@@ -245,4 +246,5 @@ def test_the_shipped_severity_head_reads_its_own_onnx_features_beside_the_shippe
     assert np.abs(embedding - expected).max() < 1e-4
     severity = severity_from_embedding(embedding[0], head)
     assert 0 <= severity["extent"] <= 8 and 0 <= severity["opacity"] <= 6
-    assert severity["mae"] == head.mae and head.evaluation["n_patients"] == 56
+    assert severity["mae"] == {name: round(value, 2) for name, value in head.mae.items()}
+    assert head.evaluation["n_patients"] == 56 and head.evaluation["repeats"] == 10

@@ -107,7 +107,8 @@ def severity_from_embedding(embedding: np.ndarray, head: SeverityHead) -> dict:
         raise CovidxrError(f"embedding of shape {embedding.shape}: expected one image's ({head.embedding_size},) "
                            "vector (use severity_scores for a batch)")
     extent, opacity = severity_scores(embedding[None], head)[0]
-    return {"extent": round(float(extent), 2), "opacity": round(float(opacity), 2), "mae": head.mae}
+    return {"extent": round(float(extent), 2), "opacity": round(float(opacity), 2),
+            "mae": {name: round(value, 2) for name, value in head.mae.items()}}
 
 
 def read_severity_head(rundir: RunDir, weights_sha256: str) -> SeverityHead | None:
