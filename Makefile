@@ -13,7 +13,7 @@ V7 := $(DATA)/v7labs-covid-19-xray-dataset/annotations/covid-only.zip
 # plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-.PHONY: install system-deps system-packages test demo data bench default-model lung-model severity-model clean
+.PHONY: install system-deps system-packages test demo data bench default-model lung-model clean
 
 install: system-deps $(VENV)/.installed
 
@@ -72,6 +72,16 @@ lung-model: data
 	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNGS) --ship src/covidxr/shipped/lungs
 	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNGS)/evaluation
 
+# Re-create the severity head shipped in the package (src/covidxr/shipped/severity.json + severity-features.onnx)
+# from Cohen's severity scores, and the study behind its figures (docs/severity.md) in out/severity/study.
+# Seeded; about 10 minutes on 2 CPU cores.
+.PHONY: severity-model
+SEVERITY_SCORES := $(DATA)/covid-chestxray-dataset/annotations/covid-severity-scores.csv
+severity-model: data
+	$(BIN)/covidxr data import severity "$(SEVERITY_SCORES)" --root "$(DATA)/covid-chestxray-dataset" -o out/severity/scores.csv
+	$(BIN)/covidxr data build out/severity/scores.csv --task severity --split 1,0,0 --folds 5 -o out/severity/all.csv
+	$(BIN)/python -m covidxr.reporting.severity --data out/severity/all.csv -o out/severity/study --ship
+
 # Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install): float16
 # weights, model.json, model card, and model.onnx (parity-checked) so predict and serve run without PyTorch.
 default-model: data
@@ -83,15 +93,6 @@ default-model: data
 	$(BIN)/covidxr report --run $(SHIP)/run -o $(SHIP)/report.html
 	$(BIN)/python -m covidxr.models.shipped $(SHIP)/run
 	$(BIN)/covidxr export --format onnx --run "$$($(BIN)/python -c 'from covidxr.runs import shipped_dir; print(shipped_dir())')"
-
-# Re-create the severity head shipped in the package (src/covidxr/shipped/severity.json + severity-features.onnx)
-# from Cohen's severity scores, and the study behind its figures (docs/severity.md) in out/severity/study.
-# Seeded; about 10 minutes on 2 CPU cores.
-SEVERITY_SCORES := $(DATA)/covid-chestxray-dataset/annotations/covid-severity-scores.csv
-severity-model: data
-	$(BIN)/covidxr data import severity "$(SEVERITY_SCORES)" --root "$(DATA)/covid-chestxray-dataset" -o out/severity/scores.csv
-	$(BIN)/covidxr data build out/severity/scores.csv --task severity --split 1,0,0 --folds 5 -o out/severity/all.csv
-	$(BIN)/python -m covidxr.reporting.severity --data out/severity/all.csv -o out/severity/study --ship
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
