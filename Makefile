@@ -73,6 +73,16 @@ lung-model: data
 	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNGS) --ship src/covidxr/shipped/lungs
 	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNGS)/evaluation
 
+# Re-create the severity head shipped in the package (src/covidxr/shipped/severity.json + severity-features.onnx)
+# from Cohen's severity scores, and the study behind its figures (docs/severity.md) in out/severity/study.
+# Seeded; about 10 minutes on 2 CPU cores.
+.PHONY: severity-model
+SEVERITY_SCORES := $(DATA)/covid-chestxray-dataset/annotations/covid-severity-scores.csv
+severity-model: data
+	$(BIN)/covidxr data import severity "$(SEVERITY_SCORES)" --root "$(DATA)/covid-chestxray-dataset" -o out/severity/scores.csv
+	$(BIN)/covidxr data build out/severity/scores.csv --task severity --split 1,0,0 --folds 5 -o out/severity/all.csv
+	$(BIN)/python -m covidxr.reporting.severity --data out/severity/all.csv -o out/severity/study --ship
+
 # Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install): float16
 # weights, model.json, model card, and model.onnx (parity-checked) so predict and serve run without PyTorch.
 default-model: data

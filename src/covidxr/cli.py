@@ -76,6 +76,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     elif args.layout == "csv":
         result = data.import_csv(args.file, image_col=args.image_col, label_col=args.label_col,
                                  patient_col=args.patient_col, root=args.root, source=args.source)
+    elif args.layout == "severity":
+        result = data.import_severity(args.file, root=args.root, views=args.views)
     else:
         result = data.import_folders(args.dir, source=args.source)
     out = result.save(args.out)
@@ -685,8 +687,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
-    from covidxr.data import TASKS
     from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+    from covidxr.data.severity import BUILD_TASKS
     from covidxr.data.sources import DEFAULT_VIEWS
 
     data = commands.add_parser("data", help="import, build, summarize and check datasets")
@@ -708,7 +710,14 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     folders = layouts.add_parser("folders", help="class folders of images and DICOM files, recursive")
     folders.add_argument("dir", type=Path)
     folders.add_argument("--source", help="dataset name (default: the folder's name)")
-    for layout in (cohen, table, folders):
+    severity = layouts.add_parser("severity", help="Cohen's COVID-19 severity scores (covid-severity-scores.csv: "
+                                                  "extent 0-8, opacity 0-6) joined to the collection's metadata.csv")
+    severity.add_argument("file", type=Path, metavar="CSV")
+    severity.add_argument("--root", type=Path, required=True, metavar="DIR",
+                          help="the collection's folder (with metadata.csv and images/)")
+    severity.add_argument("--views", type=_views, default=DEFAULT_VIEWS,
+                          help=f"views to keep, comma-separated (default: {','.join(DEFAULT_VIEWS)})")
+    for layout in (cohen, table, folders, severity):
         layout.add_argument("-o", "--out", type=Path, required=True, help="manifest to write (.csv or .parquet)")
         layout.set_defaults(handler=cmd_import)
 
@@ -720,7 +729,9 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
     build = data_commands.add_parser("build", help="label, filter, deduplicate, balance and split manifests")
     build.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
-    build.add_argument("--task", required=True, choices=TASKS)
+    build.add_argument("--task", required=True, choices=BUILD_TASKS,
+                       help="severity: regression targets severity_extent and severity_opacity (from `data import "
+                            "severity`), folds stratified by extent")
     build.add_argument("--balance", nargs="?", type=_positive, const=True, default=False, metavar="N",
                        help="keep N images per class (default N: the smallest class), whole patients, seeded")
     build.add_argument("--split", type=_fractions, default=(0.7, 0.15, 0.15), metavar="TRAIN,VAL,TEST")
