@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, duplicate_groups
-from covidxr.data.labels import DEFAULT_TABLE, LabelTable, check_task, label_for, load_label_table
+from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, ThumbnailLoader, duplicate_groups
+from covidxr.data.labels import DEFAULT_TABLE, LabelTable, check_task, labels_for, load_label_table
 from covidxr.data.manifest import StageResult, conform, describe_drops, load_dropped, load_manifest, validate
 from covidxr.data.sources.base import ImportResult
 from covidxr.data.split import DEFAULT_FRACTIONS, assign_splits, balance_classes, find_leaks
@@ -64,11 +64,13 @@ def build(
     exclude_license: str | None = None,
     max_distance: int = DEFAULT_MAX_DISTANCE,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
+    thumbnails: ThumbnailLoader | None = None,
 ) -> BuildResult:
     """Build a dataset from imported manifests (files, tables or ImportResults): label, filter, deduplicate,
     balance and split as docs/reference.md describes ("Duplicates and splits").
 
-    `balance=True` keeps the smallest class's count of images per class; an int keeps that many.
+    `balance=True` keeps the smallest class's count of images per class; an int keeps that many. `thumbnails`
+    replaces decoding the files for the near-duplicate pixel check (see `duplicate_groups`).
     """
     check_task(task)
     table_in_use = load_label_table(labels) if isinstance(labels, (str, Path)) else (labels or DEFAULT_TABLE)
@@ -78,7 +80,7 @@ def build(
     table, inherited = _read_inputs(manifests)
     drops = []
 
-    table["label"] = table["finding"].map(lambda f: label_for(f, task, table_in_use) or "")
+    table["label"] = labels_for(table["finding"], task, table_in_use)
     table, dropped = _drop(table, table["label"] == "", "finding unmapped", "finding " + table["finding"].map(repr))
     drops.append(dropped)
     if license_pattern is not None:
@@ -88,7 +90,7 @@ def build(
     if table.empty:
         raise CovidxrError("no image is left after labelling and licence filtering; see the dropped rows")
 
-    table["dup_group"], duplicates = duplicate_groups(table, max_distance, min_correlation)
+    table["dup_group"], duplicates = duplicate_groups(table, max_distance, min_correlation, thumbnails)
     if balance is not False:
         keep = balance_classes(table, None if balance is True else int(balance), seed)
         table, dropped = _drop(table, ~keep, "balance", "")
