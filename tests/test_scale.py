@@ -68,7 +68,7 @@ def test_the_index_compares_blocks_not_all_pairs():
 
 
 def test_a_large_distance_falls_back_to_all_pairs_with_the_same_answer():
-    hashes = _planted_hashes(count=600)
+    hashes = _planted_hashes(count=300)
     expected = {(i, j) for i, j in _all_pairs(hashes, hashes, 40) if i < j}
     assert set(map(tuple, pairs_within(hashes, 40).tolist())) == expected
 

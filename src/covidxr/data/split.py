@@ -7,8 +7,6 @@ a fold.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
@@ -85,25 +83,41 @@ def _greedy_folds(per_unit: np.ndarray, class_sizes: np.ndarray, count: int) -> 
     keeps the per-class shares of the folds most even (ties: the fold with fewer rows, then the lower number)."""
     fold_counts = np.zeros((count, len(class_sizes)))
     fold_rows = [0.0] * count
-    diagonal = np.eye(count)[:, :, None]
+    kinds, kind_of_unit = np.unique(per_unit, axis=0, return_inverse=True)
+    kind_of_unit = kind_of_unit.ravel().tolist()
+    diagonal = np.eye(count)[:, None, :]
+    added: dict[int, np.ndarray] = {}
+    rows_of_unit = per_unit.sum(axis=1).tolist()
     fold_of_unit = np.empty(len(per_unit), dtype=np.int64)
-    for unit in np.argsort(-np.std(per_unit, axis=1), kind="stable"):
-        counts = per_unit[unit]
-        trial = (fold_counts + diagonal * counts) / class_sizes
-        mean = np.add.reduce(trial, axis=1, keepdims=True) / count
-        spread = np.sqrt(np.add.reduce(np.square(trial - mean), axis=1) / count)
-        best = _most_even(np.add.reduce(spread, axis=1) / len(class_sizes), fold_rows)
-        fold_counts[best] += counts
-        fold_rows[best] = float(fold_counts[best].sum())
+    sizes = class_sizes[None, :, None]
+    for unit in np.argsort(-np.std(per_unit, axis=1), kind="stable").tolist():
+        kind = kind_of_unit[unit]
+        if kind not in added:
+            added[kind] = diagonal * kinds[kind][None, :, None]
+        trial = (fold_counts.T + added[kind]) / sizes
+        mean = np.cumsum(trial, axis=2)[:, :, -1:] / count
+        deviation = np.square(trial - mean)
+        spread = np.add.reduce(np.sqrt(np.cumsum(deviation, axis=2)[:, :, -1] / count), axis=1)
+        best = _most_even(spread / len(class_sizes), fold_rows)
+        fold_counts[best] += per_unit[unit]
+        fold_rows[best] += rows_of_unit[unit]
         fold_of_unit[unit] = best
     return fold_of_unit
 
 
 def _most_even(spread: np.ndarray, fold_rows: list[float]) -> int:
-    """The first fold with the lowest spread, where spreads within numpy.isclose count as equal and the fold
-    with fewer rows wins (scikit-learn's rule, in its order)."""
-    best, lowest, fewest = 0, math.inf, math.inf
-    for fold, (value, rows) in enumerate(zip(spread.tolist(), fold_rows)):
+    """The fold scikit-learn picks: scanning in order, a fold wins when its spread is lower than the best so far,
+    or within numpy.isclose of it with fewer rows.
+
+    The first fold with the lowest spread always wins when reached; after it, only folds close enough to be
+    reached by such a chain of isclose steps can win, so only those are scanned.
+    """
+    first = int(spread.argmin())
+    lowest = float(spread[first])
+    reach = ((1 + 1e-5) ** len(spread) - 1 + 1e-5) * lowest + (len(spread) + 1) * 1e-8 * (1 + 1e-5) ** len(spread)
+    best, fewest = first, fold_rows[first]
+    for fold in (np.flatnonzero(spread[first + 1:] - lowest <= 2 * reach) + first + 1).tolist():
+        value, rows = float(spread[fold]), fold_rows[fold]
         if value < lowest or (abs(value - lowest) <= 1e-8 + 1e-5 * abs(lowest) and rows < fewest):
             best, lowest, fewest = fold, value, rows
     return best
