@@ -5,12 +5,13 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from conftest import save_image, xray_pixels
 from covidxr.data import cache as cache_module
 from covidxr.data.cache import PixelCache, Prepared, ShardedPixels, prepare, rank_rows, write_shard
-from covidxr.data.dataset import CachedImages
+from covidxr.data.dataset import CachedImages, ShardRankSampler
 from covidxr.data.preprocess import Preprocessing, preprocess
 from covidxr.data.sources.base import describe_file
 
@@ -102,3 +103,19 @@ def test_each_rank_reads_its_own_blocks_of_the_cache():
     assert abs(len(parts[0]) - len(parts[1])) <= 8, "about even, to a block"
     with pytest.raises(Exception, match="rank=2: must be in 0..1"):
         rank_rows(slots, 2, 2)
+
+
+def test_the_rank_sampler_gives_each_rank_its_own_rows_and_the_same_count():
+    slots = np.concatenate([np.arange(30), (1 << 32) + np.arange(11)])
+    samplers = [ShardRankSampler(slots, shuffle=True, seed=3, rank=rank, world_size=2) for rank in range(2)]
+    drawn = [list(sampler) for sampler in samplers]
+    assert len(drawn[0]) == len(drawn[1]) == len(samplers[0]), "equal lengths keep DDP steps in step"
+    owned = [set(rank_rows(slots, rank, 2, block=max(1, len(slots) // 8)).tolist()) for rank in range(2)]
+    assert set(drawn[0]) == owned[0] and set(drawn[1]) == owned[1] and not owned[0] & owned[1]
+    samplers[0].set_epoch(1)
+    assert list(samplers[0]) != drawn[0] and sorted(set(samplers[0])) == sorted(owned[0]), "reshuffled each epoch"
+    weights = torch.zeros(len(slots), dtype=torch.double)
+    weights[sorted(owned[1])[:2]] = 1.0
+    weighted = list(ShardRankSampler(slots, shuffle=True, seed=0, weights=weights, rank=1, world_size=2))
+    assert set(weighted) == set(sorted(owned[1])[:2]) and len(weighted) == len(samplers[1])
+    assert sorted(ShardRankSampler(slots, shuffle=False, seed=0)) == list(range(len(slots))), "one process: all rows"
