@@ -119,3 +119,13 @@ def test_the_rank_sampler_gives_each_rank_its_own_rows_and_the_same_count():
     weighted = list(ShardRankSampler(slots, shuffle=True, seed=0, weights=weights, rank=1, world_size=2))
     assert set(weighted) == set(sorted(owned[1])[:2]) and len(weighted) == len(samplers[1])
     assert sorted(ShardRankSampler(slots, shuffle=False, seed=0)) == list(range(len(slots))), "one process: all rows"
+
+
+def test_files_that_fail_in_a_sharded_prepare_are_reported_and_not_cached(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "SHARD_FILES", 3)
+    manifest = _manifest(images)
+    images[2].write_bytes(b"")
+    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    assert (report.prepared, len(report.failures)) == (6, 1)
+    assert report.failures["image_id"].tolist() == ["i2"] and "changed since import" in report.failures["problem"].iloc[0]
+    assert manifest.loc[2, "sha256"] not in report.cache and len(report.cache) == 6
