@@ -94,8 +94,7 @@ class PixelCache:
         self.index = self._main
         self._slots = dict(zip(self._main["sha256"], self._main["slot"]))
         self._pixels: np.memmap | ShardedPixels | None = None
-        for index_path in sorted((self.folder / "shards").glob("*.csv")):
-            self._attach(index_path.with_suffix(".u8"), pd.read_csv(index_path, dtype={"sha256": str}))
+        self._attach(sorted((self.folder / "shards").glob("*.csv")))
 
     @property
     def data_path(self) -> Path:
@@ -110,15 +109,17 @@ class PixelCache:
             os.truncate(self.data_path, len(index) * self.entry_bytes)
         return index
 
-    def _attach(self, pixels_path: Path, shard_index: pd.DataFrame) -> None:
-        """Add a complete shard; entries some earlier shard holds keep their first place."""
-        number = len(self._shard_paths)
-        self._shard_paths.append(pixels_path)
-        rows = shard_index.assign(slot=(number << SHARD_BITS) + shard_index["slot"])
-        rows = rows[~rows["sha256"].isin(self._slots)].drop_duplicates("sha256")
-        self.index = pd.concat([self.index, rows[INDEX_COLUMNS]], ignore_index=True)
-        self._slots.update(zip(rows["sha256"], rows["slot"]))
-        self._pixels = None
+    def _attach(self, index_paths: list[Path]) -> None:
+        """Add complete shards (by their index files); entries an earlier shard holds keep their first place."""
+        frames = [self.index]
+        for index_path in index_paths:
+            shard = pd.read_csv(index_path, dtype={"sha256": str})
+            frames.append(shard.assign(slot=(len(self._shard_paths) << SHARD_BITS) + shard["slot"])[INDEX_COLUMNS])
+            self._shard_paths.append(index_path.with_suffix(".u8"))
+        if len(frames) > 1:
+            self.index = pd.concat(frames, ignore_index=True).drop_duplicates("sha256").reset_index(drop=True)
+            self._slots = dict(zip(self.index["sha256"], self.index["slot"]))
+            self._pixels = None
 
     @property
     def shard_count(self) -> int:
@@ -175,8 +176,7 @@ class PixelCache:
     def add_shard(self, results: list[Prepared]) -> Path | None:
         """Write prepared entries as a new shard (`write_shard`) and read it from now on."""
         index_path = write_shard(self.folder, self.config, results)
-        if index_path is not None:
-            self._attach(index_path.with_suffix(".u8"), pd.read_csv(index_path, dtype={"sha256": str}))
+        self._attach([index_path] if index_path is not None else [])
         return index_path
 
     def write_config(self) -> None:
