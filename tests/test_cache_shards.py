@@ -127,5 +127,6 @@ def test_files_that_fail_in_a_sharded_prepare_are_reported_and_not_cached(images
     images[2].write_bytes(b"")
     report = prepare(manifest, tmp_path / "cache", CONFIG)
     assert (report.prepared, len(report.failures)) == (6, 1)
-    assert report.failures["image_id"].tolist() == ["i2"] and "changed since import" in report.failures["problem"].iloc[0]
+    assert report.failures["image_id"].tolist() == ["i2"]
+    assert "changed since import" in report.failures["problem"].iloc[0]
     assert manifest.loc[2, "sha256"] not in report.cache and len(report.cache) == 6
