@@ -115,7 +115,7 @@ shipped-calibration: data
 
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
-		bench_train_step.py bench_inference.py bench_predict_cli.py bench_segment.py; do \
+		bench_train_step.py bench_inference.py bench_predict_cli.py bench_segment.py bench_scale.py; do \
 		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:

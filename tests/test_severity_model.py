@@ -12,7 +12,6 @@ from sklearn.preprocessing import StandardScaler
 from conftest import lesion_image
 from covidxr.config import ModelSpec
 from covidxr.errors import CovidxrError
-from covidxr.evaluation.metrics import PatientBootstrap
 from covidxr.evaluation.severity import (
     fit_head,
     fit_ridge,
@@ -21,6 +20,7 @@ from covidxr.evaluation.severity import (
     ridge_path,
     severity_figures,
 )
+from covidxr.metrics import PatientBootstrap
 from covidxr.models.classifier import build_classifier
 from covidxr.runs import RunDir
 from covidxr.runs.severity import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, duplicate_groups
-from covidxr.data.labels import DEFAULT_TABLE, LabelTable, label_for, load_label_table
+from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, ThumbnailLoader, duplicate_groups
+from covidxr.data.labels import DEFAULT_TABLE, LabelTable, labels_for, load_label_table
 from covidxr.data.manifest import StageResult, conform, describe_drops, load_dropped, load_manifest, validate
 from covidxr.data.severity import NO_SCORE, SEVERITY_TASK, labelling_task, split_by_severity, unscored
 from covidxr.data.sources.base import ImportResult
@@ -65,12 +65,14 @@ def build(
     exclude_license: str | None = None,
     max_distance: int = DEFAULT_MAX_DISTANCE,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
+    thumbnails: ThumbnailLoader | None = None,
 ) -> BuildResult:
     """Build a dataset from imported manifests (files, tables or ImportResults): label, filter, deduplicate,
     balance and split as docs/reference.md describes ("Duplicates and splits"). `task="severity"` keeps the
     rows with both severity scores and stratifies by extent (`covidxr.data.severity`).
 
-    `balance=True` keeps the smallest class's count of images per class; an int keeps that many.
+    `balance=True` keeps the smallest class's count of images per class; an int keeps that many. `thumbnails`
+    replaces decoding the files for the near-duplicate pixel check (see `duplicate_groups`).
     """
     labelling = labelling_task(task)
     if task == SEVERITY_TASK and balance is not False:
@@ -82,7 +84,7 @@ def build(
     table, inherited = _read_inputs(manifests)
     drops = []
 
-    table["label"] = table["finding"].map(lambda f: label_for(f, labelling, table_in_use) or "")
+    table["label"] = labels_for(table["finding"], labelling, table_in_use)
     table, dropped = _drop(table, table["label"] == "", "finding unmapped", "finding " + table["finding"].map(repr))
     drops.append(dropped)
     if license_pattern is not None:
@@ -95,7 +97,7 @@ def build(
     if table.empty:
         raise CovidxrError("no image is left after labelling and licence filtering; see the dropped rows")
 
-    table["dup_group"], duplicates = duplicate_groups(table, max_distance, min_correlation)
+    table["dup_group"], duplicates = duplicate_groups(table, max_distance, min_correlation, thumbnails)
     if balance is not False:
         keep = balance_classes(table, None if balance is True else int(balance), seed)
         table, dropped = _drop(table, ~keep, "balance", "")

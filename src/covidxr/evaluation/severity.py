@@ -18,7 +18,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold
 
 from covidxr.data.manifest import SEVERITY_MAXIMA
-from covidxr.evaluation.metrics import PatientBootstrap
+from covidxr.metrics import PatientBootstrap
 from covidxr.runs.severity import SCORES, SeverityHead, SeverityScore
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))

@@ -29,7 +29,6 @@ from threadpoolctl import threadpool_limits
 from covidxr.data.manifest import load_manifest
 from covidxr.data.severity import repeated_grouped_folds
 from covidxr.errors import CovidxrError
-from covidxr.evaluation.metrics import PatientBootstrap
 from covidxr.evaluation.severity import (
     Fitter,
     fit_head,
@@ -54,6 +53,7 @@ from covidxr.evaluation.severity_finetune import finetune_fitter, frozen_outputs
 from covidxr.explain.cam import gallery
 from covidxr.explain.severity import severity_heatmaps
 from covidxr.lungs import shipped_segmenter
+from covidxr.metrics import PatientBootstrap
 from covidxr.models.classifier import PooledStages
 from covidxr.models.loading import RunModel, load_run
 from covidxr.models.onnx_export import write_features_onnx

@@ -28,7 +28,7 @@ from covidxr.models.inference import predict_logits
 from covidxr.runs import RunDir, default_cache_root, write_json
 from covidxr.training.calibration import calibration_contract
 from covidxr.training.callbacks import EpochCsv
-from covidxr.training.data import class_weights, ensure_cache, loader, select_rows, split_datasets
+from covidxr.training.data import by_cache_shard, class_weights, ensure_cache, loader, select_rows, split_datasets
 from covidxr.training.features import backbone_features
 from covidxr.training.module import LitClassifier
 from covidxr.training.rundir import environment, model_card, model_contract, plot_curves, random_frozen_backbone
@@ -51,7 +51,7 @@ def _stages(config: TrainConfig) -> list[tuple[str, int]]:
 
 
 def _trainer(
-    config: TrainConfig, stage_dir: Path, epochs: int, metrics: EpochCsv
+    config: TrainConfig, stage_dir: Path, epochs: int, metrics: EpochCsv, own_sampler: bool = False
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     settings = config.trainer
     best = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
@@ -66,6 +66,7 @@ def _trainer(
         strategy=settings.strategy, precision=precision, logger=False, default_root_dir=stage_dir,
         callbacks=[best, epoch_end, steps, EarlyStopping("val_auc", mode="max", patience=settings.patience), metrics],
         num_sanity_val_steps=0, deterministic="warn", enable_model_summary=False, log_every_n_steps=10,
+        use_distributed_sampler=not own_sampler,
     )
     return trainer, best
 
@@ -120,7 +121,8 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         domain_head(model, datasets["train"], config) if stage == "full" and adversary.weight > 0 else None,
         adversary.weight, adversary.warmup,
     )
-    trainer, best = _trainer(config, stage_dir, epochs, EpochCsv(run.metrics, offset))
+    metrics = EpochCsv(run.metrics, offset)
+    trainer, best = _trainer(config, stage_dir, epochs, metrics, own_sampler=by_cache_shard(config, train_set))
     last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
                 ckpt_path=str(last) if resume and last.is_file() else None)
