@@ -51,7 +51,8 @@ def test_predict_returns_one_prediction_object(client):
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"filename", "status", "error", "input_check", "label", "threshold", "operating_point",
-                         "prevalence", "probability", "probabilities", "warnings"}
+                         "prevalence", "probability", "probabilities", "warnings", "severity"}
+    assert body["severity"] is None  # the tests' run has no severity head
     assert body["filename"] == "chest.png" and body["status"] == "ok"
     assert sum(body["probabilities"].values()) == pytest.approx(1.0)
 
@@ -110,7 +111,7 @@ def test_openapi_describes_what_each_route_returns(client):
     assert answer["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionAnswer")
     assert set(components["PredictionAnswer"]["properties"]) == {
         "filename", "status", "error", "input_check", "label", "threshold", "operating_point", "prevalence",
-        "probability", "probabilities", "warnings"}
+        "probability", "probabilities", "warnings", "severity"}
     for status in ("400", "413", "415", "422", "500"):
         assert answer[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorAnswer")
     assert set(components["ErrorDetail"]["properties"]) == {"code", "message", "request_id"}

@@ -188,3 +188,22 @@ def test_packaging_a_calibration_refuses_another_models_run(tmp_path):
     write_json(evaluation, {"split": "val", "n_images": 820})
     with pytest.raises(CovidxrError, match="not an evaluation of the shipped model's test split"):
         package_calibration(target, evaluation, target)
+
+
+@pytest.mark.shared_data
+def test_the_shipped_model_gives_severity_with_its_stated_error_for_accepted_images_only(tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import shared_data_or_skip
+
+    image = shared_data_or_skip() / "covid-chestxray-dataset" / "images" / "000001-24.jpg"
+    assert main(["predict", str(image), "--json"]) == 0
+    prediction = json.loads(capsys.readouterr().out)["predictions"][0]
+    severity = prediction["severity"]
+    assert 0 <= severity["extent"] <= 8 and 0 <= severity["opacity"] <= 6
+    head = json.loads((shipped_run() / "severity.json").read_text())
+    assert severity["mae"] == {"extent": round(head["extent"]["mae"], 2), "opacity": round(head["opacity"]["mae"], 2)}
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(blank)
+    assert main(["predict", str(blank), "--json"]) == 3
+    assert "severity" not in json.loads(capsys.readouterr().out)["predictions"][0]

@@ -29,9 +29,10 @@ from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import LungMasker, Preprocessing, preprocess
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
-from covidxr.models.onnx_runtime import matching_onnx
+from covidxr.models.onnx_runtime import OnnxModel, matching_onnx
 from covidxr.progress import progress_bar, worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
+from covidxr.runs.severity import SeverityHead, read_severity_head, severity_features_file, severity_from_embedding
 
 if TYPE_CHECKING:
     from covidxr.models.loading import RunModel
@@ -56,6 +57,7 @@ class Prediction:
     positive_class: str = ""
     input_check: InputCheckResult = SKIPPED
     warnings: list[str] = field(default_factory=list)
+    severity: dict | None = None
 
     @property
     def refused(self) -> bool:
@@ -70,7 +72,8 @@ class Prediction:
         return {"path": self.path, "status": self.status, "error": self.error or None, "label": self.label or None,
                 "threshold": self.threshold, "operating_point": self.operating_point, "prevalence": self.prevalence,
                 "probability": self.probability, "probabilities": self.probabilities or None,
-                "input_check": self.input_check.model_dump(), "warnings": self.warnings}
+                "input_check": self.input_check.model_dump(), "warnings": self.warnings,
+                **({"severity": self.severity} if self.severity is not None else {})}
 
 
 @dataclass
@@ -207,6 +210,7 @@ class Predictor:
         checker = input_checker(self.contract, self.rundir.model_json) if input_check else None
         self.steps = ImageSteps(preprocessing, lungs, checker)
         self.onnx = matching_onnx(self.rundir, self.contract)
+        self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, preprocessing, self.onnx)
         self._torch: RunModel | None = None
         self._torch_lock = threading.Lock()
         self._cam_lock = threading.Lock()
@@ -277,12 +281,22 @@ class Predictor:
     def _finish(self, predictions: list[Prediction], pixels: list[np.ndarray]) -> None:
         if not predictions:
             return
-        probabilities = self.probabilities(np.stack(pixels))
+        batch = np.stack(pixels)
+        probabilities = self.probabilities(batch)
         labels = self.scorer.labels(probabilities)
-        for prediction, row, label in zip(predictions, probabilities, labels):
+        severities = self.severities(batch)
+        for index, (prediction, row, label) in enumerate(zip(predictions, probabilities, labels)):
             prediction.probabilities = {name: float(p) for name, p in zip(self.classes, row)}
             prediction.label = str(label)
             prediction.threshold = self.threshold
+            prediction.severity = severities[index] if severities else None
+
+    def severities(self, batch: np.ndarray) -> list[dict] | None:
+        """The `severity` object of each of (N, size, size) prepared pixels; None for a model without severity."""
+        if self.severity_head is None:
+            return None
+        embeddings = self.severity_net.embedding(batch[:, None].astype(np.float32))
+        return [severity_from_embedding(embedding, self.severity_head) for embedding in embeddings]
 
     def predict(self, item: str | Path | np.ndarray) -> dict:
         """One image (a path, or a 2-D grey uint8 array) -> a prediction dict."""
@@ -350,6 +364,21 @@ class Predictor:
             self._finish(pending, pixels)
             bar.advance(task, len(pending))
         return results
+
+
+def severity_reader(rundir: RunDir, contract: InferenceContract, preprocessing: Preprocessing,
+                    classifier: OnnxModel | None) -> tuple[SeverityHead | None, OnnxModel | None]:
+    """The run's severity head (RUN/severity.json) and the ONNX network whose `embedding` it reads (its own feature
+    network, else the classifier's); (None, None) for a model without severity, or one whose head was fitted on
+    other pixels or needs an embedding this model.onnx lacks."""
+    head = read_severity_head(rundir, contract.weights_sha256)
+    if head is None or head.preprocessing != preprocessing.key():
+        return None, None
+    path = severity_features_file(rundir, head)
+    network = OnnxModel(path) if path is not None else classifier
+    if network is None or not network.has_embedding:
+        return None, None
+    return head, network
 
 
 def load_model(run: str | Path | None = None, operating_point: str | None = None, prevalence: float | None = None,

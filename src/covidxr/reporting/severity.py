@@ -58,7 +58,7 @@ from covidxr.models.classifier import PooledStages
 from covidxr.models.loading import RunModel, load_run
 from covidxr.models.onnx_export import write_features_onnx
 from covidxr.runs import NOT_FOR_CLINICAL_USE, RunDir, default_cache_root, file_sha256, shipped_dir, write_json
-from covidxr.runs.severity import SCORES, SeverityHead, write_severity_head
+from covidxr.runs.severity import SCORES, SeverityHead, card_section, write_severity_head
 
 PUBLISHED = {"extent": 1.14, "opacity": 0.78}
 """Cohen et al. 2020 (Cureus 12(7): e9448): MAE of a linear regression on outputs of a DenseNet pretrained on
@@ -195,6 +195,9 @@ def run_study(data: Path, out: Path, folds: int = 5, repeats: int = 10, seed: in
     summary = {"evaluation": evaluation, "published": PUBLISHED, "results": results, "notice": NOT_FOR_CLINICAL_USE}
     write_json(out / "severity-study.json", summary)
     write_severity_head(RunDir(features_path.parent), head)
+    if ship:
+        shipped_card = RunDir(shipped_dir())
+        shipped_card.write_card({**shipped_card.read_card(), "severity": card_section(head)})
     print("\n".join(table_lines(results) + [f"95% CIs: {bootstrap.method}",
                                             f"wrote {out / 'severity-study.json'}, {plot}, {cam}",
                                             f"wrote {features_path.parent / 'severity.json'} and {features_path} "

@@ -52,6 +52,15 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class Severity(BaseModel):
+    """COVID-19 pneumonia severity as Cohen et al.'s radiologists scored it, with the cross-validated mean absolute
+    error as its stated uncertainty."""
+
+    extent: float = Field(description="geographic extent, 0 (none) to 8 (both lungs fully involved)")
+    opacity: float = Field(description="opacity, 0 (none) to 6 (dense opacity in both lungs)")
+    mae: dict[str, float] = Field(description="cross-validated mean absolute error of each score, in score points")
+
+
 class PredictionAnswer(BaseModel):
     """One prediction, as `covidxr predict --json` gives it, with `filename` instead of `path`. An upload the input
     check refuses is an answer too (200): `input_check.status` "refused" with its reason, and no label or
@@ -69,6 +78,8 @@ class PredictionAnswer(BaseModel):
     probability: float | None = Field(description="calibrated probability of the model's positive class")
     probabilities: dict[str, float] | None = Field(description="calibrated probability of each class")
     warnings: list[str] = Field(description="what is evident from the pixels (low resolution, inverted grey)")
+    severity: Severity | None = Field(None, description="for models with a severity head and accepted inputs: "
+                                                        "predicted extent (0-8) and opacity (0-6) scores")
 
 
 class ModelCard(BaseModel):
