@@ -13,7 +13,8 @@ V7 := $(DATA)/v7labs-covid-19-xray-dataset/annotations/covid-only.zip
 # plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-.PHONY: install system-deps system-packages test demo data bench default-model lung-model clean
+.PHONY: install system-deps system-packages test demo data bench default-model lung-model input-check \
+	shipped-calibration clean
 
 install: system-deps $(VENV)/.installed
 
@@ -72,6 +73,16 @@ lung-model: data
 	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNGS) --ship src/covidxr/shipped/lungs
 	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNGS)/evaluation
 
+# Re-create the severity head shipped in the package (src/covidxr/shipped/severity.json + severity-features.onnx)
+# from Cohen's severity scores, and the study behind its figures (docs/severity.md) in out/severity/study.
+# Seeded; about 10 minutes on 2 CPU cores.
+.PHONY: severity-model
+SEVERITY_SCORES := $(DATA)/covid-chestxray-dataset/annotations/covid-severity-scores.csv
+severity-model: data
+	$(BIN)/covidxr data import severity "$(SEVERITY_SCORES)" --root "$(DATA)/covid-chestxray-dataset" -o out/severity/scores.csv
+	$(BIN)/covidxr data build out/severity/scores.csv --task severity --split 1,0,0 --folds 5 -o out/severity/all.csv
+	$(BIN)/python -m covidxr.reporting.severity --data out/severity/all.csv -o out/severity/study --ship
+
 # Re-create the model shipped in the package (about 12 minutes on 2 CPU cores after the install): float16
 # weights, model.json, model card, and model.onnx (parity-checked) so predict and serve run without PyTorch.
 default-model: data
@@ -84,9 +95,27 @@ default-model: data
 	$(BIN)/python -m covidxr.models.shipped $(SHIP)/run
 	$(BIN)/covidxr export --format onnx --run "$$($(BIN)/python -c 'from covidxr.runs import shipped_dir; print(shipped_dir())')"
 
+# Fit the input check shipped in the package (src/covidxr/shipped/input_check.json): frontal radiographs of both
+# sources in the shipped model's own split against Cohen's CT slices and lateral views and non-medical images; its
+# figures on held-out images go to out/input-check/figures.json and into the JSON. About 8 minutes on 2 CPU cores.
+input-check: data
+	$(call build_dataset,$(SHIP))
+	$(BIN)/python -m covidxr.inputcheck.fit --data "$(DATA)" --manifest $(SHIP)/binary.csv -o out/input-check \
+		--ship src/covidxr/shipped/input_check.json
+
+# Give the shipped model (trained before `train` fitted calibrations) what `train` now records: calibration and
+# operating points refitted on its own validation split, its input check, and its test-split figures in the card.
+shipped-calibration: data
+	$(call build_dataset,$(SHIP))
+	rm -rf $(SHIP)/calibrated
+	$(BIN)/covidxr calibrate --data $(SHIP)/binary.csv --split val -o $(SHIP)/calibrated
+	$(BIN)/covidxr evaluate --run $(SHIP)/calibrated --data $(SHIP)/binary.csv --split test
+	$(BIN)/python -m covidxr.models.shipped --calibration $(SHIP)/calibrated \
+		$(SHIP)/calibrated/evaluation/evaluate-binary-test.json
+
 bench: install
 	cd benchmarks && for script in bench_border.py bench_prepare.py bench_loader.py bench_head_training.py \
-		bench_train_step.py bench_inference.py bench_predict_cli.py bench_segment.py; do \
+		bench_train_step.py bench_inference.py bench_predict_cli.py bench_segment.py bench_scale.py; do \
 		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -178,11 +179,12 @@ PLAIN_TRAINING = {"model.pretrained": "none", "transfer.mode": "full", "preproce
 
 
 def tiny_recipe_overrides(plain: bool = True, **extra: str) -> list[str]:
-    """--set values for a seconds-long run on the synthetic data (from scratch, the whole image; with
-    `plain`, also without the default recipe's mitigations)."""
+    """--set values for a seconds-long run on the synthetic data (from scratch, the whole image, no input check:
+    the synthetic images are not radiographs; with `plain`, also without the default recipe's mitigations)."""
     settings = {"preprocessing.size": "32", "model.name": "covidxr_cnn", "trainer.max_epochs": "2",
                 "optimisation.batch_size": "8", "trainer.checkpoint_every_n_steps": "3", "model.pretrained": "none",
-                "transfer.mode": "full", "preprocessing.lungs": "none", **(PLAIN_TRAINING if plain else {}), **extra}
+                "transfer.mode": "full", "preprocessing.lungs": "none", "input_check": "none",
+                **(PLAIN_TRAINING if plain else {}), **extra}
     return [f"{key}={value}" for key, value in settings.items()]
 
 
@@ -229,8 +231,9 @@ def write_radiograph(path: Path, pixels: np.ndarray, modality: str = "CR", photo
     return path
 
 
-def serve_in_thread(app) -> tuple[int, Callable[[], None]]:
-    """`app` served by uvicorn on a free loopback port in a daemon thread: (port, a function that stops it)."""
+@contextmanager
+def served_on_loopback(app) -> Iterator[int]:
+    """Run an ASGI app with uvicorn in a thread on a free loopback port; yields the port, stops the server after."""
     import socket
     import threading
     import time
@@ -245,9 +248,9 @@ def serve_in_thread(app) -> tuple[int, Callable[[], None]]:
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-
-    def stop() -> None:
+        time.sleep(0.1)
+    try:
+        yield port
+    finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return port, stop

@@ -13,7 +13,7 @@ from covidxr.data import load_manifest
 from covidxr.errors import UsageError
 from covidxr.evaluation import compare as compare_module
 from covidxr.evaluation.compare import COMPARE_KEYS, compare, load_recipes, within_source_name
-from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none
+from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.reporting.comparison import write_comparison
 
 FAST = tiny_recipe_overrides(plain=False, **{"trainer.max_epochs": "1"})  # each recipe keeps its mitigations

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import lesion_image, serve_in_thread, write_radiograph, xray_pixels
+from conftest import lesion_image, served_on_loopback, write_radiograph, xray_pixels
 from covidxr.cli import main
 from covidxr.serving.app import create_app
 from hostile import (
@@ -138,9 +138,8 @@ def _raw_request(port: int, head: bytes, body_chunks, pause: float = 0.0) -> tup
 
 @pytest.fixture(scope="module")
 def live(app):
-    port, stop = serve_in_thread(app)
-    yield port
-    stop()
+    with served_on_loopback(app) as port:
+        yield port
 
 
 def test_the_size_limit_holds_while_the_body_streams_in(live):

@@ -38,7 +38,7 @@ def test_predicting_with_a_matching_onnx_imports_neither_torch_nor_lightning_nor
     result = _run_python(f"""
 import json, sys
 import covidxr.predict
-predictor = covidxr.predict.load_model()
+predictor = covidxr.predict.load_model(input_check=False)
 prediction = predictor.predict({str(image)!r})
 print(json.dumps({{"runtime": predictor.info["runtime"], "status": prediction["status"],
                   "loaded": [name for name in {HEAVY!r} if name in sys.modules]}}))
@@ -110,9 +110,9 @@ def test_folder_preparation_holds_a_bounded_number_of_chunks_in_flight(inbox, mo
     monkeypatch.setattr(predict, "ProcessPoolExecutor", _RecordingPool)
     monkeypatch.setattr(predict, "CHUNK", 1)
     paths = [inbox / "x00.png"] * 40
-    predictor = load_model()
+    predictor = load_model(input_check=False)
     preprocessing = predictor.preprocessing
-    for index, prepared in enumerate(prepared_in_order(paths, preprocessing, predictor.lungs, workers=2)):
+    for index, prepared in enumerate(prepared_in_order(paths, predictor.steps, workers=2)):
         _RecordingPool.consumed = index + 1
         assert prepared.pixels is not None and prepared.pixels.shape == (preprocessing.size,) * 2
     assert _RecordingPool.submitted == 40

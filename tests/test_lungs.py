@@ -290,7 +290,7 @@ def test_shared_annotations_and_the_shipped_segmenter_on_held_out_images():
 
 def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, cohen_dir, normals_csv):
     from covidxr.evaluation.lungs import evaluate_segmenter
-    from covidxr.evaluation.metrics import PatientBootstrap
+    from covidxr.metrics import PatientBootstrap
 
     data = tmp_path / "data"
     data.mkdir()

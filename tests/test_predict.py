@@ -29,8 +29,9 @@ def test_predict_csv_has_the_contract_columns_and_reports_bad_files(trained_run,
     assert main(["predict", str(folder), "--run", str(run), "--csv", str(tmp_path / "out.csv")]) == 3
     table = pd.read_csv(tmp_path / "out.csv")
     table[["error", "warnings"]] = table[["error", "warnings"]].fillna("")
-    assert list(table.columns) == ["path", "status", "error", "label", "threshold", "p_non-covid", "p_covid",
-                                   "warnings"]
+    assert list(table.columns) == ["path", "status", "error", "label", "threshold", "operating_point", "prevalence",
+                                   "probability", "p_non-covid", "p_covid", "input_check", "input_check_reason",
+                                   "input_check_score", "warnings"]
     assert len(table) == 8
     errors = table[table["status"] == "error"]
     assert sorted(errors["path"].str.rsplit("/", n=1).str[-1]) == ["cut.jpg", "notes.txt"]
@@ -50,7 +51,8 @@ def test_predict_json_prints_model_and_predictions(trained_run, folder, capsys):
     output = json.loads(capsys.readouterr().out)
     assert set(output) == {"model", "predictions"} and "not for clinical use" in output["model"]["notice"].lower()
     prediction = output["predictions"][0]
-    assert set(prediction) == {"path", "status", "error", "label", "threshold", "probabilities", "warnings"}
+    assert set(prediction) == {"path", "status", "error", "input_check", "label", "threshold", "operating_point",
+                               "prevalence", "probability", "probabilities", "warnings"}
     assert prediction["status"] == "ok" and prediction["warnings"] == []
 
 

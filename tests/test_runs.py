@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,13 +162,27 @@ def test_predictions_follow_the_positive_class_model_json_names(trained_run, tmp
 
     run, _ = trained_run
     images = [lesion_image(700 + index, covid=index % 2 == 0, size=64) for index in range(8)]
-    before = [covidxr.load_model(run).predict(image) for image in images]
+
+    def temperature_only(positive_class: str, threshold: float) -> Path:
+        """A copy of the run calibrated by its temperature alone (a Platt intercept belongs to the class it was
+        fitted for), naming `positive_class` with `threshold`."""
+        copy = shutil.copytree(run, tmp_path / positive_class, ignore=shutil.ignore_patterns("checkpoints"))
+        content = json.loads((copy / "model.json").read_text())
+        temperature = RunDir(run).read_contract().calibration.temperature
+        for key in ("calibration", "operating_points", "default_operating_point"):
+            content.pop(key)
+        write_json(copy / "model.json", {**content, "temperature": temperature, "positive_class": positive_class,
+                                         "threshold": threshold})
+        return copy
+
+    covid_model = covidxr.load_model(temperature_only("covid", 0.5))
+    before = [covid_model.predict(image) for image in images]
     negative = np.array([p["probabilities"]["non-covid"] for p in before])
-    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
-    contract = json.loads((copy / "model.json").read_text())
     threshold = float(np.median(negative))
-    write_json(copy / "model.json", {**contract, "positive_class": "non-covid", "threshold": threshold})
-    after = [covidxr.load_model(copy).predict(image) for image in images]
-    assert [p["probabilities"] for p in after] == [p["probabilities"] for p in before]
+    flipped = covidxr.load_model(temperature_only("non-covid", threshold))
+    after = [flipped.predict(image) for image in images]
+    for flipped_prediction, prediction in zip(after, before):
+        assert flipped_prediction["probabilities"] == pytest.approx(prediction["probabilities"], abs=1e-12)
+    assert [p["probability"] for p in after] == pytest.approx(negative.tolist(), abs=1e-12)
     expected = np.where(negative >= threshold, "non-covid", "covid").tolist()
     assert [p["label"] for p in after] == expected and set(expected) == {"covid", "non-covid"}

@@ -3,6 +3,7 @@ web page driven in headless Chromium against a real server on a loopback port.""
 
 import io
 import json
+import re
 import socket
 import struct
 import threading
@@ -13,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import lesion_image, serve_in_thread, write_dicom
+from conftest import lesion_image, served_on_loopback, write_dicom
 from covidxr.serving.app import create_app
 
 LOOPBACK = "http://127.0.0.1"  # the service answers to its own names only (TestClient says "testserver")
@@ -51,7 +52,9 @@ def test_predict_returns_one_prediction_object(client):
     response = client.post("/v1/predict", files={"file": ("chest.png", _png(), "image/png")})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"filename", "status", "error", "label", "threshold", "probabilities", "warnings"}
+    assert set(body) == {"filename", "status", "error", "input_check", "label", "threshold", "operating_point",
+                         "prevalence", "probability", "probabilities", "warnings", "severity"}
+    assert body["severity"] is None  # the tests' run has no severity head
     assert body["filename"] == "chest.png" and body["status"] == "ok"
     assert sum(body["probabilities"].values()) == pytest.approx(1.0)
 
@@ -108,8 +111,9 @@ def test_openapi_describes_what_each_route_returns(client):
     components = schema["components"]["schemas"]
     answer = schema["paths"]["/v1/predict"]["post"]["responses"]
     assert answer["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionAnswer")
-    assert set(components["PredictionAnswer"]["properties"]) == {"filename", "status", "error", "label", "threshold",
-                                                                 "probabilities", "warnings"}
+    assert set(components["PredictionAnswer"]["properties"]) == {
+        "filename", "status", "error", "input_check", "label", "threshold", "operating_point", "prevalence",
+        "probability", "probabilities", "warnings", "severity"}
     for status in ("400", "413", "415", "422", "500"):
         assert answer[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorAnswer")
     assert set(components["ErrorDetail"]["properties"]) == {"code", "message", "request_id"}
@@ -134,7 +138,10 @@ def test_serve_without_a_run_uses_the_shipped_model(monkeypatch):
     shipped = json.loads((shipped_run() / "model_card.json").read_text())
     assert card == shipped and card["not_for_clinical_use"] is True
     response = client.post("/v1/predict", files={"file": ("chest.png", _png(size=160), "image/png")})
-    assert response.status_code == 200 and set(response.json()["probabilities"]) == {"covid", "non-covid"}
+    body = response.json()
+    assert response.status_code == 200 and body["input_check"]["status"] in {"accepted", "refused"}
+    assert set(body["probabilities"] or {}) == ({"covid", "non-covid"} if body["input_check"]["status"] == "accepted"
+                                                 else set())
 
 
 def test_dicom_without_pixels_is_422_and_leaks_no_identifier(client, tmp_path):
@@ -176,29 +183,29 @@ def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_pat
     from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
-    port, stop = serve_in_thread(create_app(trained_run[0]))
     image = tmp_path / "chest.png"
     image.write_bytes(_png(size=160))
     errors = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            assert "Not for clinical use" in page.inner_text(".notice")
-            page.set_input_files("#file", str(image))
-            page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
-            decision = page.inner_text("#decision")
-            covid = float(page.inner_text(".probability[data-class='covid']"))
-            overlay_loaded = page.evaluate("document.getElementById('overlay').naturalWidth > 0")
-            lungs = page.inner_text("#lungs")
-            browser.close()
-    finally:
-        stop()
+    with served_on_loopback(create_app(trained_run[0])) as port, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        assert "Not for clinical use" in page.inner_text(".notice")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
+        decision = page.inner_text("#decision")
+        covid = float(page.inner_text(".probability[data-class='covid']"))
+        threshold, meaning = page.inner_text("#threshold"), page.inner_text("#meaning")
+        overlay_loaded = page.evaluate("document.getElementById('overlay').naturalWidth > 0")
+        lungs = page.inner_text("#lungs")
+        browser.close()
     assert errors == []
     assert decision.startswith("Model output: ") and decision.split(": ")[1] in {"covid", "non-covid"}
     assert 0.0 <= covid <= 1.0 and overlay_loaded
+    assert 'operating point "balanced"' in threshold
+    assert re.match(r"At this operating point, of 100 people with COVID-19 like those in the (test|validation) set, "
+                    r"about \d+ are flagged; of 100 without, about \d+ are flagged\.$", meaning)
     assert "White outline: the lungs" in lungs and "% of the heat lies inside them" in lungs
 
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import covidxr
 from conftest import lesion_image
@@ -30,7 +31,7 @@ def test_shipped_model_card_carries_its_figures_and_the_notice():
 
 
 def test_shipped_model_predicts_without_a_run(tmp_path, capsys):
-    model = covidxr.load_model()
+    model = covidxr.load_model(input_check=False)  # synthetic images: the input check would refuse them
     prediction = model.predict(lesion_image(1, covid=True, size=300))
     assert prediction["label"] in {"covid", "non-covid"}
     assert np.isclose(sum(prediction["probabilities"].values()), 1.0)
@@ -38,7 +39,7 @@ def test_shipped_model_predicts_without_a_run(tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(lesion_image(2, covid=False, size=300)).save(image)
-    assert main(["predict", str(image), "--json"]) == 0
+    assert main(["predict", str(image), "--json", "--no-input-check"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"][0]["status"] == "ok"
 
 
@@ -152,3 +153,57 @@ def test_segment_lungs_returns_a_mask_at_the_input_size():
     image = lesion_image(3, covid=False, size=300)[:, 20:]
     mask = covidxr.segment_lungs(image)
     assert mask.shape == image.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+
+
+def test_the_shipped_model_carries_calibration_operating_points_and_its_input_check():
+    from covidxr.runs import RunDir
+
+    contract = RunDir(shipped_run()).read_contract()
+    content = contract.content
+    assert contract.calibration.method != "temperature" and 0 < contract.calibration.prevalence < 0.2
+    assert set(contract.operating_points) == {"balanced", "high-sensitivity", "high-specificity"}
+    assert content["input_check"]["figures"]["test"]["by_kind"]["other"]["rate"] >= 0.95
+    card = json.loads((shipped_run() / "model_card.json").read_text())
+    tested = card["evaluations"]["internal-test"]
+    assert tested["ece"] <= 0.05 and tested["ece_ci"][0] <= tested["ece"] <= tested["ece_ci"][1]
+    assert set(tested["operating_points"]) == set(contract.operating_points)
+    assert card["calibration"]["why_this_default"].startswith(contract.default_operating_point)
+
+
+def test_packaging_a_calibration_refuses_another_models_run(tmp_path):
+    import shutil
+
+    from covidxr.errors import CovidxrError
+    from covidxr.models.shipped import package_calibration
+    from covidxr.runs import write_json
+
+    target = shutil.copytree(shipped_run(), tmp_path / "shipped", ignore=shutil.ignore_patterns("lungs"))
+    other = shutil.copytree(shipped_run(), tmp_path / "other", ignore=shutil.ignore_patterns("lungs"))
+    content = json.loads((other / "model.json").read_text())
+    write_json(other / "model.json", {**content, "weights_sha256": "0" * 64})
+    evaluation = tmp_path / "evaluate.json"
+    write_json(evaluation, {"split": "test", "n_images": 823})
+    with pytest.raises(CovidxrError, match="not the shipped model's"):
+        package_calibration(other, evaluation, target)
+    write_json(evaluation, {"split": "val", "n_images": 820})
+    with pytest.raises(CovidxrError, match="not an evaluation of the shipped model's test split"):
+        package_calibration(target, evaluation, target)
+
+
+@pytest.mark.shared_data
+def test_the_shipped_model_gives_severity_with_its_stated_error_for_accepted_images_only(tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import shared_data_or_skip
+
+    image = shared_data_or_skip() / "covid-chestxray-dataset" / "images" / "000001-24.jpg"
+    assert main(["predict", str(image), "--json"]) == 0
+    prediction = json.loads(capsys.readouterr().out)["predictions"][0]
+    severity = prediction["severity"]
+    assert 0 <= severity["extent"] <= 8 and 0 <= severity["opacity"] <= 6
+    head = json.loads((shipped_run() / "severity.json").read_text())
+    assert severity["mae"] == {"extent": round(head["extent"]["mae"], 2), "opacity": round(head["opacity"]["mae"], 2)}
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(blank)
+    assert main(["predict", str(blank), "--json"]) == 3
+    assert "severity" not in json.loads(capsys.readouterr().out)["predictions"][0]

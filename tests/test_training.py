@@ -161,6 +161,7 @@ def test_ddp_with_two_cpu_processes(tmp_path, training_manifest):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed_backend=gloo" in result.stderr or "Initializing distributed" in result.stderr
+    assert "rank 0 of 2 reads" in result.stderr and "rank 1 of 2 reads" in result.stderr, "each rank its own rows"
     assert pd.read_csv(tmp_path / "ddp" / "metrics.csv")["epoch"].tolist() == [0, 1]
     assert (tmp_path / "ddp" / "model.json").is_file()
 

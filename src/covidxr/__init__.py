@@ -6,11 +6,11 @@ Research and teaching software; not for clinical use.
 __version__ = "0.1.0"
 
 
-def load_model(run=None):
-    """`covidxr.load_model(run).predict(path_or_array)`: see covidxr.predict.Predictor."""
+def load_model(run=None, operating_point=None, prevalence=None, input_check=True):
+    """`covidxr.load_model(run).predict(path_or_array)`: see covidxr.predict.load_model and Predictor."""
     from covidxr.predict import load_model as load
 
-    return load(run)
+    return load(run, operating_point, prevalence, input_check)
 
 
 def segment_lungs(image):

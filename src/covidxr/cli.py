@@ -21,7 +21,8 @@ from covidxr.errors import CovidxrError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # The commands `_add_evaluation_commands` defines: those that use a trained model.
-INFERENCE_COMMANDS = ("evaluate", "audit", "report", "export", "serve", "predict", "dicomweb", "explain", "segment")
+INFERENCE_COMMANDS = ("evaluate", "calibrate", "audit", "report", "export", "serve", "predict", "dicomweb", "explain",
+                      "segment")
 # Paths and data are printed literally: rich would otherwise turn `a:smile:b.jpg` into an emoji.
 stdout = Console(soft_wrap=True, emoji=False, markup=False, highlight=False)
 # Library parameters whose flag is not `--` + the name with dashes (argparse's own rule, `max_distance` ->
@@ -95,6 +96,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     elif args.layout == "csv":
         result = data.import_csv(args.file, image_col=args.image_col, label_col=args.label_col,
                                  patient_col=args.patient_col, root=args.root, source=args.source)
+    elif args.layout == "severity":
+        result = data.import_severity(args.file, root=args.root, views=args.views)
     else:
         result = data.import_folders(args.dir, source=args.source)
     out = result.save(args.out)
@@ -272,8 +275,12 @@ def _summary_line(result: dict, cv: dict | None = None) -> list[str]:
     at_threshold = ", ".join(f"{key} {format_estimate(result, key)}"
                              for key in ("sensitivity", "specificity", "accuracy", "f1"))
     lines.append(f"at threshold {result['threshold']:.3f} ({result['threshold_rule']}): {at_threshold}")
-    lines.append(f"calibration: ECE {result['ece']:.3f} (before temperature {result['ece_before_temperature']:.3f}),"
-                 f" Brier {result['brier']:.3f}; 95% CIs: {result['ci_method']}")
+    lines.append(f"calibration ({result['calibration']}): ECE {format_estimate(result, 'ece')} (before calibration "
+                 f"{format_estimate(result, 'ece_before_calibration')}), Brier {result['brier']:.3f}")
+    lines += [f"operating point {name} (threshold {point['threshold']:.3f}, fitted on validation): sensitivity "
+              f"{format_estimate(point, 'sensitivity')}, specificity {format_estimate(point, 'specificity')}"
+              for name, point in result["operating_points"].items()]
+    lines.append(f"95% CIs: {result['ci_method']}")
     return lines
 
 
@@ -288,6 +295,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         _print_lines(_summary_line(result, read_cv(RunDir(run).evaluation)))
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from covidxr.evaluation.metrics import format_estimate
+    from covidxr.evaluation.recalibrate import calibrate
+
+    result = calibrate(_require_run(args), args.data, args.out, args.prevalence, args.cache, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    figures = result["figures_out_of_fold"]
+    lines = [f"{result['data']} ({result['split']}): {result['images']} images, {result['patients']} patients, "
+             f"{result['positives']} positives, {result['negatives']} negatives; {result['folds']}-fold cross-fitting "
+             "by patient",
+             f"ECE out of fold: before {format_estimate(figures['before'], 'ece')}, after "
+             f"{format_estimate(figures['after'], 'ece')}"]
+    for name, after in figures["after"]["operating_points"].items():
+        before = figures["before"]["operating_points"].get(name)
+        was = (f"before {format_estimate(before, 'sensitivity')} / {format_estimate(before, 'specificity')}, "
+               if before else "")
+        lines.append(f"{name}: sensitivity / specificity {was}after {format_estimate(after, 'sensitivity')} / "
+                     f"{format_estimate(after, 'specificity')}")
+    lines.append(f"wrote {args.out} (weights unchanged); 95% CIs: {result['ci_method']}")
+    _print_lines(lines)
     return EXIT_OK
 
 
@@ -350,30 +382,65 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ImageReadError as error:
         _print_lines([f"error: {error}"])
         return EXIT_PARTIAL
-    _print_lines([f"P(covid) {result['probability_covid']:.3f}; {result['lung_heat_share']:.0%} of the "
+    if result["probability"] is None:
+        checked = result["input_check"]
+        _print_lines([f"{args.image}: refused ({checked.reason}): {checked.words()} No overlay written."])
+        return EXIT_PARTIAL
+    positive = predictor.contract.positive_class
+    _print_lines([f"P({positive}) {result['probability']:.3f}; {result['lung_heat_share']:.0%} of the "
                   f"{args.method} heat inside the lungs; wrote {args.out}"])
     return EXIT_OK
 
 
 def _write_predictions_csv(predictions: Sequence, classes: list[str], out: Path) -> None:
-    """One row per input file (docs/reference.md, "Outputs"); empty cells where a file failed."""
+    """One row per input file (docs/reference.md, "Outputs"); empty cells where a file failed or was refused."""
     import csv
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "status", "error", "label", "threshold", *(f"p_{name}" for name in classes),
-                         "warnings"])
+        writer.writerow(["path", "status", "error", "label", "threshold", "operating_point", "prevalence",
+                         "probability", *(f"p_{name}" for name in classes), "input_check", "input_check_reason",
+                         "input_check_score", "warnings"])
         for p in predictions:
-            writer.writerow([p.path, p.status, p.error, p.label, p.threshold,
-                             *(p.probabilities.get(name) for name in classes), ";".join(p.warnings)])
+            writer.writerow([p.path, p.status, p.error, p.label, p.threshold, p.operating_point, p.prevalence,
+                             p.probability, *(p.probabilities.get(name) for name in classes), p.input_check.status,
+                             p.input_check.reason or "", p.input_check.score, ";".join(p.warnings)])
+
+
+def _prediction_line(prediction, positive: str) -> str:
+    if prediction.status != "ok":
+        text = f"error: {prediction.error}"
+    elif prediction.refused:
+        text = f"refused ({prediction.input_check.reason}): {prediction.input_check.words()}"
+    else:
+        text = (f"{prediction.label} (P({positive}) {prediction.probability:.3f} at prevalence "
+                f"{_share(prediction.prevalence)}; {prediction.operating_point} threshold {prediction.threshold:.3f})")
+    return f"{prediction.path}: {text}" + (f"  [{'; '.join(prediction.warnings)}]" if prediction.warnings else "")
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3g}"
+
+
+def _prediction_summary(predictions: Sequence) -> tuple[str, bool]:
+    """'N predicted, M refused by the input check (reason: n, ...), F failed' and whether any input was not
+    predicted."""
+    from collections import Counter
+
+    failed = sum(p.status != "ok" for p in predictions)
+    reasons = Counter(p.input_check.reason for p in predictions if p.status == "ok" and p.refused)
+    refused = sum(reasons.values())
+    detail = f" ({', '.join(f'{reason}: {n}' for reason, n in reasons.most_common())})" if refused else ""
+    return (f"{len(predictions) - failed - refused} predicted, {refused} refused by the input check{detail}, "
+            f"{failed} failed"), bool(failed or refused)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from covidxr.predict import expand_paths, load_model
 
     _check_outputs(args)
-    predictor = load_model(_require_run(args))
+    predictor = load_model(_require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
     paths = expand_paths(args.paths)
     if not paths:
         raise UsageError(f"no file found in {', '.join(map(str, args.paths))}")
@@ -383,16 +450,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": predictor.info, "predictions": [p.as_dict() for p in predictions]}, indent=2))
     elif not args.csv:
-        positive = predictor.contract.positive_class
-        for p in predictions:
-            text = (f"{p.label} (P({positive}) {p.probabilities[positive]:.3f})" if p.status == "ok"
-                    else f"error: {p.error}")
-            _print_lines([f"{p.path}: {text}" + (f"  [{'; '.join(p.warnings)}]" if p.warnings else "")])
-    failed = sum(p.status != "ok" for p in predictions)
-    summary = f"{len(predictions) - failed} predicted, {failed} failed" + (f"; wrote {args.csv}" if args.csv else "")
-    Console(stderr=True, emoji=False).print(summary, markup=False, highlight=False)
+        _print_lines([_prediction_line(p, predictor.contract.positive_class) for p in predictions])
+    summary, incomplete = _prediction_summary(predictions)
+    Console(stderr=True, emoji=False).print(summary + (f"; wrote {args.csv}" if args.csv else ""), markup=False,
+                                            highlight=False)
     dicom_failed = _write_dicom_outputs(predictor, predictions, args.dicom_out, args.json) if args.dicom_out else 0
-    return EXIT_PARTIAL if failed or dicom_failed else EXIT_OK
+    return EXIT_PARTIAL if incomplete or dicom_failed else EXIT_OK
 
 
 def _write_dicom_outputs(predictor, predictions: list, out: Path, quiet_stdout: bool) -> int:
@@ -404,11 +467,13 @@ def _write_dicom_outputs(predictor, predictions: list, out: Path, quiet_stdout: 
     for output in outputs:
         text = f"wrote {output.sr.name} and {output.sc.name}" if output.status == "written" else output.note
         console.print(f"{output.path}: {text}", markup=False, highlight=False)
-    written = sum(output.status == "written" for output in outputs)
-    failed = sum(output.status == "failed" for output in outputs)
-    Console(stderr=True, emoji=False).print(f"DICOM results: {written} written to {out}, {failed} DICOM input(s) "
-                                            f"without, {len(outputs) - written - failed} non-DICOM input(s)",
-                                            markup=False, highlight=False)
+    counts = {status: sum(output.status == status for output in outputs) for status in ("written", "failed",
+                                                                                          "refused", "not-dicom")}
+    Console(stderr=True, emoji=False).print(
+        f"DICOM results: {counts['written']} written to {out}, {counts['failed']} DICOM input(s) without, "
+        f"{counts['refused']} refused by the input check, {counts['not-dicom']} non-DICOM input(s)", markup=False,
+        highlight=False)
+    failed = counts["failed"]
     return failed
 
 
@@ -419,7 +484,7 @@ def cmd_dicomweb(args: argparse.Namespace) -> int:
     logging.getLogger("retrying").setLevel(logging.CRITICAL)  # covidxr reports the outcome of its retries itself
     logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)
     server = connect(args.url, attempts=args.attempts)
-    predictor = load_model(_require_run(args))
+    predictor = load_model(_require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
     try:
         reports = classify_studies(server, predictor, args.study)
     except DicomWebError as error:
@@ -474,7 +539,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from covidxr.serving.app import create_app
     from covidxr.serving.guard import allowed_hosts
 
-    app = create_app(_require_run(args), hosts=allowed_hosts(args.host, args.allow_host))
+    app = create_app(_require_run(args), args.operating_point, args.prevalence,
+                     hosts=allowed_hosts(args.host, args.allow_host))
     Console(stderr=True, emoji=False).print(f"covidxr serving on http://{args.host}:{args.port}/ (API docs at /docs); "
                                "not for clinical use", markup=False, highlight=False)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -498,6 +564,20 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.set_defaults(handler=cmd_evaluate)
+    calibrate = commands.add_parser(
+        "calibrate", help="refit calibration and operating points (never weights) on a site's labelled sample",
+        description="Cross-fits by patient to report ECE, sensitivity and specificity on rows each refit did not "
+                    "see, then refits on every row and writes a new run. Not for clinical use.")
+    calibrate.add_argument("--run", type=Path, metavar="RUN", help="default: the model shipped in the package")
+    calibrate.add_argument("--data", type=Path, required=True, metavar="MANIFEST", help="the site's labelled rows")
+    calibrate.add_argument("-o", "--out", type=Path, required=True, metavar="NEW_RUN")
+    calibrate.add_argument("--prevalence", type=_prevalence, metavar="P",
+                           help="the site's share of positives, when the sample's share is not it (e.g. an "
+                                "enriched sample): the new run reports probabilities at P")
+    calibrate.add_argument("--split", help="only the rows of this split of the manifest (default: every row)")
+    calibrate.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    calibrate.set_defaults(handler=cmd_calibrate)
     audit = commands.add_parser("audit", help="shortcut audit: origin in the embeddings, occlusion, "
                                               "leave-one-site-out")
     audit.add_argument("--run", type=Path, metavar="RUN")
@@ -522,6 +602,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="also answer requests for this host name (repeatable; default: localhost, 127.0.0.1, "
                             "[::1] and --host); other Host headers get 400")
+    _add_answer_options(serve)
     serve.set_defaults(handler=cmd_serve)
     predict = commands.add_parser("predict", help="classify images, folders (recursive) and DICOM files")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -529,6 +610,9 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--dicom-out", type=Path, metavar="DIR",
                          help="also write DIR/<SOPInstanceUID>.sr.dcm (DICOM SR) and .sc.dcm (Grad-CAM overlay) "
                               "per input DICOM")
+    _add_answer_options(predict)
+    predict.add_argument("--no-input-check", action="store_true",
+                         help="skip the check that each input is a frontal chest radiograph (recorded as skipped)")
     outputs = predict.add_mutually_exclusive_group()
     outputs.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     outputs.add_argument("--csv", type=Path, metavar="OUT", help="write one row per input file")
@@ -545,6 +629,9 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     dicomweb.add_argument("--run", type=Path, metavar="RUN")
     dicomweb.add_argument("--attempts", type=_positive, metavar="N",
                           help="tries per request when the server is down or busy (default 4)")
+    _add_answer_options(dicomweb)
+    dicomweb.add_argument("--no-input-check", action="store_true",
+                          help="skip the check that each image is a frontal chest radiograph")
     dicomweb.set_defaults(handler=cmd_dicomweb, data=None)
     explain = commands.add_parser("explain", help="class activation map overlay of one image")
     explain.add_argument("image", type=Path, metavar="IMAGE")
@@ -558,6 +645,25 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--overlay", action="store_true", help="also write DIR/<stem>_overlay.png")
     segment.add_argument("--model", type=Path, metavar="DIR", help="a lung segmenter folder (default: the shipped one)")
     segment.set_defaults(handler=cmd_segment)
+
+
+def _prevalence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share of positives strictly between 0 and 1, e.g. 0.05")
+    return value
+
+
+def _add_answer_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--operating-point", metavar="NAME",
+                         help="the model's named threshold to call labels at (balanced, high-sensitivity, "
+                              "high-specificity; default: the model's default_operating_point)")
+    command.add_argument("--prevalence", type=_prevalence, metavar="P",
+                         help="report probabilities at this share of positives (default: the prevalence the "
+                              "calibration was fitted at)")
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
@@ -609,8 +715,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
-    from covidxr.data import TASKS
     from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+    from covidxr.data.severity import BUILD_TASKS
     from covidxr.data.sources import DEFAULT_VIEWS
 
     data = commands.add_parser("data", help="import, build, summarize and check datasets")
@@ -632,7 +738,14 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     folders = layouts.add_parser("folders", help="class folders of images and DICOM files, recursive")
     folders.add_argument("dir", type=Path)
     folders.add_argument("--source", help="dataset name (default: the folder's name)")
-    for layout in (cohen, table, folders):
+    severity = layouts.add_parser("severity", help="Cohen's COVID-19 severity scores (covid-severity-scores.csv: "
+                                                  "extent 0-8, opacity 0-6) joined to the collection's metadata.csv")
+    severity.add_argument("file", type=Path, metavar="CSV")
+    severity.add_argument("--root", type=Path, required=True, metavar="DIR",
+                          help="the collection's folder (with metadata.csv and images/)")
+    severity.add_argument("--views", type=_views, default=DEFAULT_VIEWS,
+                          help=f"views to keep, comma-separated (default: {','.join(DEFAULT_VIEWS)})")
+    for layout in (cohen, table, folders, severity):
         layout.add_argument("-o", "--out", type=Path, required=True, help="manifest to write (.csv or .parquet)")
         layout.set_defaults(handler=cmd_import)
 
@@ -644,7 +757,9 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
     build = data_commands.add_parser("build", help="label, filter, deduplicate, balance and split manifests")
     build.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
-    build.add_argument("--task", required=True, choices=TASKS)
+    build.add_argument("--task", required=True, choices=BUILD_TASKS,
+                       help="severity: regression targets severity_extent and severity_opacity (from `data import "
+                            "severity`), folds stratified by extent")
     build.add_argument("--balance", nargs="?", type=_positive, const=True, default=False, metavar="N",
                        help="keep N images per class (default N: the smallest class), whole patients, seeded")
     build.add_argument("--split", type=_fractions, default=(0.7, 0.15, 0.15), metavar="TRAIN,VAL,TEST")

@@ -225,6 +225,9 @@ class TrainConfig(_Strict):
     adversarial: Adversarial = Adversarial()
     trainer: TrainerSettings = TrainerSettings()
     threshold: ThresholdRule = ThresholdRule()
+    input_check: Literal["shipped", "none"] = Field(
+        "shipped", description="shipped: model.json carries the package's input check (is this a frontal chest "
+                               "radiograph?) and predict refuses what it refuses; none: every prediction says skipped")
 
     @model_validator(mode="after")
     def _adversary_needs_a_trained_backbone(self) -> TrainConfig:

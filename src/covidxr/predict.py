@@ -1,8 +1,10 @@
 """Using a trained model: `covidxr.load_model(run).predict(path_or_array)` and `covidxr predict`.
 
-Per image: class probabilities (temperature-scaled), the label at the run's operating threshold, and
-warnings where something is evident (very low resolution, inverted grey scale, a colour image).
-Unreadable files get `status="error"` with the reason; the others are still predicted.
+Per image, first the input check ("is this a frontal chest radiograph?"): a refused image gets its reason and
+no label or probability. Then calibrated class probabilities (at the calibration's prevalence, or at a deployment
+prevalence given), the label at a named operating point, and warnings where something is evident (very low
+resolution, inverted grey scale). Unreadable files get `status="error"` with the reason; the others are still
+predicted.
 
 The lean path: when `RUN/model.onnx` matches the run's weights, predicting imports ONNX Runtime, NumPy,
 OpenCV, Pillow (and pydicom for DICOM files) but never PyTorch, Lightning or scikit-learn; PyTorch is
@@ -26,9 +28,11 @@ import numpy as np
 from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import LungMasker, Preprocessing, preprocess
 from covidxr.errors import UsageError
-from covidxr.models.onnx_runtime import matching_onnx
+from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
+from covidxr.models.onnx_runtime import OnnxModel, matching_onnx
 from covidxr.progress import progress_bar, worker_count
-from covidxr.runs import NOT_FOR_CLINICAL_USE, RunDir, predicted_classes, shipped_run, softmax_with_temperature
+from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
+from covidxr.runs.severity import SeverityHead, read_severity_head, severity_features_file, severity_from_embedding
 
 if TYPE_CHECKING:
     from covidxr.models.loading import RunModel
@@ -47,22 +51,76 @@ class Prediction:
     error: str = ""
     label: str = ""
     threshold: float | None = None
+    operating_point: str | None = None
+    prevalence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
+    positive_class: str = ""
+    input_check: InputCheckResult = SKIPPED
     warnings: list[str] = field(default_factory=list)
+    severity: dict | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.input_check.status == "refused"
+
+    @property
+    def probability(self) -> float | None:
+        """P(positive class), None where nothing was predicted."""
+        return self.probabilities.get(self.positive_class)
 
     def as_dict(self) -> dict:
         return {"path": self.path, "status": self.status, "error": self.error or None, "label": self.label or None,
-                "threshold": self.threshold, "probabilities": self.probabilities, "warnings": self.warnings}
+                "threshold": self.threshold, "operating_point": self.operating_point, "prevalence": self.prevalence,
+                "probability": self.probability, "probabilities": self.probabilities or None,
+                "input_check": self.input_check.model_dump(), "warnings": self.warnings,
+                **({"severity": self.severity} if self.severity is not None else {})}
 
 
 @dataclass
 class PreparedFile:
-    """A file decoded and prepared for the model (`pixels`), or the reason it could not be (`error`)."""
+    """A file decoded and prepared for the model (`pixels`), refused by the input check (`input_check`), or the
+    reason it could not be read (`error`)."""
 
     path: str
     pixels: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     error: str = ""
+    input_check: InputCheckResult = SKIPPED
+
+
+@dataclass(frozen=True)
+class ImageSteps:
+    """What happens to a decoded image before the model: the input check (None: skipped), then preprocessing with
+    its lung masker. Picklable: worker processes receive it."""
+
+    preprocessing: Preprocessing
+    lungs: LungMasker | None = None
+    checker: InputChecker | None = None
+
+    def run(self, gray: np.ndarray, name: str) -> PreparedFile:
+        if self.checker is None:
+            return PreparedFile(name, preprocess(gray, self.preprocessing, self.lungs)[0], image_warnings(gray))
+        result, mask = self.checker.check(gray)
+        if not result.accepted:
+            return PreparedFile(name, warnings=image_warnings(gray), input_check=result)
+        lungs = KnownMask(gray, mask.mask, self.lungs) if self.lungs is not None else None
+        pixels = preprocess(gray, self.preprocessing, lungs)[0]
+        return PreparedFile(name, pixels, image_warnings(gray), input_check=result)
+
+
+@dataclass(frozen=True)
+class KnownMask:
+    """A lung masker that answers the mask the input check already found when asked about that same image (the
+    same pixels in memory), and asks `masker` about any other."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    masker: LungMasker
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        same = image.shape == self.mask.shape == self.image.shape and \
+            image.__array_interface__["data"][0] == self.image.__array_interface__["data"][0]
+        return self.mask if same else self.masker(image)
 
 
 def image_warnings(gray: np.ndarray) -> list[str]:
@@ -92,38 +150,46 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return expanded
 
 
-def prepare_file(path: str | Path, preprocessing: Preprocessing, lungs: LungMasker | None = None) -> PreparedFile:
-    """Decode one file and prepare it as the run's model expects; an unreadable file gets its reason."""
+def prepare_file(path: str | Path, steps: ImageSteps) -> PreparedFile:
+    """Decode one file, check it and prepare it as the run's model expects; an unreadable file gets its reason."""
     try:
         gray = read_grayscale(path)
     except ImageReadError as error:
         return PreparedFile(os.fspath(path), error=error.problem)
-    return PreparedFile(os.fspath(path), preprocess(gray, preprocessing, lungs)[0], image_warnings(gray))
+    return steps.run(gray, os.fspath(path))
 
 
-def prepare_files(paths: Sequence[str | Path], preprocessing: Preprocessing,
-                  lungs: LungMasker | None = None) -> list[PreparedFile]:
-    return [prepare_file(path, preprocessing, lungs) for path in paths]
+def prepare_files(paths: Sequence[str | Path], steps: ImageSteps) -> list[PreparedFile]:
+    return [prepare_file(path, steps) for path in paths]
 
 
-def prepared_in_order(paths: Sequence[str | Path], preprocessing: Preprocessing, lungs: LungMasker | None = None,
-                      workers: int | None = None) -> Iterator[PreparedFile]:
+def prepared_in_order(paths: Sequence[str | Path], steps: ImageSteps, workers: int | None = None
+                      ) -> Iterator[PreparedFile]:
     """`prepare_file` of every path, in input order. With many files, in `workers` processes (default: one
     per core) fed chunks of CHUNK files, with at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker
     submitted ahead of the consumer, so a folder of any size holds a bounded number of images in memory."""
     workers = worker_count() if workers is None else workers
     if workers < 2 or len(paths) < PARALLEL_FROM:
-        yield from (prepare_file(path, preprocessing, lungs) for path in paths)
+        yield from (prepare_file(path, steps) for path in paths)
         return
     chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[list[PreparedFile]]] = deque()
         for chunk in chunks:
-            pending.append(pool.submit(prepare_files, chunk, preprocessing, lungs))
+            pending.append(pool.submit(prepare_files, chunk, steps))
             if len(pending) >= workers * CHUNKS_IN_FLIGHT_PER_WORKER:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+
+
+def input_checker(contract: InferenceContract, source: Path) -> InputChecker | None:
+    """The run's own input check (model.json's `input_check`); None where the run was trained without one
+    (`input_check: null`); the one shipped in the package for a model.json from before input checks."""
+    if "input_check" not in contract.content:
+        return shipped_input_check()
+    recorded = contract.content["input_check"]
+    return InputChecker.from_recorded(recorded, source) if recorded is not None else None
 
 
 class Predictor:
@@ -131,16 +197,21 @@ class Predictor:
     records the weights hash of model.json, else PyTorch (model.safetensors, checked against that hash
     when it is loaded; with a matching model.onnx it is not read at all)."""
 
-    def __init__(self, run: str | Path | RunDir):
+    def __init__(self, run: str | Path | RunDir, operating_point: str | None = None, prevalence: float | None = None,
+                 input_check: bool = True):
         self.rundir = run if isinstance(run, RunDir) else RunDir(run)
         self.contract = self.rundir.read_contract()
-        self.preprocessing = Preprocessing.from_recorded(self.contract.preprocessing)
-        self.lungs: LungMasker | None = None
-        if self.preprocessing.lungs != "none":
+        self.scorer = self.contract.scorer(operating_point, prevalence)
+        preprocessing = Preprocessing.from_recorded(self.contract.preprocessing)
+        lungs: LungMasker | None = None
+        if preprocessing.lungs != "none":
             from covidxr.lungs import lung_step  # lazy: only runs that crop or mask to the lungs need it
 
-            self.preprocessing, self.lungs = lung_step(self.preprocessing)
+            preprocessing, lungs = lung_step(preprocessing)
+        checker = input_checker(self.contract, self.rundir.model_json) if input_check else None
+        self.steps = ImageSteps(preprocessing, lungs, checker)
         self.onnx = matching_onnx(self.rundir, self.contract)
+        self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, preprocessing, self.onnx)
         self._torch: RunModel | None = None
         self._torch_lock = threading.Lock()
         self._cam_lock = threading.Lock()
@@ -151,7 +222,12 @@ class Predictor:
 
     @property
     def threshold(self) -> float:
-        return self.contract.threshold
+        """The operating point's threshold on the probability predictions report."""
+        return self.scorer.threshold
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.steps.preprocessing
 
     @property
     def torch_run(self) -> RunModel:
@@ -168,12 +244,16 @@ class Predictor:
     def info(self) -> dict:
         content = self.contract.content
         return {"run": str(self.rundir.root), "architecture": content["architecture"], "classes": self.classes,
-                "threshold": self.threshold, "threshold_rule": self.contract.threshold_rule,
-                "temperature": self.contract.temperature, "pretrained": content.get("pretrained"),
+                "positive_class": self.contract.positive_class, "threshold": self.threshold,
+                "operating_point": self.scorer.operating_point,
+                "operating_points": list(self.contract.operating_points),
+                "prevalence": self.scorer.reported_prevalence, "calibration": self.scorer.calibration.method,
+                "input_check": "skipped" if self.steps.checker is None else self.steps.checker.model.name,
+                "pretrained": content.get("pretrained"),
                 "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
 
     def _pixels(self, gray: np.ndarray) -> np.ndarray:
-        pixels, _ = preprocess(gray, self.preprocessing, self.lungs)
+        pixels, _ = preprocess(gray, self.steps.preprocessing, self.steps.lungs)
         return pixels
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -187,33 +267,54 @@ class Predictor:
             return self.torch_run.model(torch.from_numpy(pixels)).numpy()
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Temperature-scaled class probabilities of (N, size, size) prepared pixels."""
-        return softmax_with_temperature(self.logits(batch), self.contract.temperature)
+        """Calibrated class probabilities of (N, size, size) prepared pixels, at the scorer's prevalence."""
+        return self.scorer.probabilities(self.logits(batch))
+
+    def _new(self, path: str, prepared: PreparedFile | None = None) -> Prediction:
+        prediction = Prediction(path=path, operating_point=self.scorer.operating_point,
+                                prevalence=self.scorer.reported_prevalence, positive_class=self.contract.positive_class)
+        if prepared is not None:
+            prediction.warnings, prediction.input_check = prepared.warnings, prepared.input_check
+            if prepared.error:
+                prediction.status, prediction.error = "error", prepared.error
+        return prediction
 
     def _finish(self, predictions: list[Prediction], pixels: list[np.ndarray]) -> None:
         if not predictions:
             return
-        probabilities = self.probabilities(np.stack(pixels))
-        labels = predicted_classes(probabilities, self.classes, self.contract.positive_class, self.threshold)
-        for prediction, row, label in zip(predictions, probabilities, labels):
+        batch = np.stack(pixels)
+        probabilities = self.probabilities(batch)
+        labels = self.scorer.labels(probabilities)
+        severities = self.severities(batch)
+        for index, (prediction, row, label) in enumerate(zip(predictions, probabilities, labels)):
             prediction.probabilities = {name: float(p) for name, p in zip(self.classes, row)}
             prediction.label = str(label)
             prediction.threshold = self.threshold
+            prediction.severity = severities[index] if severities else None
+
+    def severities(self, batch: np.ndarray) -> list[dict] | None:
+        """The `severity` object of each of (N, size, size) prepared pixels; None for a model without severity."""
+        if self.severity_head is None:
+            return None
+        embeddings = self.severity_net.embedding(batch[:, None].astype(np.float32))
+        return [severity_from_embedding(embedding, self.severity_head) for embedding in embeddings]
 
     def predict(self, item: str | Path | np.ndarray) -> dict:
         """One image (a path, or a 2-D grey uint8 array) -> a prediction dict."""
         if isinstance(item, np.ndarray):
             if item.ndim != 2 or item.dtype != np.uint8:
                 raise UsageError(f"expected a 2-D uint8 grey array, got shape {item.shape} dtype {item.dtype}")
-            prediction = Prediction(path="<array>", warnings=image_warnings(item))
-            self._finish([prediction], [self._pixels(item)])
+            prepared = self.steps.run(item, "<array>")
+            prediction = self._new("<array>", prepared)
+            if prepared.pixels is not None:
+                self._finish([prediction], [prepared.pixels])
             return prediction.as_dict()
         return self.predict_files([item])[0].as_dict()
 
     def explain(self, item: str | Path | np.ndarray, out=None, method: str = "gradcam") -> dict:
         """Class activation map of the positive class for one image (path or 2-D grey uint8 array): the map,
         the share of its heat inside the lung mask, and, with `out` (a path or binary file), a PNG overlay with
-        the lung outline."""
+        the lung outline. An image the input check refuses gets its `input_check` and nothing else (no file)."""
         import torch  # lazy: class activation maps need the PyTorch model
 
         from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
@@ -221,6 +322,10 @@ class Predictor:
 
         positive = self.contract.positive_index
         gray = item if isinstance(item, np.ndarray) else read_grayscale(item)
+        checked = self.steps.checker.check(gray)[0] if self.steps.checker is not None else SKIPPED
+        if not checked.accepted:
+            return {"probability": None, "input_check": checked, "lung_heat_share": None,
+                    "method": method, "heatmap": None, "lungs": None}
         pixels = self._pixels(gray)
         probability = float(self.probabilities(pixels[None])[0, positive])
         model = self.torch_run.model
@@ -234,7 +339,8 @@ class Predictor:
             title = (f"{name}\nP({self.contract.positive_class}) {probability:.2f} (threshold "
                      f"{self.threshold:.2f}), {method}, {share:.0%} of heat in {region}")
             save_overlay(pixels, heatmap, title, out, lungs)
-        return {"probability_covid": probability, "lung_heat_share": share, "method": method, "heatmap": heatmap,
+        return {"probability": probability, "input_check": checked, "lung_heat_share": share,
+                "method": method, "heatmap": heatmap,
                 "lungs": lungs}
 
     def predict_files(self, paths: Sequence[str | Path], workers: int | None = None) -> list[Prediction]:
@@ -244,11 +350,10 @@ class Predictor:
         results, pending, pixels = [], [], []
         with progress_bar(disable=len(paths) < PARALLEL_FROM) as bar:
             task = bar.add_task("predicting", total=len(paths))
-            for prepared in prepared_in_order(paths, self.preprocessing, self.lungs, workers):
-                prediction = Prediction(path=prepared.path, warnings=prepared.warnings)
+            for prepared in prepared_in_order(paths, self.steps, workers):
+                prediction = self._new(prepared.path, prepared)
                 results.append(prediction)
                 if prepared.pixels is None:
-                    prediction.status, prediction.error = "error", prepared.error
                     bar.advance(task)
                     continue
                 pending.append(prediction)
@@ -262,6 +367,24 @@ class Predictor:
         return results
 
 
-def load_model(run: str | Path | None = None) -> Predictor:
-    """The model of run directory `run` (without one: the model shipped in the package)."""
-    return Predictor(run if run is not None else shipped_run())
+def severity_reader(rundir: RunDir, contract: InferenceContract, preprocessing: Preprocessing,
+                    classifier: OnnxModel | None) -> tuple[SeverityHead | None, OnnxModel | None]:
+    """The run's severity head (RUN/severity.json) and the ONNX network whose `embedding` it reads (its own feature
+    network, else the classifier's); (None, None) for a model without severity, or one whose head was fitted on
+    other pixels or needs an embedding this model.onnx lacks."""
+    head = read_severity_head(rundir, contract.weights_sha256)
+    if head is None or head.preprocessing != preprocessing.key():
+        return None, None
+    path = severity_features_file(rundir, head)
+    network = OnnxModel(path) if path is not None else classifier
+    if network is None or not network.has_embedding:
+        return None, None
+    return head, network
+
+
+def load_model(run: str | Path | None = None, operating_point: str | None = None, prevalence: float | None = None,
+               input_check: bool = True) -> Predictor:
+    """The model of run directory `run` (without one: the model shipped in the package), calling labels at
+    `operating_point` (default: the model's), with probabilities at a deployment `prevalence` (default: the one
+    its calibration was fitted at), checking each input first unless `input_check` is False."""
+    return Predictor(run if run is not None else shipped_run(), operating_point, prevalence, input_check)

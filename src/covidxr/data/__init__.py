@@ -23,7 +23,7 @@ _HOMES = {
     "covidxr.data.labels": ("CLASSES", "DEFAULT_TABLE", "TASKS", "label_for", "load_label_table"),
     "covidxr.data.manifest": ("COLUMNS", "ManifestError", "load_dropped", "load_manifest", "save_manifest"),
     "covidxr.data.sources": ("DEFAULT_VIEWS", "ImportResult", "SourceError", "import_cohen", "import_csv",
-                             "import_folders"),
+                             "import_folders", "import_severity"),
     "covidxr.data.split": ("find_leaks",),
     "covidxr.data.summary": ("summarize",),
 }

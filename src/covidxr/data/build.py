@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, duplicate_groups
-from covidxr.data.labels import DEFAULT_TABLE, LabelTable, check_task, label_for, load_label_table
+from covidxr.data.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, ThumbnailLoader, duplicate_groups
+from covidxr.data.labels import DEFAULT_TABLE, LabelTable, labels_for, load_label_table
 from covidxr.data.manifest import StageResult, conform, describe_drops, load_dropped, load_manifest, validate
+from covidxr.data.severity import NO_SCORE, SEVERITY_TASK, labelling_task, split_by_severity, unscored
 from covidxr.data.sources.base import ImportResult
 from covidxr.data.split import DEFAULT_FRACTIONS, assign_splits, balance_classes, find_leaks
 from covidxr.errors import CovidxrError, UsageError
@@ -64,36 +65,44 @@ def build(
     exclude_license: str | None = None,
     max_distance: int = DEFAULT_MAX_DISTANCE,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
+    thumbnails: ThumbnailLoader | None = None,
 ) -> BuildResult:
     """Build a dataset from imported manifests (files, tables or ImportResults): label, filter, deduplicate,
-    balance and split as docs/reference.md describes ("Duplicates and splits").
+    balance and split as docs/reference.md describes ("Duplicates and splits"). `task="severity"` keeps the
+    rows with both severity scores and stratifies by extent (`covidxr.data.severity`).
 
-    `balance=True` keeps the smallest class's count of images per class; an int keeps that many.
+    `balance=True` keeps the smallest class's count of images per class; an int keeps that many. `thumbnails`
+    replaces decoding the files for the near-duplicate pixel check (see `duplicate_groups`).
     """
-    check_task(task)
+    labelling = labelling_task(task)
+    if task == SEVERITY_TASK and balance is not False:
+        raise UsageError("balances classes; a severity build has scores, not classes: leave it out", "balance", balance)
     table_in_use = load_label_table(labels) if isinstance(labels, (str, Path)) else (labels or DEFAULT_TABLE)
-    if task not in table_in_use:
-        raise UsageError(f"the label table has no '{task}' mapping; it maps: {', '.join(table_in_use)}")
+    if labelling not in table_in_use:
+        raise UsageError(f"the label table has no '{labelling}' mapping; it maps: {', '.join(table_in_use)}")
     license_pattern = _compile_license(exclude_license)
     table, inherited = _read_inputs(manifests)
     drops = []
 
-    table["label"] = table["finding"].map(lambda f: label_for(f, task, table_in_use) or "")
+    table["label"] = labels_for(table["finding"], labelling, table_in_use)
     table, dropped = _drop(table, table["label"] == "", "finding unmapped", "finding " + table["finding"].map(repr))
     drops.append(dropped)
     if license_pattern is not None:
         matches = table["license"].map(lambda text: bool(license_pattern.search(text)))
         table, dropped = _drop(table, matches, "license excluded", "license " + table["license"])
         drops.append(dropped)
+    if task == SEVERITY_TASK:
+        table, dropped = _drop(table, unscored(table), NO_SCORE, "")
+        drops.append(dropped)
     if table.empty:
         raise CovidxrError("no image is left after labelling and licence filtering; see the dropped rows")
 
-    table["dup_group"], duplicates = duplicate_groups(table, max_distance, min_correlation)
+    table["dup_group"], duplicates = duplicate_groups(table, max_distance, min_correlation, thumbnails)
     if balance is not False:
         keep = balance_classes(table, None if balance is True else int(balance), seed)
         table, dropped = _drop(table, ~keep, "balance", "")
         drops.append(dropped)
-    table = assign_splits(table, split, folds, seed)
+    table = (split_by_severity if task == SEVERITY_TASK else assign_splits)(table, split, folds, seed)
     leaks = find_leaks(table)
     if len(leaks):
         raise LeakError(f"{len(leaks)} patient unit(s) cross splits or folds:\n{leaks.to_string(index=False)}")

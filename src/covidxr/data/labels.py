@@ -8,10 +8,14 @@ label and `data build` drops it as `finding unmapped`, naming the string.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from covidxr.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TASKS = ("binary", "three-class")
 POSITIVE_CLASS = "covid"
@@ -55,6 +59,12 @@ def label_for(finding: str, task: str, table: LabelTable = DEFAULT_TABLE) -> str
     if COVID.lower() in key and COVID.lower() in mapping:
         return mapping[COVID.lower()]
     return None
+
+
+def labels_for(findings: pd.Series, task: str, table: LabelTable = DEFAULT_TABLE) -> pd.Series:
+    """`label_for` of every finding ("" where the table does not map it), looked up once per distinct finding."""
+    labels = {finding: label_for(finding, task, table) or "" for finding in findings.unique()}
+    return findings.map(labels)
 
 
 def load_label_table(path: str | Path) -> LabelTable:

@@ -18,6 +18,8 @@ COLUMNS: tuple[str, ...] = (
 INT_COLUMNS = ("width", "height", "fold")
 FLOAT_COLUMNS = ("age",)
 STRING_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS + FLOAT_COLUMNS)
+SEVERITY_MAXIMA: dict[str, float] = {"severity_extent": 8.0, "severity_opacity": 6.0}
+"""Optional, nullable score columns (COVID-19 severity, mean of raters) -> their maximum; the minimum is 0."""
 SPLITS = ("train", "val", "test")
 FORMATS = (".csv", ".parquet")
 
@@ -48,6 +50,9 @@ def conform(table: pd.DataFrame) -> pd.DataFrame:
         table[column] = pd.to_numeric(table[column].replace("", pd.NA), errors="raise").astype("Int64")
     for column in FLOAT_COLUMNS:
         table[column] = pd.to_numeric(table[column].replace("", pd.NA), errors="coerce").astype("Float64")
+    for column in SEVERITY_MAXIMA:
+        if column in table:
+            table[column] = pd.to_numeric(table[column].replace("", pd.NA), errors="raise").astype("Float64")
     extra = [c for c in table.columns if c not in COLUMNS]
     return table[list(COLUMNS) + extra].reset_index(drop=True)
 

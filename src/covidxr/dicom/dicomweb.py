@@ -33,7 +33,7 @@ from requests.adapters import HTTPAdapter
 from retrying import RetryError
 
 from covidxr.data.privacy import describe_error, keep_header_values_out_of_logs
-from covidxr.dicom.results import DicomResultError, ResultObjects, model_identity, results_of
+from covidxr.dicom.results import DicomResultError, InputRefused, ResultObjects, model_identity, results_of
 from covidxr.dicom.source import skip_reason
 from covidxr.dicom.sr import ModelIdentity, ResultUIDs
 from covidxr.errors import CovidxrError, UsageError
@@ -314,6 +314,8 @@ def _classify_instance(server: Server, predictor: Predictor, header: Dataset, pr
         return _report(header, "skipped", "no pixel data")
     try:
         objects = results_of(predictor, dataset, str(header.SOPInstanceUID), radiographs_only=True)
+    except InputRefused as error:
+        return _report(header, "skipped", error.problem)
     except DicomResultError as error:
         return _report(header, "failed", error.problem)
     return _store_both(server, header, objects, present)

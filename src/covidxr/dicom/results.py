@@ -30,6 +30,10 @@ class DicomResultError(CovidxrError):
         super().__init__(f"{name}: {problem}")
 
 
+class InputRefused(DicomResultError):
+    """An instance the input check refused: an answer, not a failure."""
+
+
 @dataclass
 class ResultObjects:
     sr: Dataset
@@ -50,8 +54,11 @@ def _grayscale(dataset: Dataset, name: str) -> np.ndarray:
         raise DicomResultError(name, error.problem) from None
 
 
-def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | None) -> Classification:
+def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | None, name: str) -> Classification:
     prediction = prediction if prediction is not None else predictor.predict(gray)
+    checked = prediction["input_check"]
+    if checked["status"] == "refused":
+        raise InputRefused(name, f"refused by the input check ({checked['reason']}): no DICOM result")
     return Classification.from_prediction(prediction, predictor.contract.positive_class)
 
 
@@ -85,7 +92,7 @@ def sr_of(predictor: Predictor, dataset: Dataset, name: str, radiographs_only: b
     reason = skip_reason(dataset, radiographs_only)
     if reason:
         raise DicomResultError(name, reason)
-    result = _classification(predictor, _grayscale(dataset, name), None)
+    result = _classification(predictor, _grayscale(dataset, name), None, name)
     return _built(name, dataset, lambda: build_sr(evidence_header(dataset), result, model_identity(predictor)))
 
 
@@ -100,9 +107,9 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
     if reason:
         raise DicomResultError(name, reason)
     gray = _grayscale(dataset, name)
-    result, model = _classification(predictor, gray, prediction), model_identity(predictor)
+    result, model = _classification(predictor, gray, prediction, name), model_identity(predictor)
     explained = predictor.explain(gray)
-    pixels, _ = preprocess(gray, predictor.preprocessing, predictor.lungs)
+    pixels, _ = preprocess(gray, predictor.steps.preprocessing, predictor.steps.lungs)
     overlay = overlay_rgb(pixels, explained["heatmap"], overlay_title(result, model), explained["lungs"])
     header = evidence_header(dataset)
     return _built(name, dataset, lambda: ResultObjects(build_sr(header, result, model),
@@ -111,7 +118,8 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
 
 @dataclass
 class DicomOutput:
-    """What `--dicom-out` did for one input: `written` (both files), `not-dicom` (a note) or `failed`."""
+    """What `--dicom-out` did for one input: `written` (both files), `not-dicom` or `refused` (a note) or
+    `failed`."""
 
     path: str
     status: str
@@ -154,6 +162,9 @@ def _write_one(predictor: Predictor, prediction: Prediction, out: Path) -> Dicom
             return DicomOutput(prediction.path, "not-dicom", "not a DICOM file: no DICOM output")
         if prediction.status != "ok":
             raise DicomResultError(prediction.path, prediction.error)
+        if prediction.refused:
+            return DicomOutput(prediction.path, "refused", f"refused by the input check "
+                                                           f"({prediction.input_check.reason}): no DICOM output")
         objects = results_of(predictor, dataset, prediction.path, prediction.as_dict())
     except DicomResultError as error:
         return DicomOutput(prediction.path, "failed", error.problem)

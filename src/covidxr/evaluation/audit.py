@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from covidxr.data.dataset import CachedImages
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none
 from covidxr.lungs import LungSegmenter, prepare_with_lungs, shipped_segmenter
+from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
 

@@ -31,7 +31,7 @@ from covidxr.errors import UsageError
 from covidxr.evaluation.audit import audit
 from covidxr.evaluation.crossval import cross_validate
 from covidxr.evaluation.evaluate import evaluate
-from covidxr.evaluation.metrics import PatientBootstrap
+from covidxr.metrics import PatientBootstrap
 from covidxr.runs import RunDir, default_cache_root, read_json, write_json
 from covidxr.training.data import ensure_cache, is_built_for, select_rows
 from covidxr.training.run import train

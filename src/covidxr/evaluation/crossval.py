@@ -22,7 +22,7 @@ from covidxr.data.manifest import load_manifest, save_manifest
 from covidxr.data.split import grouped_folds, split_units
 from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import model_probabilities
-from covidxr.evaluation.metrics import PatientBootstrap, auc_or_none, binary_metrics
+from covidxr.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
 from covidxr.runs import default_cache_root, read_json, write_json
 from covidxr.training.data import select_rows

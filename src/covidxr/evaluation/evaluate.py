@@ -15,27 +15,28 @@ from covidxr.data.labels import label_for
 from covidxr.data.manifest import load_manifest
 from covidxr.data.overlap import overlap_with_training, training_part
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.evaluation.calibration import expected_calibration_error
-from covidxr.evaluation.metrics import (
+from covidxr.evaluation.plots import evaluation_plots
+from covidxr.lungs import prepare_with_lungs
+from covidxr.metrics import (
     PatientBootstrap,
     at_prevalence,
     auc_or_none,
     binary_metrics,
     brier_score,
     confusion,
+    expected_calibration_error,
     metrics_with_intervals,
 )
-from covidxr.evaluation.plots import evaluation_plots
-from covidxr.lungs import prepare_with_lungs
 from covidxr.models.inference import predict_logits
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, predicted_classes, softmax_with_temperature, write_json
-from covidxr.training.calibration import operating_threshold
 
 log = logging.getLogger("covidxr.evaluate")
-SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
+OPERATING_POINT_KEYS = ("sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "ppv", "ppv_ci", "npv",
+                        "npv_ci")
 CARD_KEYS = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci", "specificity",
-             "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source")
+             "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source", "ece", "ece_ci",
+             "ece_before_calibration", "operating_point", "operating_points")
 
 
 def _labelled(manifest: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
@@ -83,13 +84,14 @@ def overlap_with_run(run: RunModel, rows: pd.DataFrame) -> dict | None:
 def model_probabilities(
     run: RunModel, rows: pd.DataFrame, cache_root: Path
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Rows that could be prepared, their raw logits and their temperature-scaled probabilities."""
+    """Rows that could be prepared, their raw logits and their calibrated probabilities (at the prevalence the
+    calibration was fitted at)."""
     report = prepare_with_lungs(rows, cache_root, run.preprocessing)
     if len(report.failures):
         log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     logits, _ = predict_logits(run.model, CachedImages(rows, report.cache, run.classes))
-    return rows, logits, softmax_with_temperature(logits, run.temperature)
+    return rows, logits, run.inference.scorer().probabilities(logits)
 
 
 def _subgroups(rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray, threshold: float, by: str,
@@ -112,18 +114,30 @@ def source_only(rows: pd.DataFrame, truth: np.ndarray, by: str, bootstrap: Patie
     return auc, interval
 
 
-def threshold_table(val: tuple[np.ndarray, np.ndarray] | None, truth: np.ndarray, scores: np.ndarray,
-                    threshold: float, rule: str) -> list[dict]:
-    """The run's threshold and thresholds for other sensitivities (fitted on validation), applied here."""
-    table = [{"rule": rule, "threshold": threshold}]
-    if val is not None and 0 < val[0].sum() < len(val[0]):
-        table += [{"rule": f"sensitivity>={target}", "threshold": operating_threshold(val[1], val[0], "sensitivity",
-                                                                                      target)}
-                  for target in SENSITIVITY_TARGETS]
-    for entry in table:
-        figures = binary_metrics(truth, scores, entry["threshold"])
-        entry.update(sensitivity=figures["sensitivity"], specificity=figures["specificity"], ppv=figures["ppv"])
-    return table
+def operating_point_figures(run: RunModel, truth: np.ndarray, scores: np.ndarray, patients: pd.Series,
+                            bootstrap: PatientBootstrap) -> dict:
+    """Each of the run's operating points (thresholds fitted on validation) applied here: sensitivity,
+    specificity, PPV and NPV with their intervals, beside the validation figures it was chosen with."""
+    figures = {}
+    for name, point in run.inference.operating_points.items():
+        measured = metrics_with_intervals(truth, scores, patients, point.threshold, bootstrap)
+        figures[name] = {"threshold": point.threshold, "rule": point.rule,
+                         **{key: measured[key] for key in OPERATING_POINT_KEYS},
+                         "validation": {"sensitivity": point.sensitivity, "specificity": point.specificity,
+                                        "ci": point.ci}}
+    return figures
+
+
+def calibration_figures(truth: np.ndarray, calibrated: np.ndarray, uncalibrated: np.ndarray, patients: pd.Series,
+                        bootstrap: PatientBootstrap) -> dict:
+    """ECE and Brier score after and before calibration (the plain softmax), ECEs with their intervals."""
+    intervals = bootstrap.intervals(lambda rows: {
+        "ece": expected_calibration_error(truth[rows], calibrated[rows]),
+        "ece_before_calibration": expected_calibration_error(truth[rows], uncalibrated[rows])}, patients)
+    return {"ece": expected_calibration_error(truth, calibrated), "ece_ci": intervals["ece"],
+            "ece_before_calibration": expected_calibration_error(truth, uncalibrated),
+            "ece_before_calibration_ci": intervals["ece_before_calibration"],
+            "brier": brier_score(truth, calibrated), "brier_before_calibration": brier_score(truth, uncalibrated)}
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
@@ -141,19 +155,19 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     positive = run.positive_index
     truth = (rows["label"] == run.positive_class).to_numpy()
     scores = probabilities[:, positive]
-    untempered = softmax_with_temperature(logits, 1.0)[:, positive]
-    threshold = run.threshold
+    uncalibrated = softmax_with_temperature(logits, 1.0)[:, positive]
+    scorer = run.inference.scorer()
+    threshold = scorer.threshold
     result = {
         **({"overlap_with_training": overlap} if data is not None else {}),
         "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
         "n_patients": int(rows["patient_id"].nunique()), "prevalence": float(truth.mean()),
         **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, bootstrap),
         "threshold": threshold, "threshold_rule": run.contract["threshold_rule"],
+        "operating_point": scorer.operating_point, "calibration": scorer.calibration.method,
+        "calibration_prevalence": scorer.calibration.prevalence,
         "confusion_matrix": confusion(truth, scores, threshold),
-        "ece": expected_calibration_error(truth, scores),
-        "ece_before_temperature": expected_calibration_error(truth, untempered),
-        "brier": brier_score(truth, scores),
-        "brier_before_temperature": brier_score(truth, untempered),
+        **calibration_figures(truth, scores, uncalibrated, rows["patient_id"], bootstrap),
         "within_source": _subgroups(rows, truth, scores, threshold, "source", bootstrap),
         "within_site": _subgroups(rows, truth, scores, threshold, "site", bootstrap),
         "ci_method": bootstrap.method,
@@ -162,16 +176,10 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     result["site_only_auc"], result["site_only_auc_ci"] = source_only(rows, truth, "site", bootstrap)
     if prevalence is not None:
         result |= at_prevalence(result["sensitivity"], result["specificity"], prevalence)
-    validation = None
-    if data is None and split != "val":
-        val_rows, _, _ = evaluation_rows(run, None, "val")
-        val_rows, _, val_probabilities = model_probabilities(run, val_rows, cache_root)
-        validation = ((val_rows["label"] == run.positive_class).to_numpy(), val_probabilities[:, positive])
-        result["validation_at_threshold"] = binary_metrics(*validation, threshold)
-    result["thresholds"] = threshold_table(validation, truth, scores, threshold, result["threshold_rule"])
+    result["operating_points"] = operating_point_figures(run, truth, scores, rows["patient_id"], bootstrap)
     if len(run.classes) > 2:
         result |= multiclass_figures(rows, probabilities, run.classes, threshold, run.positive_class, bootstrap)
-    _save(run, result, rows, truth, (scores, untempered), name, split, bootstrap)
+    _save(run, result, rows, truth, (scores, uncalibrated), name, split, bootstrap)
     return result
 
 
@@ -197,7 +205,7 @@ def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: l
 
 def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray,
           scores: tuple[np.ndarray, np.ndarray], name: str, split: str, bootstrap: PatientBootstrap) -> None:
-    """JSON, plots and the model card; `scores` = (after, before) the temperature."""
+    """JSON, plots and the model card; `scores` = (after, before) calibration."""
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"evaluate-{name}-{split}"

@@ -31,10 +31,10 @@ from covidxr.data.labels import label_for
 from covidxr.data.regions import mask_box
 from covidxr.data.sources.cohen import import_cohen
 from covidxr.data.sources.csvtable import import_csv
-from covidxr.evaluation.metrics import PatientBootstrap
 from covidxr.lungs import LungSegmenter
 from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import dice_and_iou, outline_overlay
+from covidxr.metrics import PatientBootstrap
 from covidxr.progress import progress_bar, stderr
 from covidxr.runs import NOT_FOR_CLINICAL_USE, read_json, write_json
 

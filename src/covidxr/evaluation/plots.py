@@ -10,8 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from covidxr.evaluation.calibration import CALIBRATION_BINS, reliability
-from covidxr.evaluation.metrics import PatientBootstrap
+from covidxr.metrics import CALIBRATION_BINS, PatientBootstrap, reliability
 
 GRID = np.linspace(0, 1, 101)
 
@@ -69,7 +68,7 @@ def evaluation_plots(truth: np.ndarray, scores: tuple[np.ndarray, np.ndarray], p
     axes[2].plot([0, 1], [0, 1], "k:", linewidth=0.8)
     before, after = reliability(truth, uncalibrated), reliability(truth, scores)
     axes[2].plot(before.predicted, before.observed, marker="x", linestyle="--",
-                 label=f"before temperature (ECE {result['ece_before_temperature']:.3f})")
+                 label=f"before calibration (ECE {result['ece_before_calibration']:.3f})")
     axes[2].plot(after.predicted, after.observed, marker="o", label=f"after (ECE {result['ece']:.3f})")
     axes[2].legend(fontsize=7)
     axes[2].set_title(f"reliability ({CALIBRATION_BINS} equal-width bins, those of the ECE)")

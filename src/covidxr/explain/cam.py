@@ -32,12 +32,14 @@ def target_layer(model: Classifier) -> nn.Module:
     return convolutions[-1]
 
 
-def heatmaps(model: Classifier, pixels: torch.Tensor, class_index: int, method: str = "gradcam") -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of what drives `class_index`, for (N, 1, H, W) grey pixels 0..255."""
+def heatmaps(model: nn.Module, pixels: torch.Tensor, class_index: int, method: str = "gradcam",
+             layer: nn.Module | None = None) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] of what drives output `class_index`, for (N, 1, H, W) grey pixels 0..255, at
+    `layer` (default: a Classifier's `target_layer`)."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
     model.eval()
-    with METHODS[method](model=model, target_layers=[target_layer(model)]) as cam:
+    with METHODS[method](model=model, target_layers=[layer or target_layer(model)]) as cam:
         maps = cam(input_tensor=pixels.float(), targets=[ClassifierOutputTarget(class_index)] * len(pixels))
     return np.asarray(maps, dtype=np.float32)
 

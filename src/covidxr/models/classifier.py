@@ -73,6 +73,58 @@ class Classifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels))
 
+    def embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, channels) pooled embedding: the global average of the backbone's last feature map (what the
+        `linear` head's dense layer reads; a severity head reads it too)."""
+        return pooled(self.features(pixels))
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    return features.mean(dim=(2, 3))
+
+
+class PooledStages(nn.Module):
+    """Grey pixels -> the global averages of the outputs of some stages of an EfficientNet-style backbone
+    (timm's `conv_stem`, `bn1`, `blocks`), concatenated: mid-level features (textures, densities) where the
+    last stage holds a task's classes. The severity feature network."""
+
+    def __init__(self, classifier: Classifier, stages: tuple[int, ...]):
+        super().__init__()
+        backbone = classifier.backbone
+        if not all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "blocks")) \
+                or not stages or max(stages) >= len(backbone.blocks):
+            raise UsageError(f"pooled stages {stages} need an EfficientNet-style backbone with that many stages")
+        self.classifier = classifier
+        self.stages = tuple(stages)
+
+    def stage_outputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps of the chosen stages (B, C, h, w), in order."""
+        model, backbone = self.classifier, self.classifier.backbone
+        x = pixels.float() / 255.0
+        x = (x.expand(-1, model.in_chans, -1, -1) - model.mean) / model.std
+        hidden, outputs = backbone.bn1(backbone.conv_stem(x)), []
+        for index, block in enumerate(backbone.blocks[: max(self.stages) + 1]):
+            hidden = block(hidden)
+            if index in self.stages:
+                outputs.append(hidden)
+        return outputs
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pooled(output) for output in self.stage_outputs(pixels)], dim=1)
+
+
+class WithEmbedding(nn.Module):
+    """A classifier whose forward returns (logits, pooled embedding) from one pass of the backbone (the ONNX
+    export's two outputs)."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.classifier.features(pixels)
+        return self.classifier.head(features), pooled(features)
+
 
 def backbone_architecture(name: str) -> str:
     """The timm model a model name builds (`xrv-densenet121-res224-all` -> densenet121)."""

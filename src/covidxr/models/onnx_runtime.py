@@ -13,14 +13,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from covidxr.errors import CovidxrError
 from covidxr.runs import InferenceContract, RunDir
 
 log = logging.getLogger("covidxr.onnx")
 
 
+OUTPUTS = ["logits", "embedding"]
+"""What `covidxr export` writes: logits (batch, classes) and the pooled embedding (batch, channels); files
+exported before the embedding have `logits` only."""
+
+
 class OnnxModel:
     """ONNX Runtime session over an exported model: input `pixels` (batch, 1, size, size) float32 grey
-    0..255, output `logits` (batch, classes)."""
+    0..255, outputs `logits` (batch, classes) and, in files exported since it exists, `embedding`."""
 
     def __init__(self, path: str | Path):
         options = onnxruntime.SessionOptions()
@@ -28,8 +34,32 @@ class OnnxModel:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map
 
+    @property
+    def has_embedding(self) -> bool:
+        return "embedding" in {output.name for output in self.session.get_outputs()}
+
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        return self.session.run(["logits"], self._feed(pixels))[0]
+
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, pooled embedding) from one run; an error for a file exported without the embedding."""
+        if not self.has_embedding:
+            raise CovidxrError("this model.onnx was exported without the `embedding` output: export it again "
+                               "(covidxr export --run RUN --format onnx)")
+        logits, embedding = self.session.run(OUTPUTS, self._feed(pixels))
+        return logits, embedding
+
+    def embedding(self, pixels: np.ndarray) -> np.ndarray:
+        """(batch, channels) output `embedding` (the classifier's pooled embedding, or a severity feature
+        network's)."""
+        if not self.has_embedding:
+            raise CovidxrError("this ONNX file has no `embedding` output: export it again "
+                               "(covidxr export --run RUN --format onnx)")
+        return self.session.run(["embedding"], self._feed(pixels))[0]
+
+    @staticmethod
+    def _feed(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        return {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)}
 
 
 def matching_onnx(rundir: RunDir, contract: InferenceContract) -> OnnxModel | None:

@@ -57,10 +57,19 @@ def _headline(result: dict, cv: dict | None) -> str:
     return text
 
 
+def _operating_points_table(result: dict) -> str:
+    rows = [{"operating point": name + (" (default)" if name == result["operating_point"] else ""),
+             "threshold": f"{point['threshold']:.3f}", "rule": point["rule"],
+             "validation sensitivity / specificity": f"{format_number(point['validation']['sensitivity'])} / "
+                                                     f"{format_number(point['validation']['specificity'])}",
+             **{f"test {key} (95% CI)": format_estimate(point, key) for key in ("sensitivity", "specificity", "ppv")}}
+            for name, point in result["operating_points"].items()]
+    return _table(pd.DataFrame(rows))
+
+
 def _metrics_table(result: dict) -> str:
     keys = ("auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
-    rows = [{"metric": k, "test (95% CI)": format_estimate(result, k),
-             "validation": format_number((result.get("validation_at_threshold") or {}).get(k))} for k in keys]
+    rows = [{"metric": k, "test (95% CI)": format_estimate(result, k)} for k in keys]
     within = [{"subgroup": f"{kind} {name}", "images": f["n_images"], "patients": f["n_patients"],
                "AUC (95% CI)": format_estimate(f, "auc"), "sensitivity": format_number(f["sensitivity"]),
                "specificity": format_number(f["specificity"])}
@@ -171,10 +180,11 @@ def write_report(run_dir: str | Path, out: str | Path, cache_root: str | Path | 
         f" fitted on validation)</h2>", _metrics_table(result),
         f"<p>CIs: {html.escape(result['ci_method'])}.</p>",
         _png(folder / "evaluate-internal-test-curves.png"),
-        f"<p>Calibration: ECE {format_number(result['ece'])} after temperature {run.temperature:.2f} "
-        f"(before {format_number(result['ece_before_temperature'])}), Brier {format_number(result['brier'])}.</p>",
-        "<h3>Other thresholds (fitted on validation, applied to test)</h3>",
-        _table(pd.DataFrame(result["thresholds"]).round(3)),
+        f"<p>Calibration ({html.escape(result['calibration'])}, fitted on validation at prevalence "
+        f"{format_number(result['calibration_prevalence'])}): ECE {format_estimate(result, 'ece')} (before "
+        f"calibration {format_estimate(result, 'ece_before_calibration')}), Brier {format_number(result['brier'])}."
+        "</p>",
+        "<h3>Operating points (fitted on validation, applied to test)</h3>", _operating_points_table(result),
         "<h2>External data</h2>" + ("".join(
             f"<p>{html.escape(e['data'])} ({e['split']}): {e['n_images']} images, {e['n_patients']} patients, AUC "
             f"{format_estimate(e, 'auc')}; source-only {format_estimate(e, 'source_only_auc')}</p>" for e in external)

@@ -5,6 +5,16 @@
     >>> contract.positive_class, contract.threshold, contract.temperature
 """
 
+from covidxr.runs.calibration import (
+    OPERATING_POINT_NAMES,
+    Calibration,
+    FittedOn,
+    OperatingPoint,
+    Scorer,
+    log_odds,
+    shift_prevalence,
+    sigmoid,
+)
 from covidxr.runs.inference import predicted_classes, softmax_with_temperature
 from covidxr.runs.rundir import (
     FORMAT_VERSION,
@@ -21,7 +31,8 @@ from covidxr.runs.rundir import (
 )
 
 __all__ = [
-    "FORMAT_VERSION", "InferenceContract", "NOT_FOR_CLINICAL_USE", "RunDir", "default_cache_root", "file_sha256",
-    "is_shipped", "predicted_classes", "read_json", "shipped_dir", "shipped_run", "softmax_with_temperature",
-    "write_json",
+    "FORMAT_VERSION", "NOT_FOR_CLINICAL_USE", "OPERATING_POINT_NAMES", "Calibration", "FittedOn", "InferenceContract",
+    "OperatingPoint", "RunDir", "Scorer", "default_cache_root", "file_sha256", "is_shipped", "log_odds",
+    "predicted_classes", "read_json", "shift_prevalence", "shipped_dir", "shipped_run", "sigmoid",
+    "softmax_with_temperature", "write_json",
 ]

@@ -15,7 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from covidxr.errors import CovidxrError, UsageError
+from covidxr.runs.calibration import Calibration, OperatingPoint, Scorer, check_prevalence, legacy_calibration
 
 FORMAT_VERSION = 1
 NOT_FOR_CLINICAL_USE = "Research and teaching only. Not for clinical use: not a medical device, not validated."
@@ -95,6 +98,13 @@ class InferenceContract:
             raise CovidxrError(f"{source}: threshold {content['threshold']} is not a probability (0..1)")
         if not contract.temperature > 0:
             raise CovidxrError(f"{source}: temperature {content['temperature']} must be above 0")
+        try:
+            contract.calibration, contract.operating_points
+        except ValidationError as error:
+            raise CovidxrError(f"{source}: invalid calibration or operating points ({error})") from None
+        if contract.default_operating_point not in contract.operating_points:
+            raise CovidxrError(f"{source}: default_operating_point {contract.default_operating_point!r} is not one of "
+                               f"the operating points {list(contract.operating_points)}")
         return contract
 
     @property
@@ -138,6 +148,40 @@ class InferenceContract:
     @property
     def image_size(self) -> int:
         return int(self.content["preprocessing"]["size"])
+
+    @property
+    def calibration(self) -> Calibration:
+        """How logits become P(positive); a model.json from before calibrations were recorded: its temperature."""
+        recorded = self.content.get("calibration")
+        return Calibration.model_validate(recorded) if recorded else legacy_calibration(self.temperature)
+
+    @property
+    def operating_points(self) -> dict[str, OperatingPoint]:
+        """The named operating points; a model.json from before they were recorded: its one threshold, named
+        `recorded`."""
+        recorded = self.content.get("operating_points")
+        if recorded:
+            return {str(name): OperatingPoint.model_validate(point) for name, point in recorded.items()}
+        return {"recorded": OperatingPoint(threshold=self.threshold, rule=self.threshold_rule)}
+
+    @property
+    def default_operating_point(self) -> str:
+        return str(self.content.get("default_operating_point") or next(iter(self.operating_points)))
+
+    def scorer(self, operating_point: str | None = None, prevalence: float | None = None) -> Scorer:
+        """Calibrated probabilities and labels at an operating point (default: the model's) and a deployment
+        prevalence (default: the one the calibration was fitted at)."""
+        points = self.operating_points
+        name = operating_point or self.default_operating_point
+        if name not in points:
+            raise UsageError(f"not an operating point of this model; accepted: {', '.join(points)}",
+                             "operating_point", name)
+        calibration = self.calibration
+        prevalence = check_prevalence(prevalence) if prevalence is not None else calibration.deployment_prevalence
+        if prevalence is not None and calibration.prevalence is None:
+            raise UsageError("this model records no calibration prevalence (its model.json predates them): refit "
+                             "its calibration with `covidxr calibrate`", "prevalence", prevalence)
+        return Scorer(calibration, tuple(self.classes), self.positive_class, name, points[name], prevalence)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from covidxr.data.imageio import (
     sniff_format,
 )
 from covidxr.data.privacy import describe_error
+from covidxr.inputcheck import InputCheckResult
 from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE
@@ -64,16 +65,34 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class Severity(BaseModel):
+    """COVID-19 pneumonia severity as Cohen et al.'s radiologists scored it, with the cross-validated mean absolute
+    error as its stated uncertainty."""
+
+    extent: float = Field(description="geographic extent, 0 (none) to 8 (both lungs fully involved)")
+    opacity: float = Field(description="opacity, 0 (none) to 6 (dense opacity in both lungs)")
+    mae: dict[str, float] = Field(description="cross-validated mean absolute error of each score, in score points")
+
+
 class PredictionAnswer(BaseModel):
-    """One prediction, as `covidxr predict --json` gives it, with `filename` instead of `path`."""
+    """One prediction, as `covidxr predict --json` gives it, with `filename` instead of `path`. An upload the input
+    check refuses is an answer too (200): `input_check.status` "refused" with its reason, and no label or
+    probability."""
 
     filename: str | None = Field(description="the uploaded file's name")
     status: str = Field(description="'ok' (files that cannot be used get a 4xx error instead)")
     error: str | None = None
-    label: str | None = Field(description="the class called at the operating threshold")
-    threshold: float | None = Field(description="the operating threshold on the positive class's probability")
-    probabilities: dict[str, float] = Field(description="temperature-scaled probability of each class")
+    input_check: InputCheckResult = Field(description="is this a frontal chest radiograph? accepted, refused (with "
+                                                      "its reason) or skipped")
+    label: str | None = Field(description="the class called at the operating point; null when refused")
+    threshold: float | None = Field(description="the operating point's threshold on `probability`")
+    operating_point: str | None = Field(description="the named operating point the label was called at")
+    prevalence: float | None = Field(description="the share of positives `probability` assumes")
+    probability: float | None = Field(description="calibrated probability of the model's positive class")
+    probabilities: dict[str, float] | None = Field(description="calibrated probability of each class")
     warnings: list[str] = Field(description="what is evident from the pixels (low resolution, inverted grey)")
+    severity: Severity | None = Field(None, description="for models with a severity head and accepted inputs: "
+                                                        "predicted extent (0-8) and opacity (0-6) scores")
 
 
 class ModelCard(BaseModel):
@@ -104,7 +123,8 @@ ERRORS = {
     400: "malformed request (missing or wrong multipart field `file`)",
     413: "upload over the size limit",
     415: "neither an image nor a DICOM file",
-    422: "an image that cannot be used (truncated, too many pixels, no pixel data, too small)",
+    422: "an image that cannot be used (truncated, too many pixels, no pixel data, too small; explain and dicom-sr: "
+         "refused by the input check)",
     500: "a failure of the server, logged with the request id",
 }
 UPLOAD_ERRORS = {status: {"model": ErrorAnswer, "description": text} for status, text in ERRORS.items()}
@@ -163,7 +183,7 @@ def _parse_dicom(content: bytes, name: str) -> Dataset:
 def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int) -> tuple[bytes, str]:
     """The SR of an uploaded DICOM image as DICOM file bytes, and the file name to give it (parsed in memory;
     nothing is written)."""
-    from covidxr.dicom.results import DicomResultError, sr_of  # lazy: highdicom takes a second to import
+    from covidxr.dicom.results import DicomResultError, InputRefused, sr_of  # lazy: highdicom takes a second to import
 
     dataset = _parse_dicom(content, name)
     if "PixelData" in dataset:
@@ -176,6 +196,8 @@ def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int
                                              "a side")
     try:
         sr = sr_of(predictor, dataset, name)
+    except InputRefused as error:
+        raise ApiError(422, "input_refused", f"{name}: {error.problem}") from None
     except DicomResultError as error:
         raise ApiError(422, "unusable_dicom", f"{name}: {error.problem}") from None
     buffer = io.BytesIO()
@@ -183,12 +205,13 @@ def dicom_sr_of(content: bytes, name: str, predictor: Predictor, max_pixels: int
     return buffer.getvalue(), f"{dataset.SOPInstanceUID}.sr.dcm"
 
 
-def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               max_pixels: int = DEFAULT_MAX_PIXELS, predictor: Predictor | None = None,
-               hosts: Sequence[str] | None = None) -> FastAPI:
-    """The service for run directory `run` (without one: the model shipped in the package), answering to the
-    Host names `hosts` (default: guard.allowed_hosts(), the loopback names)."""
-    predictor = predictor or load_model(run)
+def create_app(run: str | Path | None = None, operating_point: str | None = None, prevalence: float | None = None,
+               max_upload: int = DEFAULT_MAX_UPLOAD, max_pixels: int = DEFAULT_MAX_PIXELS,
+               predictor: Predictor | None = None, hosts: Sequence[str] | None = None) -> FastAPI:
+    """The service for run directory `run` (without one: the model shipped in the package), calling labels at
+    `operating_point` with probabilities at `prevalence` (defaults: the model's), answering to the Host names
+    `hosts` (default: guard.allowed_hosts(), the loopback names)."""
+    predictor = predictor or load_model(run, operating_point, prevalence)
     if predictor.onnx is None:
         predictor.torch_run  # without a matching model.onnx, PyTorch loads now, not during the first request
     # More uploads at once than the cores can work on would only hold more decoded images in memory and
@@ -259,6 +282,8 @@ def create_app(run: str | Path | None = None, max_upload: int = DEFAULT_MAX_UPLO
         content, buffer = _read_upload(file, max_upload), io.BytesIO()
         with slots, reserved(content):
             result = predictor.explain(decode_upload(content, file.filename or "upload", max_pixels), buffer)
+        if result["probability"] is None:
+            raise ApiError(422, "input_refused", f"{file.filename or 'upload'}: {result['input_check'].words()}")
         headers = {"X-Lung-Heat-Share": f"{result['lung_heat_share']:.4f}",
                    "X-Lung-Warnings": "; ".join(result["lungs"].warnings)}
         return Response(buffer.getvalue(), media_type="image/png", headers=headers)

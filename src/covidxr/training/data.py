@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from covidxr.config import Harmonisation, TrainConfig
 from covidxr.data.build import build
 from covidxr.data.cache import PixelCache
-from covidxr.data.dataset import CachedImages
+from covidxr.data.dataset import CachedImages, ShardRankSampler
 from covidxr.data.labels import CLASSES
 from covidxr.data.split import find_leaks
 from covidxr.errors import CovidxrError, UsageError
@@ -159,11 +159,22 @@ def sampling_weights(dataset, class_balance: str) -> torch.Tensor | None:
     return None
 
 
+def by_cache_shard(config: TrainConfig, dataset) -> bool:
+    """True when DDP ranks should each read their own part of the pixel cache (ShardRankSampler): a DDP strategy
+    and a dataset read from the cache (not the head stage's cached features)."""
+    return "ddp" in str(config.trainer.strategy) and hasattr(dataset, "slots")
+
+
 def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
+    """The DataLoader of a split; under DDP over the pixel cache, each rank samples its own shards (the Trainer
+    then leaves the sampler alone, see `by_cache_shard`)."""
     generator = torch.Generator().manual_seed(seed)
     weights = sampling_weights(dataset, config.optimisation.class_balance) if train else None
-    sampler = None if weights is None else WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
-                                                                 generator=generator)
+    if by_cache_shard(config, dataset):
+        sampler = ShardRankSampler(dataset.slots, shuffle=train, seed=seed, weights=weights)
+    else:
+        sampler = None if weights is None else WeightedRandomSampler(weights, num_samples=len(weights),
+                                                                     replacement=True, generator=generator)
     return DataLoader(dataset, batch_size=config.optimisation.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, generator=generator, num_workers=config.trainer.num_workers,
                       persistent_workers=config.trainer.num_workers > 0)

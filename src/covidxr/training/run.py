@@ -25,10 +25,10 @@ from covidxr.lungs import lung_step
 from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
 from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
-from covidxr.runs import RunDir, default_cache_root, softmax_with_temperature, write_json
-from covidxr.training.calibration import fit_temperature, operating_threshold
+from covidxr.runs import RunDir, default_cache_root, write_json
+from covidxr.training.calibration import calibration_contract
 from covidxr.training.callbacks import EpochCsv
-from covidxr.training.data import class_weights, ensure_cache, loader, select_rows, split_datasets
+from covidxr.training.data import by_cache_shard, class_weights, ensure_cache, loader, select_rows, split_datasets
 from covidxr.training.features import backbone_features
 from covidxr.training.module import LitClassifier
 from covidxr.training.rundir import environment, model_card, model_contract, plot_curves, random_frozen_backbone
@@ -51,7 +51,7 @@ def _stages(config: TrainConfig) -> list[tuple[str, int]]:
 
 
 def _trainer(
-    config: TrainConfig, stage_dir: Path, epochs: int, metrics: EpochCsv
+    config: TrainConfig, stage_dir: Path, epochs: int, metrics: EpochCsv, own_sampler: bool = False
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     settings = config.trainer
     best = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
@@ -66,6 +66,7 @@ def _trainer(
         strategy=settings.strategy, precision=precision, logger=False, default_root_dir=stage_dir,
         callbacks=[best, epoch_end, steps, EarlyStopping("val_auc", mode="max", patience=settings.patience), metrics],
         num_sanity_val_steps=0, deterministic="warn", enable_model_summary=False, log_every_n_steps=10,
+        use_distributed_sampler=not own_sampler,
     )
     return trainer, best
 
@@ -120,7 +121,8 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         domain_head(model, datasets["train"], config) if stage == "full" and adversary.weight > 0 else None,
         adversary.weight, adversary.warmup,
     )
-    trainer, best = _trainer(config, stage_dir, epochs, EpochCsv(run.metrics, offset))
+    metrics = EpochCsv(run.metrics, offset)
+    trainer, best = _trainer(config, stage_dir, epochs, metrics, own_sampler=by_cache_shard(config, train_set))
     last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
                 ckpt_path=str(last) if resume and last.is_file() else None)
@@ -178,24 +180,25 @@ def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache
 
 def finish_run(model: Classifier, stage: StageResult, manifest: pd.DataFrame, config: TrainConfig,
                run: RunDir) -> Path:
-    """Fit temperature and threshold on validation, write weights and the run's JSON files and plots."""
+    """Fit calibration and operating points on validation, write weights and the run's JSON files and plots."""
     positive = CLASSES[config.task].index(POSITIVE_CLASS)
     logits, targets = predict_logits(stage.scorer, stage.validation)
-    temperature = fit_temperature(logits, targets)
-    probabilities = softmax_with_temperature(logits, temperature)
-    threshold = operating_threshold(probabilities[:, positive], targets == positive, config.threshold.rule,
-                                    config.threshold.target)
+    patients = manifest.loc[manifest["split"] == "val", "patient_id"].reset_index(drop=True)
+    default_point = "balanced" if config.threshold.rule == "youden" else "high-sensitivity"
+    calibrated = calibration_contract(logits, targets, patients, positive, "validation split", default_point,
+                                      config.threshold.target)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run.weights))
-    contract = model_contract(config, run.weights, temperature, threshold, manifest)
-    run.write_contract(contract)
+    contract = run.write_contract(model_contract(config, run.weights, calibrated, manifest))
     write_json(run.env, environment(config))
+    probabilities = contract.scorer().probabilities(logits)
     positives = targets == positive
     auc = float(roc_auc_score(positives, probabilities[:, positive])) if 0 < positives.sum() < len(positives) else None
     validation_figures = {"split": "val", "images": int(len(targets)), f"auc_{POSITIVE_CLASS}_vs_rest": auc,
-                          "note": "validation figures chose the checkpoint and threshold: optimistic"}
-    run.write_card(model_card(config, contract, validation_figures))
+                          "note": "validation figures chose the checkpoint, calibration and thresholds: optimistic"}
+    run.write_card(model_card(config, contract.content, validation_figures))
     if run.metrics.is_file():
         plot_curves(run.metrics, run.curves)
-    log.info("validation AUC (%s vs rest) %s; threshold %.3f (%s); temperature %.2f", POSITIVE_CLASS,
-             "n/a" if auc is None else f"{auc:.3f}", threshold, contract["threshold_rule"], temperature)
+    log.info("validation AUC (%s vs rest) %s; calibration %s; threshold %.3f (%s)", POSITIVE_CLASS,
+             "n/a" if auc is None else f"{auc:.3f}", contract.calibration.method, contract.threshold,
+             contract.default_operating_point)
     return run.root

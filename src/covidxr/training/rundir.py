@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
+from covidxr.inputcheck import shipped_input_check
 from covidxr.models.classifier import input_normalisation, pretrained_provenance
 from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256
 
@@ -58,8 +59,8 @@ def training_settings(config: TrainConfig) -> dict:
     }
 
 
-def model_contract(config: TrainConfig, weights: Path, temperature: float, threshold: float,
-                   manifest: pd.DataFrame) -> dict:
+def model_contract(config: TrainConfig, weights: Path, calibrated: dict, manifest: pd.DataFrame) -> dict:
+    """model.json; `calibrated` holds what `covidxr.training.calibration.calibration_contract` fitted."""
     mean, std = input_normalisation(config.model.name, config.model.in_chans)
     provenance = pretrained_provenance(config.model)
     contract = {
@@ -76,11 +77,10 @@ def model_contract(config: TrainConfig, weights: Path, temperature: float, thres
             "normalisation": {"input": "grey 0..255, shape (B, 1, size, size), scaled and normalised inside the model",
                               "mean": list(mean), "std": list(std)},
         },
-        "threshold": threshold,
-        "threshold_rule": config.threshold.rule if config.threshold.rule == "youden"
-        else f"sensitivity>={config.threshold.target}",
-        "temperature": temperature,
+        **calibrated,
         "weights_sha256": file_sha256(weights),
+        "input_check": shipped_input_check().model.model_dump(mode="json") if config.input_check == "shipped"
+        else None,
         "data": data_provenance(manifest),
         "pretrained": provenance,
         "transfer": config.transfer.mode,
@@ -125,7 +125,8 @@ def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
         "training_data": contract["data"],
         "licences": contract["data"]["licences"],
         "operating_point": {"threshold": contract["threshold"], "rule": contract["threshold_rule"],
-                            "temperature": contract["temperature"], "fitted_on": "validation split"},
+                            "name": contract["default_operating_point"], "fitted_on": "validation split"},
+        "calibration": calibration_summary(contract),
         "validation": validation,
         "limitations": [
             "Positives and negatives may come from different sources; high scores can measure the source, not "
@@ -135,6 +136,15 @@ def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
             "Data licences include non-commercial and no-derivatives terms where listed above.",
         ],
     }
+
+
+def calibration_summary(contract: dict) -> dict:
+    """The model card's view of model.json's calibration and operating points."""
+    calibration = contract["calibration"]
+    return {"method": calibration["method"], "fitted_on": calibration["fitted_on"],
+            "prevalence": calibration["prevalence"], "compared": calibration["compared"],
+            "operating_points": contract["operating_points"], "default_operating_point":
+                contract["default_operating_point"]}
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:

@@ -4,5 +4,7 @@ from covidxr.data.sources.base import DEFAULT_VIEWS, ImportResult, SourceError
 from covidxr.data.sources.cohen import import_cohen
 from covidxr.data.sources.csvtable import import_csv
 from covidxr.data.sources.folders import import_folders
+from covidxr.data.sources.severity import import_severity
 
-__all__ = ["DEFAULT_VIEWS", "ImportResult", "SourceError", "import_cohen", "import_csv", "import_folders"]
+__all__ = ["DEFAULT_VIEWS", "ImportResult", "SourceError", "import_cohen", "import_csv", "import_folders",
+           "import_severity"]

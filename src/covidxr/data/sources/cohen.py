@@ -18,6 +18,12 @@ OPTIONAL = ("sex", "age", "license", "location", "url")
 def import_cohen(root: str | Path, views: Sequence[str] = DEFAULT_VIEWS) -> ImportResult:
     """Import `root/metadata.csv` and the files it lists (frontal X-rays by default)."""
     root = Path(root).absolute()
+    candidates = cohen_candidates(root).drop(columns=["filename"])
+    return finish_import(candidates, views, _unlisted_files(root, set(candidates["relpath"])))
+
+
+def cohen_candidates(root: Path) -> pd.DataFrame:
+    """One candidate row (see `base.CANDIDATE_COLUMNS`) per row of `root/metadata.csv`, with its `filename`."""
     metadata_path = root / "metadata.csv"
     table = read_table(metadata_path)
     require_columns(table, REQUIRED, metadata_path)
@@ -39,8 +45,9 @@ def import_cohen(root: str | Path, views: Sequence[str] = DEFAULT_VIEWS) -> Impo
         "sex": table["sex"],
         "age": table["age"],
         "license": table["license"],
+        "filename": table["filename"].str.strip(),
     })
-    return finish_import(candidates, views, _unlisted_files(root, set(relpaths)))
+    return candidates
 
 
 def _unlisted_files(root: Path, listed: set[str]) -> list[str]:

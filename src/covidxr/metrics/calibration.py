@@ -1,6 +1,6 @@
 """How well calibrated a model's probabilities are: one binning (scikit-learn's `calibration_curve`, equal-width
-bins of P(positive)) behind both the reliability diagram and the expected calibration error. The temperature and
-threshold are fitted by training (`covidxr.training.calibration`)."""
+bins of P(positive)) behind both the reliability diagram and the expected calibration error. Calibration is
+fitted by training (`covidxr.training.calibration`) and applied by `covidxr.runs.calibration`."""
 
 from __future__ import annotations
 
