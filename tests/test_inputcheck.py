@@ -129,7 +129,7 @@ def test_explain_refuses_a_cat_without_writing_an_overlay(cat_png, tmp_path, cap
 def test_the_api_answers_a_refusal_with_200_and_explain_with_422(cat_png):
     from covidxr.serving.app import create_app
 
-    client = TestClient(create_app(), raise_server_exceptions=False)
+    client = TestClient(create_app(), base_url="http://127.0.0.1", raise_server_exceptions=False)
     with open(cat_png, "rb") as handle:
         content = handle.read()
     answer = client.post("/v1/predict", files={"file": ("cat.png", content)})
