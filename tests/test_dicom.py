@@ -534,3 +534,19 @@ def test_a_dicom_result_error_names_the_cause_without_identifying_values(tmp_pat
     message = str(raised.value)
     assert "ValueError: '<redacted>' of '<redacted>' is not a valid PatientOrientationValues" in message
     assert not any(value in message for value in IDENTIFYING)
+
+
+@pytest.mark.shared_data
+def test_the_sr_of_a_real_radiograph_carries_severity_as_num_items(tmp_path, capsys):
+    from conftest import shared_data_or_skip
+
+    pixels = read_grayscale(shared_data_or_skip() / "covid-chestxray-dataset" / "images" / "000001-24.jpg")
+    source = write_radiograph(tmp_path / "in" / "cr.dcm", pixels, "CR", "MONOCHROME2")
+    out = tmp_path / "out"
+    assert main(["predict", str(source), "--dicom-out", str(out)]) == 0  # the shipped model, input check on
+    sr = next(out.glob("*.sr.dcm"))
+    dumped = dsrdump_is_clean(sr)
+    for text in ("COVID-19 geographic extent score", "COVID-19 opacity score",
+                 "Cross-validated mean absolute error of the extent score"):
+        assert text in dumped
+    assert '"{score}"' in dumped or "{score}" in dumped

@@ -38,6 +38,11 @@ LABEL = Code("LABEL", SCHEME, "Class at the operating threshold")
 COVID_19 = Code("840539006", "SCT", "COVID-19")
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = Code("1", "UCUM", "no units")
+SCORE_UNIT = Code("{score}", "UCUM", "score")
+SEVERITY = {"extent": Code("SEVERITY-EXTENT", SCHEME, "COVID-19 geographic extent score (0-8, model output)"),
+            "opacity": Code("SEVERITY-OPACITY", SCHEME, "COVID-19 opacity score (0-6, model output)")}
+SEVERITY_ERROR = {name: Code(f"SEVERITY-{name.upper()}-MAE", SCHEME,
+                               f"Cross-validated mean absolute error of the {name} score") for name in SEVERITY}
 UNKNOWN_ORIENTATION_PLACEHOLDER = ("L", "F")  # given to highdicom, then emptied: never written
 
 
@@ -80,11 +85,22 @@ class Classification:
     probability: float
     label: str
     threshold: float
+    severity: dict | None = None
 
     @classmethod
     def from_prediction(cls, prediction: dict, positive_class: str) -> Classification:
         return cls(probability=float(prediction["probabilities"][positive_class]), label=prediction["label"],
-                   threshold=float(prediction["threshold"]))
+                   threshold=float(prediction["threshold"]), severity=prediction.get("severity"))
+
+    def measurements(self) -> list[hd.sr.Measurement]:
+        """The probability and the threshold; with severity, each score and its cross-validated error (NUM items,
+        unit {score})."""
+        found = [hd.sr.Measurement(name=PROBABILITY, value=self.probability, unit=NO_UNITS),
+                 hd.sr.Measurement(name=THRESHOLD, value=self.threshold, unit=NO_UNITS)]
+        for name in (SEVERITY if self.severity else {}):
+            found += [hd.sr.Measurement(name=SEVERITY[name], value=self.severity[name], unit=SCORE_UNIT),
+                      hd.sr.Measurement(name=SEVERITY_ERROR[name], value=self.severity["mae"][name], unit=SCORE_UNIT)]
+        return found
 
 
 @dataclass(frozen=True)
@@ -139,10 +155,7 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking, identifier="covidxr classification"),
         finding_type=COVID_19,
         algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=PROBABILITY, value=result.probability, unit=NO_UNITS),
-            hd.sr.Measurement(name=THRESHOLD, value=result.threshold, unit=NO_UNITS),
-        ],
+        measurements=result.measurements(),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=LABEL, value=_private_code(result.label))],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
