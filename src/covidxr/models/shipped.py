@@ -90,6 +90,9 @@ def package_calibration(run: str | Path, evaluation: str | Path, target: Path | 
                            "default_operating_point": contract["default_operating_point"],
                            "why_this_default": why_default(figures["operating_points"],
                                                            contract["default_operating_point"])}
+    if contract.get("input_check"):
+        check = contract["input_check"]
+        card["input_check"] = {"name": check["name"], "fitted_on": check["fitted_on"], "figures": check["figures"]}
     shipped.write_card(card)
     return shipped.root
 
