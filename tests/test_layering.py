@@ -28,6 +28,7 @@ LAYERS = [
     ("covidxr.evaluation",),
     ("covidxr.explain", "covidxr.reporting"),
     ("covidxr.predict", "covidxr.export", "covidxr.serving", "covidxr.dicom"),
+    ("covidxr.engines",),
     ("covidxr.cli", "covidxr"),
 ]
 LEAN_RUNS_IMPORTS = {"numpy", "pandas", "pydantic"}

@@ -437,14 +437,16 @@ def _prediction_summary(predictions: Sequence) -> tuple[str, bool]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from covidxr.predict import expand_paths, load_model
+    from covidxr.engines import ModelRequest, engine
+    from covidxr.predict import expand_paths
 
     _check_outputs(args)
-    predictor = load_model(_require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
+    request = ModelRequest(_require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
+    predictor = request.load()
     paths = expand_paths(args.paths)
     if not paths:
         raise UsageError(f"no file found in {', '.join(map(str, args.paths))}")
-    predictions = predictor.predict_files(paths)
+    predictions = engine(args.engine, args.ray_address).predict(request, predictor, paths)
     if args.csv:
         _write_predictions_csv(predictions, predictor.classes, args.csv)
     if args.json:
@@ -613,6 +615,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     _add_answer_options(predict)
     predict.add_argument("--no-input-check", action="store_true",
                          help="skip the check that each input is a frontal chest radiograph (recorded as skipped)")
+    _add_engine_options(predict)
     outputs = predict.add_mutually_exclusive_group()
     outputs.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     outputs.add_argument("--csv", type=Path, metavar="OUT", help="write one row per input file")
@@ -655,6 +658,13 @@ def _prevalence(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: a share of positives strictly between 0 and 1, e.g. 0.05")
     return value
+
+
+def _add_engine_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="where the work runs: this machine (default) or Ray (docs/cluster.md)")
+    command.add_argument("--ray-address", metavar="ADDR",
+                         help="the Ray cluster for --engine ray (default: $RAY_ADDRESS, else a Ray started here)")
 
 
 def _add_answer_options(command: argparse.ArgumentParser) -> None:

@@ -68,6 +68,15 @@ class Prediction:
         """P(positive class), None where nothing was predicted."""
         return self.probabilities.get(self.positive_class)
 
+    @classmethod
+    def from_dict(cls, row: dict, positive_class: str) -> Prediction:
+        """The prediction `as_dict` wrote (a JSON round trip keeps every value)."""
+        return cls(path=row["path"], status=row["status"], error=row["error"] or "", label=row["label"] or "",
+                   threshold=row["threshold"], operating_point=row["operating_point"], prevalence=row["prevalence"],
+                   probabilities=row["probabilities"] or {}, positive_class=positive_class,
+                   input_check=InputCheckResult(**row["input_check"]), warnings=list(row["warnings"]),
+                   severity=row.get("severity"))
+
     def as_dict(self) -> dict:
         return {"path": self.path, "status": self.status, "error": self.error or None, "label": self.label or None,
                 "threshold": self.threshold, "operating_point": self.operating_point, "prevalence": self.prevalence,
@@ -198,7 +207,7 @@ class Predictor:
     when it is loaded; with a matching model.onnx it is not read at all)."""
 
     def __init__(self, run: str | Path | RunDir, operating_point: str | None = None, prevalence: float | None = None,
-                 input_check: bool = True):
+                 input_check: bool = True, threads: int | None = None):
         self.rundir = run if isinstance(run, RunDir) else RunDir(run)
         self.contract = self.rundir.read_contract()
         self.scorer = self.contract.scorer(operating_point, prevalence)
@@ -210,8 +219,9 @@ class Predictor:
             preprocessing, lungs = lung_step(preprocessing)
         checker = input_checker(self.contract, self.rundir.model_json) if input_check else None
         self.steps = ImageSteps(preprocessing, lungs, checker)
-        self.onnx = matching_onnx(self.rundir, self.contract)
-        self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, preprocessing, self.onnx)
+        self.onnx = matching_onnx(self.rundir, self.contract, threads)
+        self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, preprocessing, self.onnx,
+                                                                threads)
         self._torch: RunModel | None = None
         self._torch_lock = threading.Lock()
         self._cam_lock = threading.Lock()
@@ -292,6 +302,15 @@ class Predictor:
             prediction.threshold = self.threshold
             prediction.severity = severities[index] if severities else None
 
+    def predict_prepared(self, prepared: Sequence[PreparedFile]) -> list[Prediction]:
+        """Predictions for files already decoded and prepared (one batch: the model sees all of them at once),
+        in their order; the unreadable and refused ones get their reason and nothing else."""
+        predictions = [self._new(item.path, item) for item in prepared]
+        ready = [(prediction, item.pixels) for prediction, item in zip(predictions, prepared)
+                 if item.pixels is not None]
+        self._finish([prediction for prediction, _ in ready], [pixels for _, pixels in ready])
+        return predictions
+
     def severities(self, batch: np.ndarray) -> list[dict] | None:
         """The `severity` object of each of (N, size, size) prepared pixels; None for a model without severity."""
         if self.severity_head is None:
@@ -368,7 +387,8 @@ class Predictor:
 
 
 def severity_reader(rundir: RunDir, contract: InferenceContract, preprocessing: Preprocessing,
-                    classifier: OnnxModel | None) -> tuple[SeverityHead | None, OnnxModel | None]:
+                    classifier: OnnxModel | None, threads: int | None = None
+                    ) -> tuple[SeverityHead | None, OnnxModel | None]:
     """The run's severity head (RUN/severity.json) and the ONNX network whose `embedding` it reads (its own feature
     network, else the classifier's); (None, None) for a model without severity, or one whose head was fitted on
     other pixels or needs an embedding this model.onnx lacks."""
@@ -376,15 +396,16 @@ def severity_reader(rundir: RunDir, contract: InferenceContract, preprocessing: 
     if head is None or head.preprocessing != preprocessing.key():
         return None, None
     path = severity_features_file(rundir, head)
-    network = OnnxModel(path) if path is not None else classifier
+    network = OnnxModel(path, threads) if path is not None else classifier
     if network is None or not network.has_embedding:
         return None, None
     return head, network
 
 
 def load_model(run: str | Path | None = None, operating_point: str | None = None, prevalence: float | None = None,
-               input_check: bool = True) -> Predictor:
+               input_check: bool = True, threads: int | None = None) -> Predictor:
     """The model of run directory `run` (without one: the model shipped in the package), calling labels at
     `operating_point` (default: the model's), with probabilities at a deployment `prevalence` (default: the one
-    its calibration was fitted at), checking each input first unless `input_check` is False."""
-    return Predictor(run if run is not None else shipped_run(), operating_point, prevalence, input_check)
+    its calibration was fitted at), checking each input first unless `input_check` is False; `threads`: ONNX
+    Runtime's intra-op threads (default: one per core)."""
+    return Predictor(run if run is not None else shipped_run(), operating_point, prevalence, input_check, threads)

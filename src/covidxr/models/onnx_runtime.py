@@ -28,9 +28,11 @@ class OnnxModel:
     """ONNX Runtime session over an exported model: input `pixels` (batch, 1, size, size) float32 grey
     0..255, outputs `logits` (batch, classes) and, in files exported since it exists, `embedding`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, threads: int | None = None):
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map
 
@@ -62,12 +64,13 @@ class OnnxModel:
         return {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)}
 
 
-def matching_onnx(rundir: RunDir, contract: InferenceContract) -> OnnxModel | None:
+def matching_onnx(rundir: RunDir, contract: InferenceContract, threads: int | None = None) -> OnnxModel | None:
     """RUN/model.onnx when it exists and records the weights hash of `contract` (model.json); else None
-    (with a warning when the file is there but was exported from other weights)."""
+    (with a warning when the file is there but was exported from other weights). `threads`: ONNX Runtime's
+    intra-op threads (default: its own choice, one per core)."""
     if not rundir.onnx.is_file():
         return None
-    model = OnnxModel(rundir.onnx)
+    model = OnnxModel(rundir.onnx, threads)
     if model.metadata.get("weights_sha256") != contract.weights_sha256:
         log.warning("%s was exported from other weights; using PyTorch", rundir.onnx)
         return None
