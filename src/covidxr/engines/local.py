@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from covidxr.engines import ModelRequest
+from covidxr.engines.base import ModelRequest
 from covidxr.predict import Prediction, Predictor
 
 

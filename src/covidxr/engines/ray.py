@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.engines import ModelRequest
+from covidxr.engines.base import ModelRequest
 from covidxr.errors import UsageError
 from covidxr.predict import BATCH, CHUNK, Prediction, Predictor, PreparedFile
 from covidxr.progress import worker_count
 
 PART = 256  # files per result file: what a rerun skips at a time
-ACTOR_CPUS = 1  # each model actor: one CPU, one ONNX Runtime intra-op thread; decoding tasks ask for none (light)
+DECODE_CPUS = 0.25  # a decoding task (light next to the check and the model); bounds how many run at once
+DECODES_IN_FLIGHT = 2  # CPUs kept for this many decoding tasks; the model actors share the rest, one per core
 RESULTS = "predictions"
 
 
@@ -52,6 +53,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     """Ray connected to `address` (default $RAY_ADDRESS), else started here on this machine's cores and shut down
     after; a Ray this process already started (tests, notebooks) is used as it is."""
     ray = _ray()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-operator INFO lines; the progress bar stays
     if ray.is_initialized():
         yield
         return
@@ -160,11 +162,14 @@ class RayEngine:
         rows = [{"part": k, "index": i, "path": os.fspath(path), "file": os.path.abspath(path)}
                 for k in todo for i, path in enumerate(parts[k])]
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actors = max(1, cpus // ACTOR_CPUS)
+        actors = cpus
+        actor_cpus = (cpus - DECODE_CPUS * DECODES_IN_FLIGHT) / actors
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // CHUNK, 4 * cpus * 8)))
-        dataset = dataset.map_batches(decode, batch_size=CHUNK, num_cpus=0)
-        dataset = dataset.map_batches(PredictActor, fn_constructor_kwargs={"request": request, "threads": ACTOR_CPUS},
-                                      batch_size=BATCH, num_cpus=ACTOR_CPUS, concurrency=actors)
+        dataset = dataset.map_batches(decode, batch_size=CHUNK, num_cpus=DECODE_CPUS)
+        dataset = dataset.map_batches(PredictActor, fn_constructor_kwargs={"request": request,
+                                                                           "threads": max(1, round(actor_cpus))},
+                                      batch_size=BATCH, num_cpus=actor_cpus,
+                                      compute=ray.data.ActorPoolStrategy(size=actors))
         received: dict[int, dict[int, str]] = defaultdict(dict)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for part, index, row in zip(batch["part"], batch["index"], batch["prediction"]):

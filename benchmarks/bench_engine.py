@@ -1,0 +1,96 @@
+"""`covidxr predict --engine ray` vs `--engine local` on the same folder, side by side.
+
+With the shipped model (ONNX Runtime) and its input check, on the RSNA normal images of DATA (the README's Data
+section): the local engine (`Predictor.predict_files`: worker processes decode and check, this process runs the
+model) against the Ray engine (`RayEngine.predict`: tasks decode, actors check and predict) on a Ray started with
+the same cores. Each engine runs on a fresh results cache; the Ray figures are steady state (Ray already started,
+as on a cluster) and, separately, what starting a local Ray costs a command. Also measured, for the scaling model in
+benchmarks/README.md: the Ray engine on 1 core and on all cores (images/s per core), the mean file size and decoded
+pixels per image (what the object store and the shared file system carry per image).
+
+    python benchmarks/bench_engine.py [--images 400]
+
+Goal: Ray/local throughput >= 0.8 on 2 cores. Last line: the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import DATA, machine
+from covidxr.data.imageio import read_grayscale
+from covidxr.engines import ModelRequest
+from covidxr.engines.ray import RayEngine
+from covidxr.progress import worker_count
+from covidxr.runs import shipped_run
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def ray_rate(request: ModelRequest, paths: list[Path], cpus: int) -> tuple[float, float]:
+    """(images/s steady state, seconds to start and stop Ray) of the Ray engine on `cpus` cores: Ray's processes
+    are pinned to the first `cpus` cores (they inherit this process's affinity), not only told that many."""
+    import logging
+
+    import ray
+
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(allowed)[:cpus])
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+        start = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        started = time.perf_counter() - start
+        try:
+            predictor = request.load()
+            seconds = timed(lambda: RayEngine().predict(request, predictor, paths))
+        finally:
+            start = time.perf_counter()
+            ray.shutdown()
+            started += time.perf_counter() - start
+            os.sched_setaffinity(0, allowed)
+    return len(paths) / seconds, started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=400)
+    args = parser.parse_args()
+    folder = DATA / "rsna-normal-224" / "normal_dataset"
+    paths = sorted(folder.glob("*.jpg"))[:args.images]
+    if not paths:
+        raise SystemExit(f"no images in {folder}; set DATA=dir")
+    cores = worker_count()
+    request = ModelRequest(shipped_run())
+    print(f"machine: {machine()}; {len(paths)} RSNA normal images ({folder}), shipped model with its input check")
+    predictor = request.load()
+    predictor.predict_files(paths[:16])  # warm: the page cache and ONNX Runtime's first run
+    local = len(paths) / timed(lambda: predictor.predict_files(paths))
+    print(f"local engine, {cores} cores:               {local:7.1f} images/s")
+    one, _ = ray_rate(request, paths, 1)
+    print(f"ray engine, 1 core (steady, pinned):     {one:7.1f} images/s per core")
+    on_ray, start_stop = ray_rate(request, paths, cores)
+    print(f"ray engine, {cores} cores (steady):            {on_ray:7.1f} images/s "
+          f"({on_ray / cores:.1f} per core; scaling {on_ray / one / cores:.2f} of linear)")
+    print(f"starting + stopping a local Ray:         {start_stop:7.1f} s per command")
+    with_start = len(paths) / (len(paths) / on_ray + start_stop)
+    print(f"ray engine incl. start ({len(paths)} images):     {with_start:7.1f} images/s")
+    file_bytes = sum(path.stat().st_size for path in paths) / len(paths)
+    sample = paths[:50]
+    pixel_bytes = sum(read_grayscale(path).nbytes for path in sample) / len(sample)
+    print(f"per image: {file_bytes / 1e3:.1f} kB file read, {pixel_bytes / 1e3:.1f} kB decoded pixels through the "
+          f"object store")
+    print(f"ray/local throughput on {cores} cores (steady): {on_ray / local:.2f} (goal >= 0.8); "
+          f"including Ray's start: {with_start / local:.2f}")
+
+
+if __name__ == "__main__":
+    main()
