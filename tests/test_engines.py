@@ -123,3 +123,9 @@ def test_a_rerun_predicts_only_the_parts_not_written(local_ray, folder, tmp_path
     assert runs == [[1]] and code == first_code
     changed = [row["path"] for row, before in zip(again, first) if row != before]
     assert changed == [str(copy / "005.png")]
+
+
+def test_a_ray_address_without_the_ray_engine_is_refused(folder, capsys):
+    assert main(["predict", str(folder), "--ray-address", "head:6379"]) == 2
+    error = capsys.readouterr().err
+    assert "--ray-address" in error and "head:6379" in error and "needs --engine ray" in error

@@ -16,6 +16,8 @@ __all__ = ["ENGINES", "Engine", "ModelRequest", "engine"]
 def engine(name: str, address: str | None = None) -> Engine:
     """The engine called `name`; `address`: the Ray cluster's (default $RAY_ADDRESS, else a Ray started here)."""
     if name == "local":
+        if address:
+            raise UsageError("needs --engine ray (the local engine runs on this machine)", "ray_address", address)
         from covidxr.engines.local import LocalEngine
 
         return LocalEngine()
