@@ -24,6 +24,7 @@ import pickle
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +59,14 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    try:
-        if address:
+    if address:
+        try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(num_cpus=worker_count(), logging_level=logging.WARNING, log_to_driver=False,
-                     include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with "
-                         f"`ray start --head`, or leave out --ray-address and RAY_ADDRESS for a local Ray)") from error
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with `ray start "
+                             f"--head`, or leave out --ray-address and RAY_ADDRESS for a local Ray)") from error
+    else:
+        ray.init(num_cpus=worker_count(), logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
     try:
         yield
     finally:
@@ -159,6 +159,7 @@ class RayEngine:
     @staticmethod
     def _run(request: ModelRequest, parts: list[list[Path]], files: list[Path], todo: list[int]) -> None:
         ray = _ray()
+        request = replace(request, run=Path(request.run).resolve())  # actors may run elsewhere than this folder
         rows = [{"part": k, "index": i, "path": os.fspath(path), "file": os.path.abspath(path)}
                 for k in todo for i, path in enumerate(parts[k])]
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
