@@ -129,7 +129,7 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
     if not trainer.is_global_zero:
         return StageResult(target, val_set, main_process=False)
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     save_file({k: v.contiguous() for k, v in target.state_dict().items()}, str(finished))
     model.backbone.requires_grad_(True)
