@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 
+from conftest import tiny_recipe_overrides
 from covidxr.cli import EXIT_OK, EXIT_USAGE, main
 from covidxr.training.tracking import flat_metrics
-
-from conftest import tiny_recipe_overrides
-
-mlflow = pytest.importorskip("mlflow")
 
 
 def _train_args(manifest: Path, out: Path, cache: Path) -> list[str]:
