@@ -12,6 +12,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -675,13 +676,16 @@ def _add_tracking(*commands: argparse.ArgumentParser) -> None:
         command.add_argument("--tracking", metavar="URI", help="log to MLflow, e.g. sqlite:///mlruns.db")
 
 
-def _tracking(args: argparse.Namespace):
+def _tracking(args: argparse.Namespace) -> AbstractContextManager:
+    """MLflow tracking around the command when --tracking is given; else nothing (and nothing imported)."""
+    if getattr(args, "tracking", None) is None:
+        return nullcontext()
     from covidxr.evaluation.compare import recipe_name
     from covidxr.training.tracking import tracking
 
     recipe = getattr(args, "config", None)
     experiment = f"compare {args.out.name}" if args.command == "compare" else "covidxr"
-    return tracking(getattr(args, "tracking", None), experiment, recipe and recipe_name(recipe))
+    return tracking(args.tracking, experiment, recipe and recipe_name(recipe))
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
