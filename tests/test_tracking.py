@@ -94,8 +94,12 @@ def test_file_store_is_refused_before_anything_runs(tmp_path, training_manifest,
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlruns").exists()
 
 
-def test_without_tracking_nothing_is_logged(tmp_path, training_manifest, monkeypatch):
+def test_without_tracking_nothing_is_logged(tracked, tmp_path, monkeypatch):
+    uri, folder = tracked
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(_train_args(training_manifest, tmp_path / "run", tmp_path / "cache", epochs=1)) == EXIT_OK
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "run"]  # no mlruns, no database
+    mlflow.set_tracking_uri(uri)
+    before = len(mlflow.search_runs(search_all_experiments=True))
+    assert main(["evaluate", "--run", str(folder / "run"), "--cache", str(folder / "cache")]) == EXIT_OK
+    assert list(tmp_path.iterdir()) == []  # no mlruns folder, no database where it ran
+    assert len(mlflow.search_runs(search_all_experiments=True)) == before
