@@ -13,7 +13,7 @@ V7 := $(DATA)/v7labs-covid-19-xray-dataset/annotations/covid-only.zip
 # plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-.PHONY: install system-deps system-packages test demo data bench default-model lung-model input-check \
+.PHONY: install system-deps system-packages test docs demo data bench default-model lung-model input-check \
 	shipped-calibration clean
 
 install: system-deps $(VENV)/.installed
@@ -33,6 +33,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The documentation site into site/ (mkdocs.yml); --strict fails on a broken link, include or nav entry.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 data: install
 	@test -f "$(DATA)/covid-chestxray-dataset/metadata.csv" || $(BIN)/covidxr data download cohen --to "$(DATA)"
@@ -119,4 +123,4 @@ bench: install
 		../$(BIN)/python $$script 2>/dev/null || exit 1; done
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out site .pytest_cache

@@ -12,6 +12,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -288,9 +289,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from covidxr.evaluation.crossval import read_cv
     from covidxr.evaluation.evaluate import evaluate
     from covidxr.runs import RunDir
+    from covidxr.training.tracking import log_result, tracked_run
 
     run = _require_run(args)
-    result = evaluate(run, args.data, args.split, args.prevalence, args.cache)
+    with tracked_run(f"evaluate {run.name}") as run_id:
+        result = evaluate(run, args.data, args.split, args.prevalence, args.cache)
+        log_result(run_id, result, artifacts=RunDir(run).evaluation)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -565,6 +569,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--prevalence", type=float, metavar="P", help="also report PPV/NPV at this prevalence")
     evaluate.add_argument("--cache", type=Path, metavar="DIR", help="pixel cache root")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_tracking(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
     calibrate = commands.add_parser(
         "calibrate", help="refit calibration and operating points (never weights) on a site's labelled sample",
@@ -676,6 +681,23 @@ def _add_answer_options(command: argparse.ArgumentParser) -> None:
                               "calibration was fitted at)")
 
 
+def _add_tracking(*commands: argparse.ArgumentParser) -> None:
+    for command in commands:
+        command.add_argument("--tracking", metavar="URI", help="log to MLflow, e.g. sqlite:///mlruns.db")
+
+
+def _tracking(args: argparse.Namespace) -> AbstractContextManager:
+    """MLflow tracking around the command when --tracking is given; else nothing (and nothing imported)."""
+    if getattr(args, "tracking", None) is None:
+        return nullcontext()
+    from covidxr.evaluation.compare import recipe_name
+    from covidxr.training.tracking import tracking
+
+    recipe = getattr(args, "config", None)
+    experiment = f"compare {args.out.name}" if args.command == "compare" else "covidxr"
+    return tracking(args.tracking, experiment, recipe and recipe_name(recipe))
+
+
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     from covidxr.config import recipe_names
 
@@ -714,6 +736,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("-o", "--out", type=Path, required=True, metavar="RUN")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     train.set_defaults(handler=cmd_train)
+    _add_tracking(train, cv, compare)
     lr_find.add_argument("-o", "--out", type=Path, required=True, metavar="PLOT.png")
     lr_find.set_defaults(handler=cmd_lr_find)
     weights = commands.add_parser("weights", help="weights files")
@@ -835,7 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = Console(stderr=True, soft_wrap=True, emoji=False)
     _log_to(errors)
     try:
-        return handler(args)
+        with _tracking(args):
+            return handler(args)
     except UsageError as error:
         errors.print(f"covidxr: usage error: {usage_message(error)}", markup=False, highlight=False)
         return EXIT_USAGE

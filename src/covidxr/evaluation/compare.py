@@ -35,6 +35,7 @@ from covidxr.metrics import PatientBootstrap
 from covidxr.runs import RunDir, default_cache_root, read_json, write_json
 from covidxr.training.data import ensure_cache, is_built_for, select_rows
 from covidxr.training.run import train
+from covidxr.training.tracking import log_result, tracked_run
 
 log = logging.getLogger("covidxr.compare")
 DEFAULT_FOLDS = 5
@@ -137,18 +138,20 @@ def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, fo
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} holds an unfinished comparison of {name}: delete it to redo it")
     ensure_cache(select_rows(load_manifest(split), config), cache_root or default_cache_root(), config)
-    started = time.perf_counter()
-    run = train(config, split, folder / "run", cache_root=cache_root)
-    if run is None:
-        return None
-    train_seconds = round(time.perf_counter() - started, 1)
-    tested, audited = _test_figures(run, cache_root, bootstrap), _audit_figures(run, cache_root, bootstrap)
-    out_of_fold = _out_of_fold_figures(config, split, folder / "cv", run, folds, within, cache_root, bootstrap)
-    if out_of_fold is None:
-        return None
-    entry = {"recipe": name, "description": config.description, "run": str(run), "data": str(split),
-             **tested, **out_of_fold, **audited, "train_seconds": train_seconds, "ci_method": bootstrap.method}
-    write_json(entry_path, entry)
+    with tracked_run(name, recipe=name) as run_id:
+        started = time.perf_counter()
+        run = train(config, split, folder / "run", cache_root=cache_root)
+        if run is None:
+            return None
+        train_seconds = round(time.perf_counter() - started, 1)
+        tested, audited = _test_figures(run, cache_root, bootstrap), _audit_figures(run, cache_root, bootstrap)
+        out_of_fold = _out_of_fold_figures(config, split, folder / "cv", run, folds, within, cache_root, bootstrap)
+        if out_of_fold is None:
+            return None
+        entry = {"recipe": name, "description": config.description, "run": str(run), "data": str(split),
+                 **tested, **out_of_fold, **audited, "train_seconds": train_seconds, "ci_method": bootstrap.method}
+        write_json(entry_path, entry)
+        log_result(run_id, entry, config.model_dump(mode="json"), entry_path)
     return entry
 
 

@@ -27,6 +27,7 @@ from covidxr.models.loading import load_run
 from covidxr.runs import default_cache_root, read_json, write_json
 from covidxr.training.data import select_rows
 from covidxr.training.run import train
+from covidxr.training.tracking import log_result, tracked_run
 
 log = logging.getLogger("covidxr.cv")
 FOLD_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1")
@@ -72,42 +73,44 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
     out = Path(out)
     rows = development_folds(select_rows(load_manifest(manifest_path), config), folds, config.seed, include_test)
     out.mkdir(parents=True, exist_ok=True)
-    per_fold, pooled = [], []
-    numbers = sorted(int(fold) for fold in rows["fold"].dropna().unique())
-    for fold in numbers:
-        log.info("cross-validation: fold %d of %d (%d held-out images)", fold + 1, len(numbers),
-                 int((rows["fold"] == fold).sum()))
-        manifest = rows.assign(split=np.where(rows["fold"] == fold, "val", "train"), fold=pd.NA)
-        save_manifest(manifest, out / f"fold-{fold}.csv")
-        run = train(config, out / f"fold-{fold}.csv", out / f"fold-{fold}", cache_root=cache_root)
-        if run is None:
-            return {}
-        model = load_run(run)
-        held_out, _, probabilities = model_probabilities(model, manifest[manifest["split"] == "val"].reset_index(
-            drop=True), Path(cache_root or default_cache_root()))
-        truth = (held_out["label"] == model.positive_class).to_numpy()
-        scores = probabilities[:, model.positive_index]
-        figures = binary_metrics(truth, scores, model.threshold)
-        per_fold.append({"fold": fold, "n_images": int(len(held_out)),
-                         "n_patients": int(held_out["patient_id"].nunique()),
-                         **{k: figures[k] for k in FOLD_METRICS}})
-        pooled.append(held_out.assign(score=scores, truth=truth))
-    everything = pd.concat(pooled, ignore_index=True)
-    truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
-    result = {
-        "folds": per_fold,
-        "splits": "train, val and test" if include_test else "train and val",
-        "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
-        "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
-        "pooled_out_of_fold_auc": auc_or_none(truth, scores),
-        "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
-                                                         everything["patient_id"])["auc"],
-        "pooled_out_of_fold_within_source": pooled_within_source(everything, bootstrap),
-        "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
-        "ci_method": bootstrap.method,
-        "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
-    }
-    write_json(out / "cv.json", result)
+    with tracked_run(f"cv {out.name}", register=False) as run_id:
+        per_fold, pooled = [], []
+        numbers = sorted(int(fold) for fold in rows["fold"].dropna().unique())
+        for fold in numbers:
+            log.info("cross-validation: fold %d of %d (%d held-out images)", fold + 1, len(numbers),
+                     int((rows["fold"] == fold).sum()))
+            manifest = rows.assign(split=np.where(rows["fold"] == fold, "val", "train"), fold=pd.NA)
+            save_manifest(manifest, out / f"fold-{fold}.csv")
+            run = train(config, out / f"fold-{fold}.csv", out / f"fold-{fold}", cache_root=cache_root)
+            if run is None:
+                return {}
+            model = load_run(run)
+            held_out, _, probabilities = model_probabilities(model, manifest[manifest["split"] == "val"].reset_index(
+                drop=True), Path(cache_root or default_cache_root()))
+            truth = (held_out["label"] == model.positive_class).to_numpy()
+            scores = probabilities[:, model.positive_index]
+            figures = binary_metrics(truth, scores, model.threshold)
+            per_fold.append({"fold": fold, "n_images": int(len(held_out)),
+                             "n_patients": int(held_out["patient_id"].nunique()),
+                             **{k: figures[k] for k in FOLD_METRICS}})
+            pooled.append(held_out.assign(score=scores, truth=truth))
+        everything = pd.concat(pooled, ignore_index=True)
+        truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
+        result = {
+            "folds": per_fold,
+            "splits": "train, val and test" if include_test else "train and val",
+            "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
+            "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
+            "pooled_out_of_fold_auc": auc_or_none(truth, scores),
+            "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+                                                             everything["patient_id"])["auc"],
+            "pooled_out_of_fold_within_source": pooled_within_source(everything, bootstrap),
+            "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
+            "ci_method": bootstrap.method,
+            "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
+        }
+        write_json(out / "cv.json", result)
+        log_result(run_id, result, config.model_dump(mode="json"), out / "cv.json")
     return result
 
 

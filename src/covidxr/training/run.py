@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -25,13 +26,14 @@ from covidxr.lungs import lung_step
 from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
 from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
-from covidxr.runs import RunDir, default_cache_root, write_json
+from covidxr.runs import RunDir, default_cache_root, read_json, write_json
 from covidxr.training.calibration import calibration_contract
 from covidxr.training.callbacks import EpochCsv
 from covidxr.training.data import by_cache_shard, class_weights, ensure_cache, loader, select_rows, split_datasets
 from covidxr.training.features import backbone_features
 from covidxr.training.module import LitClassifier
 from covidxr.training.rundir import environment, model_card, model_contract, plot_curves, random_frozen_backbone
+from covidxr.training.tracking import epoch_logger, log_result, register_model, tracked_run
 
 log = logging.getLogger("covidxr.train")
 
@@ -51,7 +53,8 @@ def _stages(config: TrainConfig) -> list[tuple[str, int]]:
 
 
 def _trainer(
-    config: TrainConfig, stage_dir: Path, epochs: int, metrics: EpochCsv, own_sampler: bool = False
+    config: TrainConfig, stage_dir: Path, epochs: int, metrics: EpochCsv, own_sampler: bool = False,
+    logger: Logger | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     settings = config.trainer
     best = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
@@ -63,7 +66,7 @@ def _trainer(
     precision = settings.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
-        strategy=settings.strategy, precision=precision, logger=False, default_root_dir=stage_dir,
+        strategy=settings.strategy, precision=precision, logger=logger or False, default_root_dir=stage_dir,
         callbacks=[best, epoch_end, steps, EarlyStopping("val_auc", mode="max", patience=settings.patience), metrics],
         num_sanity_val_steps=0, deterministic="warn", enable_model_summary=False, log_every_n_steps=10,
         use_distributed_sampler=not own_sampler,
@@ -94,7 +97,7 @@ def domain_head(model: Classifier, train_set: Dataset, config: TrainConfig) -> D
 
 
 def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, config: TrainConfig, run: RunDir,
-               offset: int, resume: bool) -> StageResult:
+               offset: int, resume: bool, logger: Logger | None = None) -> StageResult:
     """Train one stage (`head`: the head on frozen backbone features; `full`: the whole model)."""
     stage_dir = run.checkpoints / stage
     finished = stage_dir / "final.safetensors"
@@ -122,14 +125,15 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
         adversary.weight, adversary.warmup,
     )
     metrics = EpochCsv(run.metrics, offset)
-    trainer, best = _trainer(config, stage_dir, epochs, metrics, own_sampler=by_cache_shard(config, train_set))
+    trainer, best = _trainer(config, stage_dir, epochs, metrics, own_sampler=by_cache_shard(config, train_set),
+                             logger=logger)
     last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
                 ckpt_path=str(last) if resume and last.is_file() else None)
     if not trainer.is_global_zero:
         return StageResult(target, val_set, main_process=False)
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     save_file({k: v.contiguous() for k, v in target.state_dict().items()}, str(finished))
     model.backbone.requires_grad_(True)
@@ -162,20 +166,26 @@ def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache
     """Train a recipe on a manifest into run directory `out`; returns it (None in DDP worker processes)."""
     run = RunDir(out)
     config, manifest = _prepare_run(config, Path(manifest_path), run, resume)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    cache = ensure_cache(manifest, cache_root or default_cache_root(), config)
-    model, report = build_classifier(config.model, len(CLASSES[config.task]), config.preprocessing.size)
-    if report is not None:
-        for line in report.lines():
-            log.info("weights %s: %s", config.model.weights, line)
-    datasets = split_datasets(manifest, cache, config)
-    offset, result = 0, None
-    for stage, epochs in _stages(config):
-        result = _run_stage(stage, epochs, model, datasets, config, run, offset, resume)
-        if not result.main_process:
-            return None
-        offset = int(pd.read_csv(run.metrics)["epoch"].max()) + 1 if run.metrics.is_file() else 0
-    return finish_run(model, result, manifest, config, run)
+    with tracked_run(run.root.name) as run_id:
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        cache = ensure_cache(manifest, cache_root or default_cache_root(), config)
+        model, report = build_classifier(config.model, len(CLASSES[config.task]), config.preprocessing.size)
+        if report is not None:
+            for line in report.lines():
+                log.info("weights %s: %s", config.model.weights, line)
+        datasets = split_datasets(manifest, cache, config)
+        offset, result = 0, None
+        for stage, epochs in _stages(config):
+            result = _run_stage(stage, epochs, model, datasets, config, run, offset, resume, epoch_logger(run_id))
+            if not result.main_process:
+                return None
+            offset = int(pd.read_csv(run.metrics)["epoch"].max()) + 1 if run.metrics.is_file() else 0
+        finish_run(model, result, manifest, config, run)
+        card = run.read_card()
+        final = {"validation": card["validation"], "operating_points": read_json(run.model_json)["operating_points"]}
+        log_result(run_id, final, config.model_dump(mode="json"), run.root)
+        register_model(run_id, card)
+    return run.root
 
 
 def finish_run(model: Classifier, stage: StageResult, manifest: pd.DataFrame, config: TrainConfig,
