@@ -133,7 +133,8 @@ def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_ru
     eager = covidxr.load_model(run)
     assert eager.preprocessing.lung_model.weights_sha256 == shipped_segmenter().weights_sha256
     gray = read_grayscale(folder / "large.png")
-    assert np.array_equal(eager._pixels(gray), preprocess(gray, eager.preprocessing, shipped_segmenter())[0])
+    assert np.array_equal(eager.steps.run(gray, "large.png").pixels,
+                          preprocess(gray, eager.preprocessing, shipped_segmenter())[0])
     before = eager.predict(folder / "large.png")["probabilities"]["covid"]
     many = [folder / "large.png"] * PARALLEL_FROM
     in_workers = eager.predict_files(many, workers=2)

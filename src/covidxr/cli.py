@@ -391,7 +391,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _print_lines([f"{args.image}: refused ({checked.reason}): {checked.words()} No overlay written."])
         return EXIT_PARTIAL
     positive = predictor.contract.positive_class
-    _print_lines([f"P({positive}) {result['probability']:.3f}; {result['lung_heat_share']:.0%} of the "
+    _print_lines([f"P({positive}) {result['probability']:.3f} at prevalence "
+                  f"{_share(predictor.scorer.reported_prevalence)}; {result['lung_heat_share']:.0%} of the "
                   f"{args.method} heat inside the lungs; wrote {args.out}"])
     return EXIT_OK
 

@@ -262,10 +262,6 @@ class Predictor:
                 "pretrained": content.get("pretrained"),
                 "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
 
-    def _pixels(self, gray: np.ndarray) -> np.ndarray:
-        pixels, _ = preprocess(gray, self.steps.preprocessing, self.steps.lungs)
-        return pixels
-
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits of (N, size, size) prepared pixels."""
         pixels = batch[:, None].astype(np.float32)
@@ -280,14 +276,11 @@ class Predictor:
         """Calibrated class probabilities of (N, size, size) prepared pixels, at the scorer's prevalence."""
         return self.scorer.probabilities(self.logits(batch))
 
-    def _new(self, path: str, prepared: PreparedFile | None = None) -> Prediction:
-        prediction = Prediction(path=path, operating_point=self.scorer.operating_point,
-                                prevalence=self.scorer.reported_prevalence, positive_class=self.contract.positive_class)
-        if prepared is not None:
-            prediction.warnings, prediction.input_check = prepared.warnings, prepared.input_check
-            if prepared.error:
-                prediction.status, prediction.error = "error", prepared.error
-        return prediction
+    def _new(self, prepared: PreparedFile) -> Prediction:
+        return Prediction(path=prepared.path, status="error" if prepared.error else "ok", error=prepared.error,
+                          operating_point=self.scorer.operating_point, prevalence=self.scorer.reported_prevalence,
+                          positive_class=self.contract.positive_class, input_check=prepared.input_check,
+                          warnings=prepared.warnings)
 
     def _finish(self, predictions: list[Prediction], pixels: list[np.ndarray]) -> None:
         if not predictions:
@@ -305,7 +298,7 @@ class Predictor:
     def predict_prepared(self, prepared: Sequence[PreparedFile]) -> list[Prediction]:
         """Predictions for files already decoded and prepared (one batch: the model sees all of them at once),
         in their order; the unreadable and refused ones get their reason and nothing else."""
-        predictions = [self._new(item.path, item) for item in prepared]
+        predictions = [self._new(item) for item in prepared]
         ready = [(prediction, item.pixels) for prediction, item in zip(predictions, prepared)
                  if item.pixels is not None]
         self._finish([prediction for prediction, _ in ready], [pixels for _, pixels in ready])
@@ -323,17 +316,14 @@ class Predictor:
         if isinstance(item, np.ndarray):
             if item.ndim != 2 or item.dtype != np.uint8:
                 raise UsageError(f"expected a 2-D uint8 grey array, got shape {item.shape} dtype {item.dtype}")
-            prepared = self.steps.run(item, "<array>")
-            prediction = self._new("<array>", prepared)
-            if prepared.pixels is not None:
-                self._finish([prediction], [prepared.pixels])
-            return prediction.as_dict()
+            return self.predict_prepared([self.steps.run(item, "<array>")])[0].as_dict()
         return self.predict_files([item])[0].as_dict()
 
     def explain(self, item: str | Path | np.ndarray, out=None, method: str = "gradcam") -> dict:
         """Class activation map of the positive class for one image (path or 2-D grey uint8 array): the map,
         the share of its heat inside the lung mask, and, with `out` (a path or binary file), a PNG overlay with
-        the lung outline. An image the input check refuses gets its `input_check` and nothing else (no file)."""
+        the lung outline; also the prepared `pixels` the model saw. An image the input check refuses gets its
+        `input_check` and nothing else (no file)."""
         import torch  # lazy: class activation maps need the PyTorch model
 
         from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
@@ -341,11 +331,11 @@ class Predictor:
 
         positive = self.contract.positive_index
         gray = item if isinstance(item, np.ndarray) else read_grayscale(item)
-        checked = self.steps.checker.check(gray)[0] if self.steps.checker is not None else SKIPPED
-        if not checked.accepted:
-            return {"probability": None, "input_check": checked, "lung_heat_share": None,
-                    "method": method, "heatmap": None, "lungs": None}
-        pixels = self._pixels(gray)
+        prepared = self.steps.run(gray, "<explained>")
+        if prepared.pixels is None:
+            return {"probability": None, "input_check": prepared.input_check, "lung_heat_share": None,
+                    "method": method, "heatmap": None, "lungs": None, "pixels": None}
+        pixels = prepared.pixels
         probability = float(self.probabilities(pixels[None])[0, positive])
         model = self.torch_run.model
         with self._cam_lock:
@@ -355,34 +345,28 @@ class Predictor:
         if out is not None:
             name = "image" if isinstance(item, np.ndarray) else Path(item).name[:40]
             region = "the lung field rectangle (no plausible lung mask)" if lungs.fallback else "the lungs"
-            title = (f"{name}\nP({self.contract.positive_class}) {probability:.2f} (threshold "
+            title = (f"{name}\nP({self.contract.positive_class}) {probability:.2f} at prevalence "
+                     f"{self.scorer.reported_prevalence or float('nan'):.3g} ({self.scorer.operating_point} threshold "
                      f"{self.threshold:.2f}), {method}, {share:.0%} of heat in {region}")
             save_overlay(pixels, heatmap, title, out, lungs)
-        return {"probability": probability, "input_check": checked, "lung_heat_share": share,
-                "method": method, "heatmap": heatmap,
-                "lungs": lungs}
+        return {"probability": probability, "input_check": prepared.input_check, "lung_heat_share": share,
+                "method": method, "heatmap": heatmap, "lungs": lungs, "pixels": pixels}
 
     def predict_files(self, paths: Sequence[str | Path], workers: int | None = None) -> list[Prediction]:
         """Predictions for files in input order, batched, with a progress bar; unreadable ones get status
         'error'. Many files are decoded and prepared in `workers` processes (default: one per core) while
         the model runs batches here."""
-        results, pending, pixels = [], [], []
+        results, batch = [], []
         with progress_bar(disable=len(paths) < PARALLEL_FROM) as bar:
             task = bar.add_task("predicting", total=len(paths))
             for prepared in prepared_in_order(paths, self.steps, workers):
-                prediction = self._new(prepared.path, prepared)
-                results.append(prediction)
-                if prepared.pixels is None:
-                    bar.advance(task)
-                    continue
-                pending.append(prediction)
-                pixels.append(prepared.pixels)
-                if len(pending) == BATCH:
-                    self._finish(pending, pixels)
-                    bar.advance(task, len(pending))
-                    pending, pixels = [], []
-            self._finish(pending, pixels)
-            bar.advance(task, len(pending))
+                batch.append(prepared)
+                if sum(item.pixels is not None for item in batch) == BATCH:
+                    results += self.predict_prepared(batch)
+                    bar.advance(task, len(batch))
+                    batch = []
+            results += self.predict_prepared(batch)
+            bar.advance(task, len(batch))
         return results
 
 

@@ -13,7 +13,6 @@ import pydicom
 from pydicom import Dataset
 
 from covidxr.data.imageio import ImageReadError, dicom_grayscale, file_format, malformed_dicom_errors
-from covidxr.data.preprocess import preprocess
 from covidxr.data.privacy import describe_error, keep_header_values_out_of_logs
 from covidxr.dicom.source import evidence_header, skip_reason
 from covidxr.dicom.sr import Classification, ModelIdentity, build_sc, build_sr
@@ -64,6 +63,7 @@ def _classification(predictor: Predictor, gray: np.ndarray, prediction: dict | N
 
 def overlay_title(result: Classification, model: ModelIdentity) -> str:
     return (f"P(COVID-19) {result.probability:.3f}, threshold {result.threshold:.3f}: {result.label}\n"
+            f"{result.assumptions()}\n"
             f"Grad-CAM of {model.name}\nResearch and teaching only; not for clinical use")
 
 
@@ -109,8 +109,7 @@ def results_of(predictor: Predictor, dataset: Dataset, name: str, prediction: di
     gray = _grayscale(dataset, name)
     result, model = _classification(predictor, gray, prediction, name), model_identity(predictor)
     explained = predictor.explain(gray)
-    pixels, _ = preprocess(gray, predictor.steps.preprocessing, predictor.steps.lungs)
-    overlay = overlay_rgb(pixels, explained["heatmap"], overlay_title(result, model), explained["lungs"])
+    overlay = overlay_rgb(explained["pixels"], explained["heatmap"], overlay_title(result, model), explained["lungs"])
     header = evidence_header(dataset)
     return _built(name, dataset, lambda: ResultObjects(build_sr(header, result, model),
                                                        build_sc(header, overlay, model), result))

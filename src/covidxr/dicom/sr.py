@@ -35,6 +35,7 @@ SC_SERIES_DESCRIPTION = "covidxr Grad-CAM overlay, not for clinical use"
 PROBABILITY = Code("P-COVID", SCHEME, "Probability of COVID-19 (model output)")
 THRESHOLD = Code("THRESHOLD", SCHEME, "Operating threshold on the probability")
 LABEL = Code("LABEL", SCHEME, "Class at the operating threshold")
+ASSUMPTIONS = Code("ASSUMPTIONS", SCHEME, "Operating point and prevalence the result assumes")
 COVID_19 = Code("840539006", "SCT", "COVID-19")
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = Code("1", "UCUM", "no units")
@@ -85,12 +86,20 @@ class Classification:
     probability: float
     label: str
     threshold: float
+    operating_point: str | None = None
+    prevalence: float | None = None
     severity: dict | None = None
 
     @classmethod
     def from_prediction(cls, prediction: dict, positive_class: str) -> Classification:
         return cls(probability=float(prediction["probabilities"][positive_class]), label=prediction["label"],
-                   threshold=float(prediction["threshold"]), severity=prediction.get("severity"))
+                   threshold=float(prediction["threshold"]), operating_point=prediction.get("operating_point"),
+                   prevalence=prediction.get("prevalence"), severity=prediction.get("severity"))
+
+    def assumptions(self) -> str:
+        """What the probability and the label assume: the operating point and the prevalence."""
+        prevalence = "an unknown prevalence" if self.prevalence is None else f"prevalence {self.prevalence:.3g}"
+        return f"operating point {self.operating_point or 'recorded'}, probability at {prevalence}"
 
     def measurements(self) -> list[hd.sr.Measurement]:
         """The probability and the threshold; with severity, each score and its cross-validated error (NUM items,
@@ -159,8 +168,9 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=LABEL, value=_private_code(result.label))],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
-    group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=codes.DCM.Comment, value=NOT_FOR_CLINICAL_USE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    for name, text in ((ASSUMPTIONS, result.assumptions()), (codes.DCM.Comment, NOT_FOR_CLINICAL_USE)):
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -25,8 +25,6 @@ from covidxr.evaluation.evaluate import evaluation_rows, model_probabilities
 from covidxr.metrics import PatientBootstrap, expected_calibration_error, metrics_with_intervals
 from covidxr.models.loading import load_run
 from covidxr.runs import (
-    Calibration,
-    OperatingPoint,
     RunDir,
     default_cache_root,
     read_json,
@@ -34,7 +32,7 @@ from covidxr.runs import (
     write_json,
 )
 from covidxr.runs.calibration import check_prevalence
-from covidxr.training.calibration import calibration_contract
+from covidxr.training.calibration import POINT_RULES, calibration_contract, fit_calibration, operating_threshold
 
 log = logging.getLogger("covidxr.calibrate")
 MIN_PER_CLASS = 30
@@ -48,25 +46,25 @@ def manifest_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def cross_fitted(logits: np.ndarray, targets: np.ndarray, patients: pd.Series, positive: int, default_point: str,
-                 folds: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Out-of-fold calibrated P(positive), each operating point's out-of-fold calls, and the prior-shift-only
-    probability (the model's own calibration moved to the fit folds' share of positives)."""
+def cross_fitted(logits: np.ndarray, targets: np.ndarray, patients: pd.Series, positive: int, folds: int,
+                 seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Out-of-fold calibrated P(positive), each operating point's out-of-fold calls (thresholds chosen on the fit
+    folds by the rules `train` uses), and each row's fit folds' share of positives (for the prior-shift-only
+    figure)."""
     truth = targets == positive
     folds = max(2, min(folds, int(truth.sum()), int((~truth).sum())))
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    calibrated, shifted = np.empty(len(truth)), np.empty(len(truth))
-    calls: dict[str, np.ndarray] = {}
+    calibrated, fold_prevalence = np.empty(len(truth)), np.empty(len(truth))
+    calls = {name: np.zeros(len(truth), dtype=bool) for name in POINT_RULES}
     for fit_rows, held_rows in splitter.split(logits, truth, groups=patients.to_numpy()):
-        contract = calibration_contract(logits[fit_rows], targets[fit_rows], patients.iloc[fit_rows].reset_index(
-            drop=True), positive, "fit folds", default_point)
-        calibration = Calibration.model_validate(contract["calibration"])
+        calibration = fit_calibration(logits[fit_rows], targets[fit_rows], patients.iloc[fit_rows], positive,
+                                      "fit folds")
+        fitted = calibration.positive_probability(logits[fit_rows], positive)
         calibrated[held_rows] = calibration.positive_probability(logits[held_rows], positive)
-        for name, point in contract["operating_points"].items():
-            threshold = OperatingPoint.model_validate(point).threshold
-            calls.setdefault(name, np.zeros(len(truth), dtype=bool))[held_rows] = calibrated[held_rows] >= threshold
-        shifted[held_rows] = truth[fit_rows].mean()
-    return calibrated, calls, shifted
+        for name, (rule, _) in POINT_RULES.items():
+            calls[name][held_rows] = calibrated[held_rows] >= operating_threshold(fitted, truth[fit_rows], rule)
+        fold_prevalence[held_rows] = truth[fit_rows].mean()
+    return calibrated, calls, fold_prevalence
 
 
 def _point_figures(truth: np.ndarray, called: np.ndarray, patients: pd.Series, bootstrap: PatientBootstrap) -> dict:
@@ -108,7 +106,7 @@ def calibrate(run_dir: str | Path | None, data: str | Path, out: str | Path, pre
     default_point = run.inference.default_operating_point
     if default_point not in ("balanced", "high-sensitivity", "high-specificity"):
         default_point = "balanced"
-    calibrated, calls, fold_prevalence = cross_fitted(logits, targets, patients, positive, default_point, folds, seed)
+    calibrated, calls, fold_prevalence = cross_fitted(logits, targets, patients, positive, folds, seed)
     original = run.inference.scorer()
     prior_only = shift_prevalence(before[:, positive], original.calibration.prevalence, fold_prevalence) \
         if original.calibration.prevalence is not None else None
