@@ -195,10 +195,9 @@ def prepared_in_order(paths: Sequence[str | Path], steps: ImageSteps, workers: i
 def input_checker(contract: InferenceContract, source: Path) -> InputChecker | None:
     """The run's own input check (model.json's `input_check`); None where the run was trained without one
     (`input_check: null`); the one shipped in the package for a model.json from before input checks."""
-    if "input_check" not in contract.content:
+    if not contract.records_input_check:
         return shipped_input_check()
-    recorded = contract.content["input_check"]
-    return InputChecker.from_recorded(recorded, source) if recorded is not None else None
+    return InputChecker.from_recorded(contract.input_check, source) if contract.input_check is not None else None
 
 
 class Predictor:
@@ -252,14 +251,13 @@ class Predictor:
 
     @property
     def info(self) -> dict:
-        content = self.contract.content
-        return {"run": str(self.rundir.root), "architecture": content["architecture"], "classes": self.classes,
+        return {"run": str(self.rundir.root), "architecture": self.contract.architecture, "classes": self.classes,
                 "positive_class": self.contract.positive_class, "threshold": self.threshold,
                 "operating_point": self.scorer.operating_point,
                 "operating_points": list(self.contract.operating_points),
                 "prevalence": self.scorer.reported_prevalence, "calibration": self.scorer.calibration.method,
                 "input_check": "skipped" if self.steps.checker is None else self.steps.checker.model.name,
-                "pretrained": content.get("pretrained"),
+                "pretrained": self.contract.pretrained,
                 "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

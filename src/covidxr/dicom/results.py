@@ -41,7 +41,7 @@ class ResultObjects:
 
 
 def model_identity(predictor: Predictor) -> ModelIdentity:
-    return ModelIdentity.from_contract(predictor.contract.content)
+    return ModelIdentity.from_contract(predictor.contract)
 
 
 def _grayscale(dataset: Dataset, name: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from covidxr.dicom.source import patient_orientation
-from covidxr.runs import NOT_FOR_CLINICAL_USE
+from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract
 
 MANUFACTURER = "covidxr"
 SCHEME = "99COVIDXR"
@@ -67,11 +67,11 @@ class ModelIdentity:
     positive_class: str
 
     @classmethod
-    def from_contract(cls, contract: dict) -> ModelIdentity:
-        return cls(name=f"covidxr {contract['architecture']['name']}", version=str(contract.get("created", "unknown")),
-                   weights_sha256=contract["weights_sha256"], threshold=float(contract["threshold"]),
-                   threshold_rule=contract["threshold_rule"], temperature=float(contract["temperature"]),
-                   positive_class=contract["positive_class"])
+    def from_contract(cls, contract: InferenceContract) -> ModelIdentity:
+        return cls(name=f"covidxr {contract.architecture['name']}", version=contract.created or "unknown",
+                   weights_sha256=contract.weights_sha256, threshold=contract.threshold,
+                   threshold_rule=contract.threshold_rule, temperature=contract.temperature,
+                   positive_class=contract.positive_class)
 
     def parameters(self) -> list[str]:
         return [f"weights sha256 {self.weights_sha256}", f"threshold {self.threshold:.6g} ({self.threshold_rule}) "

@@ -33,7 +33,7 @@ from covidxr.evaluation.evaluate import evaluation_rows
 from covidxr.lungs import LungSegmenter, prepare_with_lungs, shipped_segmenter
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
-from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
+from covidxr.runs import AuditResult, default_cache_root, read_json, softmax_with_temperature, write_json
 
 log = logging.getLogger("covidxr.audit")
 MIN_SITE_PATIENTS = 5
@@ -187,8 +187,25 @@ def source_verdict(source_auc: float | None, site_auc: float | None) -> str:
     return f"The embeddings barely tell the origin (AUC {best:.2f})."
 
 
+def audit_file(folder: Path, data: str) -> Path:
+    """Where the audit of `data` is written in an evaluation folder."""
+    return folder / f"audit-{data}.json"
+
+
+def read_audit(path: Path) -> AuditResult:
+    return AuditResult.read(read_json(path), path)
+
+
 def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None,
           bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
+    """`audit_run`'s result as written to its JSON file."""
+    return audit_run(run_dir, data, cache_root, bootstrap).to_json()
+
+
+def audit_run(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None,
+              bootstrap: PatientBootstrap = PatientBootstrap()) -> AuditResult:
+    """The shortcut audit of the run's model on its own rows (all splits) or another manifest's; also written to
+    `audit_file(RUN/evaluation, data)` with its verdicts in the model card."""
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
     report = prepare_with_lungs(rows, Path(cache_root or default_cache_root()), run.preprocessing)
@@ -200,7 +217,7 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
     embeddings = passed.embeddings
     source_auc, source_auc_ci = _grouped_auc(embeddings, rows["source"], rows["patient_id"], bootstrap)
     site_auc, _ = _grouped_auc(embeddings, rows["site"], rows["patient_id"])
-    result = {
+    result = AuditResult(**{
         "run": str(run.run), "data": name, "n_images": int(len(rows)), "n_patients": int(rows["patient_id"].nunique()),
         "splits": "all rows (train, val and test for a run's own data)", "ci_method": bootstrap.method,
         "source_predictability": {"source_auc": source_auc, "source_auc_ci": source_auc_ci, "site_auc": site_auc,
@@ -213,10 +230,9 @@ def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str |
                   "fallback_rectangle": {"images": passed.fallbacks, "rows": LUNG_ROWS, "columns": LUNG_COLUMNS},
                   "mean_lung_share": float(passed.lung_shares.mean()) if len(rows) else None,
                   "border_band": BORDER_BAND},
-    }
+    })
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / f"audit-{name}.json", result)
-    run.rundir.update_card("audits", name, {key: result[key]["verdict"]
-                                            for key in ("source_predictability", "occlusion", "leave_one_site_out")})
+    write_json(audit_file(folder, name), result.to_json())
+    run.rundir.update_card("audits", name, result.verdicts())
     return result

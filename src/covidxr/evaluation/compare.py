@@ -28,11 +28,11 @@ from covidxr.data.build import build
 from covidxr.data.labels import CLASSES
 from covidxr.data.manifest import load_manifest
 from covidxr.errors import UsageError
-from covidxr.evaluation.audit import audit
+from covidxr.evaluation.audit import audit_run
 from covidxr.evaluation.crossval import cross_validate
-from covidxr.evaluation.evaluate import evaluate
+from covidxr.evaluation.evaluate import evaluate_run
 from covidxr.metrics import PatientBootstrap
-from covidxr.runs import RunDir, default_cache_root, read_json, write_json
+from covidxr.runs import CompareEntry, RunDir, default_cache_root, read_json, write_json
 from covidxr.training.data import ensure_cache, is_built_for, select_rows
 from covidxr.training.run import train
 from covidxr.training.tracking import log_result, tracked_run
@@ -99,18 +99,18 @@ def within_source_name(manifest: pd.DataFrame, task: str, wanted: str | None) ->
 
 
 def _test_figures(run: Path, cache_root: Path | None, bootstrap: PatientBootstrap) -> dict:
-    result = evaluate(run, cache_root=cache_root, resamples=bootstrap.resamples, seed=bootstrap.seed)
-    return {"test_images": result["n_images"], "test_patients": result["n_patients"], "auc": result["auc"],
-            "auc_ci": result["auc_ci"], "source_only_auc": result["source_only_auc"],
-            "source_only_auc_ci": result["source_only_auc_ci"], "within_source": result["within_source"]}
+    result = evaluate_run(run, cache_root=cache_root, resamples=bootstrap.resamples, seed=bootstrap.seed)
+    return {"test_images": result.n_images, "test_patients": result.n_patients, "auc": result.auc,
+            "auc_ci": result.auc_ci, "source_only_auc": result.source_only_auc,
+            "source_only_auc_ci": result.source_only_auc_ci, "within_source": result.within_source}
 
 
 def _audit_figures(run: Path, cache_root: Path | None, bootstrap: PatientBootstrap) -> dict:
-    result = audit(run, cache_root=cache_root, bootstrap=bootstrap)
-    hidden, origin = result["occlusion"]["lungs_hidden"], result["source_predictability"]
-    return {"lungs_hidden_auc": hidden["auc"], "lungs_hidden_auc_ci": hidden["auc_ci"],
-            "origin_auc": origin["source_auc"], "origin_auc_ci": origin["source_auc_ci"],
-            "audit_rows": f"{result['splits']}: {result['n_images']} images, {result['n_patients']} patients"}
+    result = audit_run(run, cache_root=cache_root, bootstrap=bootstrap)
+    hidden, origin = result.occlusion.lungs_hidden, result.source_predictability
+    return {"lungs_hidden_auc": hidden.auc, "lungs_hidden_auc_ci": hidden.auc_ci,
+            "origin_auc": origin.source_auc, "origin_auc_ci": origin.source_auc_ci,
+            "audit_rows": f"{result.splits}: {result.n_images} images, {result.n_patients} patients"}
 
 
 def _out_of_fold_figures(config: TrainConfig, split: Path, folder: Path, run: Path, folds: int, within: str | None,
@@ -128,13 +128,13 @@ def _out_of_fold_figures(config: TrainConfig, split: Path, folder: Path, run: Pa
 
 
 def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, folds: int, within: str | None,
-                   cache_root: Path | None, bootstrap: PatientBootstrap) -> dict | None:
+                   cache_root: Path | None, bootstrap: PatientBootstrap) -> CompareEntry | None:
     """Train, evaluate, audit and cross-validate one recipe into `folder`; its entry of compare.json (None in DDP
     worker processes)."""
     entry_path = folder / "entry.json"
     if entry_path.is_file():
         log.info("compare: %s was finished by an earlier call (%s): not redone", name, entry_path)
-        return read_json(entry_path)
+        return CompareEntry.read(read_json(entry_path), entry_path)
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} holds an unfinished comparison of {name}: delete it to redo it")
     ensure_cache(select_rows(load_manifest(split), config), cache_root or default_cache_root(), config)
@@ -148,17 +148,27 @@ def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, fo
         out_of_fold = _out_of_fold_figures(config, split, folder / "cv", run, folds, within, cache_root, bootstrap)
         if out_of_fold is None:
             return None
-        entry = {"recipe": name, "description": config.description, "run": str(run), "data": str(split),
-                 **tested, **out_of_fold, **audited, "train_seconds": train_seconds, "ci_method": bootstrap.method}
-        write_json(entry_path, entry)
-        log_result(run_id, entry, config.model_dump(mode="json"), entry_path)
+        entry = CompareEntry(recipe=name, description=config.description, run=str(run), data=str(split),
+                             **tested, **out_of_fold, **audited, train_seconds=train_seconds,
+                             ci_method=bootstrap.method)
+        write_json(entry_path, entry.to_json())
+        log_result(run_id, entry.to_json(), config.model_dump(mode="json"), entry_path)
     return entry
 
 
 def compare(recipes: list[str | Path], manifest_path: str | Path, out: str | Path, overrides: list[str] | None = None,
             folds: int = DEFAULT_FOLDS, within: str | None = None, cache_root: str | Path | None = None,
             bootstrap: PatientBootstrap = PatientBootstrap()) -> list[dict]:
-    """Compare recipes on one manifest and split; writes and returns the entries of DIR/compare.json."""
+    """`compare_recipes`'s entries as written to DIR/compare.json."""
+    return [entry.to_json() for entry in compare_recipes(recipes, manifest_path, out, overrides, folds, within,
+                                                         cache_root, bootstrap)]
+
+
+def compare_recipes(recipes: list[str | Path], manifest_path: str | Path, out: str | Path,
+                    overrides: list[str] | None = None, folds: int = DEFAULT_FOLDS, within: str | None = None,
+                    cache_root: str | Path | None = None,
+                    bootstrap: PatientBootstrap = PatientBootstrap()) -> list[CompareEntry]:
+    """Compare recipes on one manifest and split; writes DIR/compare.json and returns its entries."""
     configs = load_recipes(recipes, overrides or [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +176,7 @@ def compare(recipes: list[str | Path], manifest_path: str | Path, out: str | Pat
     split = common_split(Path(manifest_path), first, out)
     source = within_source_name(load_manifest(split), first.task, within)
     cache = Path(cache_root) if cache_root else None
-    entries: list[dict] = []
+    entries: list[CompareEntry] = []
     for index, (name, config) in enumerate(configs.items(), 1):
         log.info("compare: recipe %d of %d, %s: train, evaluate, audit, %d-fold cross-validation over all patients",
                  index, len(configs), name, folds)
@@ -174,5 +184,5 @@ def compare(recipes: list[str | Path], manifest_path: str | Path, out: str | Pat
         if entry is None:
             return []
         entries.append(entry)
-        (out / "compare.json").write_text(json.dumps(entries, indent=2) + "\n")
+        (out / "compare.json").write_text(json.dumps([e.to_json() for e in entries], indent=2) + "\n")
     return entries

@@ -29,14 +29,42 @@ from covidxr.metrics import (
 )
 from covidxr.models.inference import predict_logits
 from covidxr.models.loading import RunModel, load_run
-from covidxr.runs import default_cache_root, predicted_classes, softmax_with_temperature, write_json
+from covidxr.runs import (
+    EvaluationResult,
+    OperatingPointFigures,
+    SubgroupFigures,
+    default_cache_root,
+    predicted_classes,
+    read_json,
+    softmax_with_temperature,
+    write_json,
+)
 
 log = logging.getLogger("covidxr.evaluate")
+INTERNAL = "internal"
+"""The data name of an evaluation on the run's own manifest."""
 OPERATING_POINT_KEYS = ("sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "ppv", "ppv_ci", "npv",
                         "npv_ci")
-CARD_KEYS = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci", "specificity",
-             "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source", "ece", "ece_ci",
-             "ece_before_calibration", "operating_point", "operating_points")
+
+
+def evaluation_stem(folder: Path, data: str, split: str) -> Path:
+    """Where an evaluation of `data` / `split` is written in an evaluation folder, without suffix: STEM.json, and
+    the plots of `covidxr.evaluation.plots` (`curves_file(STEM)`)."""
+    return folder / f"evaluate-{data}-{split}"
+
+
+def evaluation_file(folder: Path, data: str, split: str) -> Path:
+    stem = evaluation_stem(folder, data, split)
+    return stem.with_name(f"{stem.name}.json")
+
+
+def read_evaluation(path: Path) -> EvaluationResult:
+    return EvaluationResult.read(read_json(path), path)
+
+
+def saved_evaluations(folder: Path) -> list[EvaluationResult]:
+    """Every evaluation written in an evaluation folder, by file name."""
+    return [read_evaluation(path) for path in sorted(folder.glob(evaluation_file(folder, "*", "*").name))]
 
 
 def _labelled(manifest: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
@@ -56,7 +84,7 @@ def evaluation_rows(run: RunModel, data: Path | None, split: str | None) -> tupl
     task = "binary" if len(run.classes) == 2 else "three-class"
     if data is None:
         manifest = load_manifest(run.run / "manifest.csv")
-        name = "internal"
+        name = INTERNAL
     else:
         manifest, name = load_manifest(data), Path(data).stem
     if split is not None and (manifest["split"] != "").any():
@@ -95,14 +123,15 @@ def model_probabilities(
 
 
 def _subgroups(rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray, threshold: float, by: str,
-               bootstrap: PatientBootstrap) -> dict:
+               bootstrap: PatientBootstrap) -> dict[str, SubgroupFigures]:
     groups = {}
     for name, part in rows.groupby(by):
         index = part.index.to_numpy()
         if 0 < truth[index].sum() < len(index):
             figures = metrics_with_intervals(truth[index], scores[index], part["patient_id"], threshold, bootstrap)
-            groups[str(name)] = {"n_images": int(len(index)), "n_patients": int(part["patient_id"].nunique()),
-                                 **{k: figures[k] for k in ("auc", "auc_ci", "sensitivity", "specificity")}}
+            groups[str(name)] = SubgroupFigures(
+                n_images=int(len(index)), n_patients=int(part["patient_id"].nunique()),
+                **{k: figures[k] for k in ("auc", "auc_ci", "sensitivity", "specificity")})
     return groups
 
 
@@ -115,16 +144,15 @@ def source_only(rows: pd.DataFrame, truth: np.ndarray, by: str, bootstrap: Patie
 
 
 def operating_point_figures(run: RunModel, truth: np.ndarray, scores: np.ndarray, patients: pd.Series,
-                            bootstrap: PatientBootstrap) -> dict:
+                            bootstrap: PatientBootstrap) -> dict[str, OperatingPointFigures]:
     """Each of the run's operating points (thresholds fitted on validation) applied here: sensitivity,
     specificity, PPV and NPV with their intervals, beside the validation figures it was chosen with."""
     figures = {}
     for name, point in run.inference.operating_points.items():
         measured = metrics_with_intervals(truth, scores, patients, point.threshold, bootstrap)
-        figures[name] = {"threshold": point.threshold, "rule": point.rule,
-                         **{key: measured[key] for key in OPERATING_POINT_KEYS},
-                         "validation": {"sensitivity": point.sensitivity, "specificity": point.specificity,
-                                        "ci": point.ci}}
+        figures[name] = OperatingPointFigures(
+            threshold=point.threshold, rule=point.rule, **{key: measured[key] for key in OPERATING_POINT_KEYS},
+            validation={"sensitivity": point.sensitivity, "specificity": point.specificity, "ci": point.ci})
     return figures
 
 
@@ -143,6 +171,13 @@ def calibration_figures(truth: np.ndarray, calibrated: np.ndarray, uncalibrated:
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
              prevalence: float | None = None, cache_root: str | Path | None = None,
              resamples: int = 1000, seed: int = 0) -> dict:
+    """`evaluate_run`'s result as written to its JSON file."""
+    return evaluate_run(run_dir, data, split, prevalence, cache_root, resamples, seed).to_json()
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+                 prevalence: float | None = None, cache_root: str | Path | None = None,
+                 resamples: int = 1000, seed: int = 0) -> EvaluationResult:
     """The contract's evaluation object; also written to RUN/evaluation/evaluate-<data>-<split>.json."""
     if prevalence is not None and not 0 < prevalence < 1:
         raise UsageError("must be between 0 and 1", "prevalence", prevalence)
@@ -163,7 +198,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
         "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
         "n_patients": int(rows["patient_id"].nunique()), "prevalence": float(truth.mean()),
         **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, bootstrap),
-        "threshold": threshold, "threshold_rule": run.contract["threshold_rule"],
+        "threshold": threshold, "threshold_rule": run.inference.threshold_rule,
         "operating_point": scorer.operating_point, "calibration": scorer.calibration.method,
         "calibration_prevalence": scorer.calibration.prevalence,
         "confusion_matrix": confusion(truth, scores, threshold),
@@ -179,8 +214,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     result["operating_points"] = operating_point_figures(run, truth, scores, rows["patient_id"], bootstrap)
     if len(run.classes) > 2:
         result |= multiclass_figures(rows, probabilities, run.classes, threshold, run.positive_class, bootstrap)
-    _save(run, result, rows, truth, (scores, uncalibrated), name, split, bootstrap)
-    return result
+    evaluation = EvaluationResult(**result)
+    _save(run, evaluation, rows, truth, (scores, uncalibrated), bootstrap)
+    return evaluation
 
 
 def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str], threshold: float,
@@ -203,12 +239,12 @@ def multiclass_figures(rows: pd.DataFrame, probabilities: np.ndarray, classes: l
     return {"per_class": per_class, "macro": macro}
 
 
-def _save(run: RunModel, result: dict, rows: pd.DataFrame, truth: np.ndarray,
-          scores: tuple[np.ndarray, np.ndarray], name: str, split: str, bootstrap: PatientBootstrap) -> None:
+def _save(run: RunModel, result: EvaluationResult, rows: pd.DataFrame, truth: np.ndarray,
+          scores: tuple[np.ndarray, np.ndarray], bootstrap: PatientBootstrap) -> None:
     """JSON, plots and the model card; `scores` = (after, before) calibration."""
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"evaluate-{name}-{split}"
-    write_json(folder / f"{stem}.json", result)
-    evaluation_plots(truth, scores, rows["patient_id"], result, folder / stem, bootstrap)
-    run.rundir.update_card("evaluations", f"{name}-{split}", {k: result[k] for k in CARD_KEYS})
+    write_json(evaluation_file(folder, result.data, result.split), result.to_json())
+    evaluation_plots(truth, scores, rows["patient_id"], result, evaluation_stem(folder, result.data, result.split),
+                     bootstrap)
+    run.rundir.update_card("evaluations", f"{result.data}-{result.split}", result.card_entry())

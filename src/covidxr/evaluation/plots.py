@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from covidxr.metrics import CALIBRATION_BINS, PatientBootstrap, reliability
+from covidxr.runs import EvaluationResult
 
 GRID = np.linspace(0, 1, 101)
 
@@ -43,13 +44,18 @@ def curve_bands(truth: np.ndarray, scores: np.ndarray, patients: pd.Series,
             for name, curves in drawn.items()}
 
 
-def evaluation_plots(truth: np.ndarray, scores: tuple[np.ndarray, np.ndarray], patients: pd.Series, result: dict,
-                     stem: Path, bootstrap: PatientBootstrap) -> None:
-    """Writes STEM-curves.png (ROC, PR, reliability before/after the temperature, confusion)."""
+def curves_file(stem: Path) -> Path:
+    """The figure `evaluation_plots` writes for an evaluation whose files are STEM.*."""
+    return stem.with_name(f"{stem.name}-curves.png")
+
+
+def evaluation_plots(truth: np.ndarray, scores: tuple[np.ndarray, np.ndarray], patients: pd.Series,
+                     result: EvaluationResult, stem: Path, bootstrap: PatientBootstrap) -> None:
+    """Writes `curves_file(stem)` (ROC, PR, reliability before/after the temperature, confusion)."""
     scores, uncalibrated = scores
     figure = Figure(figsize=(16, 4))
     axes = figure.subplots(1, 4)
-    title = f"{result['data']} / {result['split']}: {result['n_images']} images, {result['n_patients']} patients"
+    title = f"{result.data} / {result.split}: {result.n_images} images, {result.n_patients} patients"
     both = 0 < truth.sum() < len(truth)
     if both:
         bands = curve_bands(truth, scores, patients, bootstrap)
@@ -68,19 +74,19 @@ def evaluation_plots(truth: np.ndarray, scores: tuple[np.ndarray, np.ndarray], p
     axes[2].plot([0, 1], [0, 1], "k:", linewidth=0.8)
     before, after = reliability(truth, uncalibrated), reliability(truth, scores)
     axes[2].plot(before.predicted, before.observed, marker="x", linestyle="--",
-                 label=f"before calibration (ECE {result['ece_before_calibration']:.3f})")
-    axes[2].plot(after.predicted, after.observed, marker="o", label=f"after (ECE {result['ece']:.3f})")
+                 label=f"before calibration (ECE {result.ece_before_calibration:.3f})")
+    axes[2].plot(after.predicted, after.observed, marker="o", label=f"after (ECE {result.ece:.3f})")
     axes[2].legend(fontsize=7)
     axes[2].set_title(f"reliability ({CALIBRATION_BINS} equal-width bins, those of the ECE)")
     axes[2].set_xlabel("predicted P(covid)")
     axes[2].set_ylabel("observed share covid")
-    matrix = np.array(result["confusion_matrix"])
+    matrix = np.array(result.confusion_matrix)
     axes[3].imshow(matrix, cmap="Blues")
     for (row, column), value in np.ndenumerate(matrix):
         axes[3].text(column, row, str(value), ha="center", va="center")
     axes[3].set_xticks([0, 1], ["called non-covid", "called covid"])
     axes[3].set_yticks([0, 1], ["non-covid", "covid"])
-    axes[3].set_title(f"confusion at threshold {result['threshold']:.3f}")
+    axes[3].set_title(f"confusion at threshold {result.threshold:.3f}")
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(f"{stem}-curves.png", dpi=90)
+    figure.savefig(curves_file(stem), dpi=90)

@@ -53,7 +53,7 @@ class InputChecker:
         self._pca_components = np.asarray(model.pca_components)
 
     @classmethod
-    def from_recorded(cls, recorded: dict, source: str | Path,
+    def from_recorded(cls, recorded: dict | InputCheckModel, source: str | Path,
                       segmenter: LungSegmenter | None = None) -> InputChecker:
         try:
             return cls(InputCheckModel.model_validate(recorded), segmenter)

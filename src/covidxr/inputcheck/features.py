@@ -79,7 +79,7 @@ def image_features(gray: np.ndarray, segmenter: LungSegmenter) -> ImageFeatures:
     """The features of a decoded grey image (2-D uint8), with the segmenter's checked lung mask of it."""
     small = working_copy(gray)
     probability = segmenter.probabilities([small])[0]
-    threshold = float(segmenter.contract["threshold"])
+    threshold = segmenter.contract.threshold
     lungs = lung_mask_from_probability(probability, threshold)
     thumbnail = standardised_thumbnail(small)
     statistics = grey_statistics(small, thumbnail) + lung_statistics(probability, lungs, threshold)

@@ -22,12 +22,11 @@ import numpy as np
 from PIL import Image
 
 from covidxr.data.imageio import ImageReadError, read_grayscale, scale_to_uint8
-from covidxr.errors import CovidxrError, UsageError
+from covidxr.errors import UsageError
 from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_probability, outline_overlay, unletterbox
 from covidxr.progress import progress_bar
-from covidxr.runs import read_json, shipped_dir
+from covidxr.runs import LungModelContract, read_json, shipped_dir
 
-MODEL_KEYS = ("name", "weights_sha256", "threshold", "input")
 BATCH = 16
 Backend = Callable[[np.ndarray], np.ndarray]
 """(N, 1, size, size) float32 in [0, 1] -> (N, 1, size, size) logits."""
@@ -90,28 +89,25 @@ class LungSegmenter:
         if not (self.folder / "model.json").is_file():
             raise UsageError(f"no lung segmenter in {self.folder} (model.json missing): re-create the shipped one "
                              "with `make lung-model`")
-        self.contract = read_json(self.folder / "model.json")
-        missing = [key for key in MODEL_KEYS if key not in self.contract]
-        if missing:
-            raise CovidxrError(f"{self.folder / 'model.json'}: not a lung segmenter's model.json (lacks "
-                               f"{', '.join(missing)})")
+        path = self.folder / "model.json"
+        self.contract = LungModelContract.parse(read_json(path), f"{path} (a lung segmenter's model.json)")
         self.threads = threads
 
     @property
     def name(self) -> str:
-        return str(self.contract["name"])
+        return self.contract.name
 
     @property
     def weights_sha256(self) -> str:
-        return str(self.contract["weights_sha256"])
+        return self.contract.weights_sha256
 
     @property
     def size(self) -> int:
-        return int(self.contract["input"]["size"])
+        return self.contract.size
 
     def identity(self) -> dict[str, str]:
         """What a classifier's model.json records of the segmenter its preprocessing used."""
-        return {"name": self.name, "weights_sha256": self.weights_sha256}
+        return self.contract.identity()
 
     def _backend(self) -> tuple[Backend, str]:
         key = (str(self.folder.resolve()), self.weights_sha256, self.threads)
@@ -140,7 +136,7 @@ class LungSegmenter:
 
     def segment_many(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[LungMask]:
         """The checked lung mask of each image (the rectangle, with warnings, where a result is implausible)."""
-        threshold = float(self.contract["threshold"])
+        threshold = self.contract.threshold
         return [lung_mask_from_probability(p, threshold) for p in self.probabilities(images, batch_size)]
 
     def segment(self, gray: np.ndarray) -> LungMask:

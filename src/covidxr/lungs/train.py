@@ -40,7 +40,7 @@ from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import SEGMENTER_SIZE, dice_and_iou, letterbox
 from covidxr.lungs.model import LungNet, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
 from covidxr.progress import progress_bar, stderr
-from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256, read_json, write_json
+from covidxr.runs import NOT_FOR_CLINICAL_USE, LungModelContract, file_sha256, read_json, write_json
 
 MODEL_NAME = "covidxr-lungs-unet-lite0"
 COHEN_FOLDER = "covid-chestxray-dataset"
@@ -210,8 +210,8 @@ def make_lung_model(data_root: str | Path, out: str | Path, settings: TrainingSe
 def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSettings, weights_sha256: str) -> dict:
     counts = {split: {"images": int(part["sha256"].nunique()), "patients": int(part["patient_id"].nunique())}
               for split, part in rows.groupby("split")}
-    return {
-        "format_version": FORMAT_VERSION, "name": MODEL_NAME, "task": "lung segmentation",
+    return LungModelContract(**{
+        "name": MODEL_NAME, "task": "lung segmentation",
         "architecture": architecture(),
         "input": {"size": SEGMENTER_SIZE, "fit": "letterbox (long side to size, centred, black padding)",
                   "scale": "pixel / 255", "channels": 1},
@@ -220,7 +220,7 @@ def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSett
         "data": {"outlines": "V7 Labs covid-19-xray-dataset, hand-drawn Lung polygons (COVID-19 images only)",
                  "images": "Cohen covid-chestxray-dataset", "split": "patient units 70/15/15", "counts": counts},
         "training": asdict(settings), "intended_use": NOT_FOR_CLINICAL_USE,
-    }
+    }).content
 
 
 def ship(model_dir: str | Path, target: str | Path) -> Path:

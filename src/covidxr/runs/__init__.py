@@ -1,8 +1,9 @@
-"""The run directory and the inference contract: the bottom layer every model-using stage reads.
+"""The run directory, the inference contract and the schema of every file a stage writes: the bottom layer every
+model-using stage reads.
 
     >>> from covidxr.runs import RunDir
-    >>> contract = RunDir("out/run").read_contract()
-    >>> contract.positive_class, contract.threshold, contract.temperature
+    >>> contract = RunDir("out/run").read_contract()          # an InferenceContract (model.json, checked)
+    >>> contract.positive_class, contract.threshold, contract.calibration.method
 """
 
 from covidxr.runs.calibration import (
@@ -15,11 +16,25 @@ from covidxr.runs.calibration import (
     shift_prevalence,
     sigmoid,
 )
-from covidxr.runs.inference import predicted_classes, softmax_with_temperature
-from covidxr.runs.rundir import (
+from covidxr.runs.contract import (
     FORMAT_VERSION,
-    NOT_FOR_CLINICAL_USE,
+    LUNG_FORMAT_VERSION,
+    ContractBase,
     InferenceContract,
+    LungModelContract,
+    migrate_contract,
+)
+from covidxr.runs.inference import predicted_classes, softmax_with_temperature
+from covidxr.runs.results import (
+    AuditResult,
+    CompareEntry,
+    EvaluationResult,
+    OperatingPointFigures,
+    SubgroupFigures,
+    WrittenFile,
+)
+from covidxr.runs.rundir import (
+    NOT_FOR_CLINICAL_USE,
     RunDir,
     default_cache_root,
     file_sha256,
@@ -30,9 +45,17 @@ from covidxr.runs.rundir import (
     write_json,
 )
 
+SCHEMAS: dict[str, type[WrittenFile]] = {
+    "model": InferenceContract, "lung-model": LungModelContract, "evaluation": EvaluationResult,
+    "audit": AuditResult, "compare-entry": CompareEntry,
+}
+"""Each file's schema by the name of its JSON Schema in docs/schemas/ (`NAME.json`)."""
+
 __all__ = [
-    "FORMAT_VERSION", "NOT_FOR_CLINICAL_USE", "OPERATING_POINT_NAMES", "Calibration", "FittedOn", "InferenceContract",
-    "OperatingPoint", "RunDir", "Scorer", "default_cache_root", "file_sha256", "is_shipped", "log_odds",
+    "FORMAT_VERSION", "LUNG_FORMAT_VERSION", "NOT_FOR_CLINICAL_USE", "OPERATING_POINT_NAMES", "SCHEMAS", "AuditResult",
+    "Calibration", "CompareEntry", "ContractBase", "EvaluationResult", "FittedOn", "InferenceContract",
+    "LungModelContract", "OperatingPoint", "OperatingPointFigures", "RunDir", "Scorer", "SubgroupFigures",
+    "WrittenFile", "migrate_contract", "default_cache_root", "file_sha256", "is_shipped", "log_odds",
     "predicted_classes", "read_json", "shift_prevalence", "shipped_dir", "shipped_run", "sigmoid",
     "softmax_with_temperature", "write_json",
 ]

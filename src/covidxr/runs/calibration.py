@@ -156,8 +156,3 @@ class Scorer:
         """The class called for each row: the positive class at or above the threshold, else the likeliest other."""
         return predicted_classes(probabilities, list(self.classes), self.positive_class, self.threshold)
 
-
-def legacy_calibration(temperature: float) -> Calibration:
-    """What a model.json written before calibrations were recorded meant: the temperature alone, prevalence
-    unknown."""
-    return Calibration(method="temperature", temperature=temperature)

@@ -1,8 +1,9 @@
-"""The run directory, in one place: its paths, `model.json` (the inference contract), `model_card.json`,
-the positive class, the shipped model's location and where evaluations are written.
+"""The run directory, in one place: its paths, reading and writing `model.json` (the inference contract, whose
+schema is `covidxr.runs.contract`) and `model_card.json`, the shipped model's location and where evaluations
+are written.
 
 Training writes a run through `RunDir`; evaluation, explain, predict, export and serving only read it.
-This module imports nothing heavier than the standard library, so the lean inference path can use it.
+This module imports nothing heavier than pydantic and NumPy, so the lean inference path can use it.
 """
 
 from __future__ import annotations
@@ -15,18 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.runs.calibration import Calibration, OperatingPoint, Scorer, check_prevalence, legacy_calibration
+from covidxr.runs.contract import InferenceContract
 
-FORMAT_VERSION = 1
 NOT_FOR_CLINICAL_USE = "Research and teaching only. Not for clinical use: not a medical device, not validated."
 SHIPPED_EVALUATION_FOLDER = "evaluation-shipped-model"
-CONTRACT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "architecture": dict, "classes": list, "positive_class": str, "preprocessing": dict,
-    "threshold": (int, float), "threshold_rule": str, "temperature": (int, float), "weights_sha256": str,
-}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -72,116 +66,6 @@ def shipped_run() -> Path:
         raise UsageError(f"no model is shipped in this installation ({folder.root}): give a run directory, or create "
                          "the shipped model with `make default-model`", "run")
     return folder.root
-
-
-@dataclass(frozen=True)
-class InferenceContract:
-    """A run's `model.json`, checked: the values inference needs, and the whole object as `content`."""
-
-    content: dict[str, Any]
-
-    @classmethod
-    def parse(cls, content: dict, source: str | Path) -> InferenceContract:
-        """Check that `content` (read from `source`) holds the keys inference needs, with usable values."""
-        missing = [key for key in CONTRACT_KEYS if key not in content]
-        if missing:
-            raise CovidxrError(f"{source}: lacks {', '.join(missing)} (a model.json needs {', '.join(CONTRACT_KEYS)})")
-        wrong = [f"{key} ({type(content[key]).__name__})" for key, kind in CONTRACT_KEYS.items()
-                 if not isinstance(content[key], kind) or isinstance(content[key], bool)]
-        if wrong:
-            raise CovidxrError(f"{source}: wrong type for {', '.join(wrong)}")
-        contract = cls(content)
-        if contract.positive_class not in contract.classes:
-            raise CovidxrError(f"{source}: positive_class {contract.positive_class!r} is not one of the classes "
-                               f"{contract.classes}")
-        if not 0 <= contract.threshold <= 1:
-            raise CovidxrError(f"{source}: threshold {content['threshold']} is not a probability (0..1)")
-        if not contract.temperature > 0:
-            raise CovidxrError(f"{source}: temperature {content['temperature']} must be above 0")
-        try:
-            contract.calibration, contract.operating_points
-        except ValidationError as error:
-            raise CovidxrError(f"{source}: invalid calibration or operating points ({error})") from None
-        if contract.default_operating_point not in contract.operating_points:
-            raise CovidxrError(f"{source}: default_operating_point {contract.default_operating_point!r} is not one of "
-                               f"the operating points {list(contract.operating_points)}")
-        return contract
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(name) for name in self.content["classes"]]
-
-    @property
-    def positive_class(self) -> str:
-        """The class whose probability the threshold applies to (the one the model screens for)."""
-        return str(self.content["positive_class"])
-
-    @property
-    def positive_index(self) -> int:
-        return self.classes.index(self.positive_class)
-
-    @property
-    def threshold(self) -> float:
-        return float(self.content["threshold"])
-
-    @property
-    def threshold_rule(self) -> str:
-        return str(self.content["threshold_rule"])
-
-    @property
-    def temperature(self) -> float:
-        return float(self.content["temperature"])
-
-    @property
-    def weights_sha256(self) -> str:
-        return str(self.content["weights_sha256"])
-
-    @property
-    def architecture(self) -> dict:
-        return dict(self.content["architecture"])
-
-    @property
-    def preprocessing(self) -> dict:
-        """The preprocessing settings as recorded (prepare's settings plus decode and normalisation notes)."""
-        return dict(self.content["preprocessing"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.content["preprocessing"]["size"])
-
-    @property
-    def calibration(self) -> Calibration:
-        """How logits become P(positive); a model.json from before calibrations were recorded: its temperature."""
-        recorded = self.content.get("calibration")
-        return Calibration.model_validate(recorded) if recorded else legacy_calibration(self.temperature)
-
-    @property
-    def operating_points(self) -> dict[str, OperatingPoint]:
-        """The named operating points; a model.json from before they were recorded: its one threshold, named
-        `recorded`."""
-        recorded = self.content.get("operating_points")
-        if recorded:
-            return {str(name): OperatingPoint.model_validate(point) for name, point in recorded.items()}
-        return {"recorded": OperatingPoint(threshold=self.threshold, rule=self.threshold_rule)}
-
-    @property
-    def default_operating_point(self) -> str:
-        return str(self.content.get("default_operating_point") or next(iter(self.operating_points)))
-
-    def scorer(self, operating_point: str | None = None, prevalence: float | None = None) -> Scorer:
-        """Calibrated probabilities and labels at an operating point (default: the model's) and a deployment
-        prevalence (default: the one the calibration was fitted at)."""
-        points = self.operating_points
-        name = operating_point or self.default_operating_point
-        if name not in points:
-            raise UsageError(f"not an operating point of this model; accepted: {', '.join(points)}",
-                             "operating_point", name)
-        calibration = self.calibration
-        prevalence = check_prevalence(prevalence) if prevalence is not None else calibration.deployment_prevalence
-        if prevalence is not None and calibration.prevalence is None:
-            raise UsageError("this model records no calibration prevalence (its model.json predates them): refit "
-                             "its calibration with `covidxr calibrate`", "prevalence", prevalence)
-        return Scorer(calibration, tuple(self.classes), self.positive_class, name, points[name], prevalence)
 
 
 @dataclass(frozen=True)
@@ -253,9 +137,10 @@ class RunDir:
             raise UsageError(f"{self.root}: not a finished run (needs model.json and model.safetensors)")
         return InferenceContract.parse(read_json(self.model_json), self.model_json)
 
-    def write_contract(self, content: dict) -> InferenceContract:
-        contract = InferenceContract.parse(content, self.model_json)
-        write_json(self.model_json, content)
+    def write_contract(self, contract: InferenceContract | dict) -> InferenceContract:
+        """Write model.json, checked first (a dict is validated, as a reader would)."""
+        contract = InferenceContract.parse(contract, self.model_json)
+        write_json(self.model_json, contract.content)
         return contract
 
     def check_weights(self, contract: InferenceContract) -> None:

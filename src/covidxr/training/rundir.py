@@ -20,7 +20,7 @@ from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.inputcheck import shipped_input_check
 from covidxr.models.classifier import input_normalisation, pretrained_provenance
-from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256
+from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, file_sha256
 
 
 def data_provenance(manifest: pd.DataFrame) -> dict:
@@ -59,12 +59,11 @@ def training_settings(config: TrainConfig) -> dict:
     }
 
 
-def model_contract(config: TrainConfig, weights: Path, calibrated: dict, manifest: pd.DataFrame) -> dict:
+def model_contract(config: TrainConfig, weights: Path, calibrated: dict, manifest: pd.DataFrame) -> InferenceContract:
     """model.json; `calibrated` holds what `covidxr.training.calibration.calibration_contract` fitted."""
     mean, std = input_normalisation(config.model.name, config.model.in_chans)
     provenance = pretrained_provenance(config.model)
     contract = {
-        "format_version": FORMAT_VERSION,
         "architecture": {"name": config.model.name, "kwargs": {
             "head": config.model.head, "in_chans": config.model.in_chans, "dropout": config.model.dropout,
             "num_classes": len(CLASSES[config.task])}},
@@ -90,7 +89,7 @@ def model_contract(config: TrainConfig, weights: Path, calibrated: dict, manifes
     if random_frozen_backbone(config, provenance):
         contract["transfer_note"] = ("the frozen backbone had random weights (no pretrained weights): this is "
                                      "a head trained on random features, not transfer learning")
-    return contract
+    return InferenceContract.parse(contract, "the model.json training made")
 
 
 def environment(config: TrainConfig) -> dict:
@@ -114,18 +113,21 @@ def environment(config: TrainConfig) -> dict:
     }
 
 
-def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
+def model_card(config: TrainConfig, contract: InferenceContract | dict, validation: dict) -> dict:
+    """model_card.json of a run whose model.json is `contract` (checked here when given as written)."""
+    contract = InferenceContract.model_validate(contract)
+    note = (contract.model_extra or {}).get("transfer_note")
     return {
-        "model": {"architecture": config.model.name, "head": config.model.head, "classes": contract["classes"],
-                  "pretrained": describe_pretrained(contract["pretrained"]), "transfer": config.transfer.mode,
-                  **({"transfer_note": contract["transfer_note"]} if "transfer_note" in contract else {})},
+        "model": {"architecture": config.model.name, "head": config.model.head, "classes": contract.classes,
+                  "pretrained": describe_pretrained(contract.pretrained), "transfer": config.transfer.mode,
+                  **({"transfer_note": note} if note else {})},
         "intended_use": "Research on and teaching of chest X-ray classifiers and their shortcuts. "
                         + NOT_FOR_CLINICAL_USE,
         "not_for_clinical_use": True,
-        "training_data": contract["data"],
-        "licences": contract["data"]["licences"],
-        "operating_point": {"threshold": contract["threshold"], "rule": contract["threshold_rule"],
-                            "name": contract["default_operating_point"], "fitted_on": "validation split"},
+        "training_data": contract.data,
+        "licences": contract.data["licences"],
+        "operating_point": {"threshold": contract.threshold, "rule": contract.threshold_rule,
+                            "name": contract.default_operating_point, "fitted_on": "validation split"},
         "calibration": calibration_summary(contract),
         "validation": validation,
         "limitations": [
@@ -138,13 +140,15 @@ def model_card(config: TrainConfig, contract: dict, validation: dict) -> dict:
     }
 
 
-def calibration_summary(contract: dict) -> dict:
+def calibration_summary(contract: InferenceContract) -> dict:
     """The model card's view of model.json's calibration and operating points."""
-    calibration = contract["calibration"]
-    return {"method": calibration["method"], "fitted_on": calibration["fitted_on"],
-            "prevalence": calibration["prevalence"], "compared": calibration["compared"],
-            "operating_points": contract["operating_points"], "default_operating_point":
-                contract["default_operating_point"]}
+    calibration = contract.calibration
+    return {"method": calibration.method,
+            "fitted_on": calibration.fitted_on.model_dump(mode="json") if calibration.fitted_on else None,
+            "prevalence": calibration.prevalence, "compared": calibration.compared,
+            "operating_points": {name: point.model_dump(mode="json")
+                                 for name, point in contract.operating_points.items()},
+            "default_operating_point": contract.default_operating_point}
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:
