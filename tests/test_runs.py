@@ -12,6 +12,9 @@ from scipy.special import softmax
 from covidxr.data.regions import border_mask, lung_field_box, lung_field_mask
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.runs import (
+    FORMAT_VERSION,
+    SCHEMAS,
+    LungModelContract,
     RunDir,
     default_cache_root,
     file_sha256,
@@ -186,3 +189,47 @@ def test_predictions_follow_the_positive_class_model_json_names(trained_run, tmp
     assert [p["probability"] for p in after] == pytest.approx(negative.tolist(), abs=1e-12)
     expected = np.where(negative >= threshold, "non-covid", "covid").tolist()
     assert [p["label"] for p in after] == expected and set(expected) == {"covid", "non-covid"}
+
+
+def test_a_model_json_of_the_previous_format_loads_and_predicts(tmp_path):
+    """tests/data/model-format-1.json is the shipped model.json as written before calibrations were recorded
+    (git a99759f): format 1, with the same weights as today's shipped model."""
+    import covidxr
+    from conftest import lesion_image
+
+    old = json.loads((Path(__file__).parent / "data" / "model-format-1.json").read_text())
+    assert old["format_version"] == 1 and "calibration" not in old and "operating_points" not in old
+    run = RunDir(shutil.copytree(shipped_dir(), tmp_path / "old", ignore=shutil.ignore_patterns("lungs", "severity*")))
+    write_json(run.model_json, old)
+    contract = run.read_contract()
+    run.check_weights(contract)
+    assert contract.format_version == FORMAT_VERSION == 2 and contract.default_operating_point == "recorded"
+    assert contract.calibration.method == "temperature" and contract.calibration.temperature == old["temperature"]
+    assert contract.operating_points["recorded"].threshold == old["threshold"]
+    assert contract.content == {**old, "format_version": 2, "calibration": {"method": "temperature",
+                                "temperature": old["temperature"]}, "default_operating_point": "recorded",
+                                "operating_points": {"recorded": {"threshold": old["threshold"],
+                                                                  "rule": old["threshold_rule"]}}}
+    prediction = covidxr.load_model(run.root, input_check=False).predict(lesion_image(1, covid=True, size=96))
+    probability = prediction["probabilities"]["covid"]
+    assert prediction["operating_point"] == "recorded" and prediction["threshold"] == old["threshold"]
+    assert prediction["label"] == ("covid" if probability >= old["threshold"] else "non-covid")
+
+
+def test_the_shipped_contracts_round_trip_through_their_schemas():
+    shipped = json.loads((shipped_dir() / "model.json").read_text())
+    assert RunDir(shipped_dir()).read_contract().content == {**shipped, "format_version": FORMAT_VERSION}
+    lungs = json.loads((shipped_dir() / "lungs" / "model.json").read_text())
+    contract = LungModelContract.parse(lungs, "lungs")
+    assert contract.content == lungs and contract.size == lungs["input"]["size"]
+    with pytest.raises(CovidxrError, match=r"^lungs/model.json: lacks input \(a model.json needs"):
+        LungModelContract.parse({k: v for k, v in lungs.items() if k != "input"}, "lungs/model.json")
+
+
+def test_the_json_schemas_in_the_docs_are_the_ones_the_code_checks():
+    """docs/schemas/*.json are generated (`python docs/schemas/generate.py`); they may not drift from the classes."""
+    folder = Path(__file__).parents[1] / "docs" / "schemas"
+    assert {path.stem for path in folder.glob("*.json")} == set(SCHEMAS)
+    for name, schema in SCHEMAS.items():
+        assert json.loads((folder / f"{name}.json").read_text()) == schema.model_json_schema(), \
+            f"docs/schemas/{name}.json differs from {schema.__name__}: run python docs/schemas/generate.py"
