@@ -222,7 +222,7 @@ def test_the_shipped_contracts_round_trip_through_their_schemas():
     lungs = json.loads((shipped_dir() / "lungs" / "model.json").read_text())
     contract = LungModelContract.parse(lungs, "lungs")
     assert contract.content == lungs and contract.size == lungs["input"]["size"]
-    with pytest.raises(CovidxrError, match=r"^lungs/model.json: lacks input \(a model.json needs"):
+    with pytest.raises(CovidxrError, match=r"^lungs/model.json: lacks input \(LungModelContract needs"):
         LungModelContract.parse({k: v for k, v in lungs.items() if k != "input"}, "lungs/model.json")
 
 

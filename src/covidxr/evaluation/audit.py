@@ -193,7 +193,7 @@ def audit_file(folder: Path, data: str) -> Path:
 
 
 def read_audit(path: Path) -> AuditResult:
-    return AuditResult.read(read_json(path), path)
+    return AuditResult.parse(read_json(path), path)
 
 
 def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None,

@@ -134,7 +134,7 @@ def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, fo
     entry_path = folder / "entry.json"
     if entry_path.is_file():
         log.info("compare: %s was finished by an earlier call (%s): not redone", name, entry_path)
-        return CompareEntry.read(read_json(entry_path), entry_path)
+        return CompareEntry.parse(read_json(entry_path), entry_path)
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} holds an unfinished comparison of {name}: delete it to redo it")
     ensure_cache(select_rows(load_manifest(split), config), cache_root or default_cache_root(), config)

@@ -59,7 +59,7 @@ def evaluation_file(folder: Path, data: str, split: str) -> Path:
 
 
 def read_evaluation(path: Path) -> EvaluationResult:
-    return EvaluationResult.read(read_json(path), path)
+    return EvaluationResult.parse(read_json(path), path)
 
 
 def saved_evaluations(folder: Path) -> list[EvaluationResult]:

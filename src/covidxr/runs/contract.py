@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from covidxr.errors import CovidxrError, UsageError
+from covidxr.errors import UsageError
 from covidxr.runs.calibration import Calibration, OperatingPoint, Scorer, check_prevalence
 from covidxr.runs.inputcheck import InputCheckModel
 from covidxr.runs.results import WrittenFile
@@ -55,29 +55,6 @@ class ContractBase(WrittenFile):
         """The object as written to model.json (further keys included)."""
         return self.to_json()
 
-    @classmethod
-    def parse(cls, content: Any, source: object) -> Any:
-        """`content` (read from `source`) checked; a CovidxrError naming `source` and the problem."""
-        try:
-            return cls.model_validate(content)
-        except ValidationError as error:
-            raise CovidxrError(f"{source}: {contract_problem(cls, error)}") from None
-
-
-def contract_problem(schema: type[BaseModel], error: ValidationError) -> str:
-    """The first problem of a ValidationError in words: what is missing, of the wrong type, or out of range."""
-    problems = error.errors()
-    missing = [".".join(map(str, p["loc"])) for p in problems if p["type"] == "missing"]
-    if missing:
-        required = [name for name, field in schema.model_fields.items() if field.is_required()]
-        return f"lacks {', '.join(missing)} (a model.json needs {', '.join(required)})"
-    first = problems[0]
-    where = ".".join(map(str, first["loc"]))
-    if first["type"] == "value_error":
-        return str(first["ctx"]["error"])
-    if first["type"].endswith("_type") or first["type"].endswith("_parsing"):
-        return f"wrong type for {where} ({type(first['input']).__name__})"
-    return f"{where}: {first['msg']}"
 
 
 class LungModelContract(ContractBase):

@@ -10,7 +10,7 @@ model) is absent, not null, where it does not apply: `to_json()` writes the keys
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,15 +29,28 @@ class WrittenFile(BaseModel):
         return {"format_version": getattr(self, "format_version"), **self.model_dump(mode="json", exclude_unset=True)}
 
     @classmethod
-    def read(cls, content: Any, source: object) -> Any:
+    def parse(cls, content: Any, source: object) -> Self:
         """`content` (read from `source`) checked; a CovidxrError naming `source` and the first problem."""
         try:
             return cls.model_validate(content)
         except ValidationError as error:
-            problem = error.errors()[0]
-            raise CovidxrError(f"{source}: not {cls.__name__} format {RESULT_FORMAT_VERSION} "
-                               f"({'.'.join(map(str, problem['loc']))}: {problem['msg']}); rerun the command that "
-                               "wrote it") from None
+            raise CovidxrError(f"{source}: {problem_in_words(cls, error)}") from None
+
+
+def problem_in_words(schema: type[BaseModel], error: ValidationError) -> str:
+    """The first problem of a ValidationError in words: what is missing, of the wrong type, or out of range."""
+    problems = error.errors()
+    missing = [".".join(map(str, p["loc"])) for p in problems if p["type"] == "missing"]
+    if missing:
+        required = [name for name, field in schema.model_fields.items() if field.is_required()]
+        return f"lacks {', '.join(missing)} ({schema.__name__} needs {', '.join(required)})"
+    first = problems[0]
+    where = ".".join(map(str, first["loc"]))
+    if first["type"] == "value_error":
+        return str(first["ctx"]["error"])
+    if first["type"].endswith("_type") or first["type"].endswith("_parsing"):
+        return f"wrong type for {where} ({type(first['input']).__name__})"
+    return f"{where}: {first['msg']}"
 
 
 class Figures(BaseModel):
