@@ -225,14 +225,28 @@ class _FakePacs(http.server.BaseHTTPRequestHandler):
     """A DICOMweb stand-in: `answer(path, query)` gives (body, seconds between bytes)."""
 
     requests: list[str] = []
+    arrived: list[float] = []  # time.monotonic() of each request
     answer = staticmethod(lambda path, query: (b"[]", 0.0))
+    header_pause = 0.0  # > 0: the headers themselves trickle, one byte per pause, 15 bytes, then the answer
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802 (the http.server API)
         type(self).requests.append(self.path)
+        type(self).arrived.append(time.monotonic())
         path, _, query = self.path.partition("?")
         body, pause = type(self).answer(path, query)
-        self.send_response(200)
+        if self.header_pause:
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for byte in b"X-Slow: 1234567":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(self.header_pause)
+                self.wfile.write(b"\r\n")
+            except OSError:  # the client gave up
+                return
+        else:
+            self.send_response(200)
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -247,10 +261,12 @@ class _FakePacs(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _pacs(answer) -> tuple[http.server.ThreadingHTTPServer, type]:
-    handler = type("Pacs", (_FakePacs,), {"requests": [], "answer": staticmethod(answer)})
+def _pacs(answer, header_pause: float = 0.0) -> tuple[http.server.ThreadingHTTPServer, type]:
+    handler = type("Pacs", (_FakePacs,), {"requests": [], "arrived": [], "answer": staticmethod(answer),
+                                          "header_pause": header_pause})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # a client giving up mid-answer is expected, not news
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, handler
 
@@ -302,6 +318,23 @@ def test_dicomweb_gives_up_on_a_trickling_server_at_the_deadline():
         assert time.time() - started < 20
     finally:
         server.shutdown()
+
+
+def test_dicomweb_deadline_bounds_a_server_trickling_its_headers(monkeypatch, capsys):
+    """Each read gets a byte within the per-read timeout, so only an overall deadline ends the request."""
+    import covidxr.dicom.dicomweb as dicomweb
+
+    monkeypatch.setattr(dicomweb, "DEFAULT_DEADLINE", 2.0)
+    server, handler = _pacs(lambda path, query: (json.dumps([STUDY]).encode(), 0.0), header_pause=1.0)
+    try:
+        result = main(["dicomweb", "--url", f"http://127.0.0.1:{server.server_port}/dicom-web", "--attempts", "1"])
+        elapsed = time.monotonic() - handler.arrived[0]  # from the request (loading the model comes before it)
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr()
+    assert elapsed < 2.0 + 1.5, f"{elapsed:.1f} s for a 2 s deadline"
+    assert result == 1 and "no whole answer within 2 s" in printed.out + printed.err, printed
+    assert "Traceback" not in printed.err
 
 
 def test_dicom_results_of_a_multiframe_file_do_not_stop_a_folder(tmp_path, capsys, trained_run):
