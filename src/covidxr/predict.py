@@ -323,10 +323,9 @@ class Predictor:
         """Class activation map of the positive class for one image (path or 2-D grey uint8 array): the map,
         the share of its heat inside the lung mask, and, with `out` (a path or binary file), a PNG overlay with
         the lung outline; also the prepared `pixels` the model saw. An image the input check refuses gets its
-        `input_check` and nothing else (no file)."""
-        import torch  # lazy: class activation maps need the PyTorch model
-
-        from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
+        `input_check` and nothing else (no file). Grad-CAM comes from model.onnx when it has the maps (no PyTorch
+        then), else from the PyTorch model."""
+        from covidxr.explain.cam import heatmaps, lung_heat_share, onnx_gradcam, save_overlay
         from covidxr.lungs import shipped_segmenter
 
         positive = self.contract.positive_index
@@ -337,9 +336,13 @@ class Predictor:
                     "method": method, "heatmap": None, "lungs": None, "pixels": None}
         pixels = prepared.pixels
         probability = float(self.probabilities(pixels[None])[0, positive])
-        model = self.torch_run.model
-        with self._cam_lock:
-            heatmap = heatmaps(model, torch.from_numpy(pixels)[None, None].float(), positive, method)[0]
+        maps = onnx_gradcam(self.onnx, pixels[None], positive) if method == "gradcam" else None
+        if maps is None:
+            import torch  # lazy: other methods, and models without Grad-CAM in model.onnx, need the PyTorch model
+
+            with self._cam_lock:
+                maps = heatmaps(self.torch_run.model, torch.from_numpy(pixels)[None, None].float(), positive, method)
+        heatmap = maps[0]
         lungs = shipped_segmenter().segment(pixels)
         share = lung_heat_share(heatmap, lungs.mask)
         if out is not None:
