@@ -11,11 +11,14 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -375,3 +378,85 @@ def test_the_api_docs_render_offline_in_chromium(live):
     assert elsewhere == [] and [text for text in problems if not text.startswith(logo)] == [], (elsewhere, problems)
     assert "/v1/predict" in rendered["docs"] and "/v1/explain" in rendered["docs"]
     assert "covidxr" in rendered["redoc"]
+
+
+def _random_classifier(name: str, head: str = "linear"):
+    """A classifier from scratch whose batch norms have non-trivial statistics (as after training) and whose
+    two classes' dense weights are opposite."""
+    import torch
+
+    from covidxr.config import ModelSpec
+    from covidxr.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model, _ = build_classifier(ModelSpec(name=name, head=head), num_classes=2, image_size=64)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.2, 0.2)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.bias.data.uniform_(-0.5, 1.5)
+    dense = model.head[-1]
+    dense.weight.data[1] = -dense.weight.data[0]  # one of the two maps is positive somewhere in every image
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_gradcam_in_closed_form_equals_pytorch_grad_cam(name):
+    """EfficientNet's conv_head + BN + ReLU6 tail and ResNet's bare last stage, both with the linear head."""
+    import torch
+
+    from covidxr.explain.cam import heatmaps, scaled_like_pytorch_grad_cam
+    from covidxr.models.gradcam import analytic_gradcam
+
+    model = _random_classifier(name)
+    pixels = torch.from_numpy(np.stack([lesion_image(seed, covid=seed % 2 == 0) for seed in range(4)])[:, None])
+    module = analytic_gradcam(model, 64)
+    assert module is not None and (module.tail is not None) == (name == "efficientnet_lite0")
+    with torch.no_grad():
+        logits, _, maps = module(pixels.float())
+        assert torch.equal(logits, model(pixels.float()))
+    expected = np.stack([heatmaps(model, pixels.float(), class_index) for class_index in (0, 1)], axis=1)
+    got = np.stack([scaled_like_pytorch_grad_cam(maps[:, index].numpy(), 64, 64) for index in (0, 1)], axis=1)
+    assert (expected.max(axis=(2, 3)) > 0.99).sum() >= 4  # real maps, not all zeros (ReLU of a negative map)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_heads_and_tails_without_a_closed_form_keep_the_pytorch_path():
+    from covidxr.models.gradcam import analytic_gradcam
+
+    assert analytic_gradcam(_random_classifier("resnet18", head="zivkovic"), 64) is None
+    assert analytic_gradcam(_random_classifier("covidxr_cnn"), 64) is None  # BN, ReLU and max-pool after its layer
+
+
+def test_the_shipped_onnx_gradcam_equals_pytorch_grad_cam():
+    import torch
+
+    from covidxr.explain.cam import heatmaps, onnx_gradcam
+    from covidxr.models.loading import load_run
+    from covidxr.predict import load_model
+
+    predictor = load_model(input_check=False)
+    size = predictor.preprocessing.size
+    pixels = np.stack([lesion_image(seed, covid=seed % 2 == 0, size=size) for seed in range(3)])
+    positive = predictor.contract.positive_index
+    got = onnx_gradcam(predictor.onnx, pixels, positive)
+    expected = heatmaps(load_run(predictor.rundir.root).model, torch.from_numpy(pixels)[:, None].float(), positive)
+    assert got is not None and np.abs(got - expected).max() < 1e-4
+
+
+def test_the_service_explains_without_importing_torch(tmp_path):
+    image = tmp_path / "chest.png"
+    Image.fromarray(lesion_image(4, covid=True, size=256)).save(image)
+    code = f"""
+import json, sys
+from fastapi.testclient import TestClient
+from covidxr.predict import load_model
+from covidxr.serving.app import create_app
+client = TestClient(create_app(predictor=load_model(input_check=False)), base_url="http://127.0.0.1")
+with open({str(image)!r}, "rb") as file:
+    answer = client.post("/v1/explain", files={{"file": ("chest.png", file.read(), "image/png")}})
+print(json.dumps({{"status": answer.status_code, "type": answer.headers["content-type"],
+                  "torch": "torch" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"status": 200, "type": "image/png", "torch": False}
