@@ -408,7 +408,7 @@ def test_gradcam_in_closed_form_equals_pytorch_grad_cam(name):
     from covidxr.models.gradcam import analytic_gradcam
 
     model = _random_classifier(name)
-    pixels = torch.from_numpy(np.stack([lesion_image(seed, covid=seed % 2 == 0) for seed in range(4)])[:, None])
+    pixels = torch.from_numpy(np.stack([lesion_image(seed, covid=seed % 2 == 0) for seed in range(2)])[:, None])
     module = analytic_gradcam(model, 64)
     assert module is not None and (module.tail is not None) == (name == "efficientnet_lite0")
     with torch.no_grad():
@@ -416,7 +416,7 @@ def test_gradcam_in_closed_form_equals_pytorch_grad_cam(name):
         assert torch.equal(logits, model(pixels.float()))
     expected = np.stack([heatmaps(model, pixels.float(), class_index) for class_index in (0, 1)], axis=1)
     got = np.stack([scaled_like_pytorch_grad_cam(maps[:, index].numpy(), 64, 64) for index in (0, 1)], axis=1)
-    assert (expected.max(axis=(2, 3)) > 0.99).sum() >= 4  # real maps, not all zeros (ReLU of a negative map)
+    assert (expected.max(axis=(2, 3)) > 0.99).sum() >= 2  # real maps, not all zeros (ReLU of a negative map)
     assert np.abs(got - expected).max() < 1e-4
 
 
