@@ -145,6 +145,11 @@ class DeadlineAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS  # urllib3's documented point of customisation
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
+
     def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
         kwargs["stream"] = True
         pieces, size, response = [], 0, None
@@ -160,17 +165,17 @@ class DeadlineAdapter(HTTPAdapter):
                 if response is not None:
                     response.close()
                 if watch.expired and not isinstance(error, AnswerTooLarge):
-                    raise self._too_slow(response, size) from None
+                    raise self._too_slow(size) from None
                 raise
-        if watch.expired:  # the shut-down socket ended the body early
+        if watch.expired:  # the shut-down socket ended the answer early (http.client takes that for its end)
             response.close()
-            raise self._too_slow(response, size)
+            raise self._too_slow(size)
         response._content, response._content_consumed = b"".join(pieces), True
         return response
 
-    def _too_slow(self, response: requests.Response | None, size: int) -> AnswerTooSlow:
-        sent = "its headers" if response is None else f"it: {size:,} bytes of the body"
-        return AnswerTooSlow(f"no whole answer within {self.deadline:g} s (the server was still sending {sent})")
+    def _too_slow(self, size: int) -> AnswerTooSlow:
+        return AnswerTooSlow(f"no whole answer within {self.deadline:g} s (the server was still sending it"
+                             + (f": {size:,} bytes of the body so far)" if size else ")"))
 
 
 @dataclass
