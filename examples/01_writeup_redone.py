@@ -90,7 +90,7 @@ print(f"image split: {seen.sum()} of {len(test_rows)} test images belong to a pa
 
 # %%
 RECIPE = ("--config seed003-zivkovic-mobilenet --set model.name=efficientnet_lite0 --set model.pretrained=imagenet "
-          "--set preprocessing.size=64 --set trainer.max_epochs=5")
+          "--set preprocessing.size=64 --set optimisation.batch_size=16 --set trainer.max_epochs=5")
 for name in ("images", "patients"):
     covidxr(f"train {RECIPE} --data {WORK}/{name}.csv --cache {WORK}/cache -o {WORK}/run-{name}")
 

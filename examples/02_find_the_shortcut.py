@@ -24,9 +24,9 @@
 #
 # **What it shows:** how to look for a shortcut, and what the shipped model's answers are on a small sample.
 # **What it does not prove:** that the model uses the disease. A model that relies on the lung field may still
-# rely on something other than COVID-19 inside it; and the sample here (about 60 images) was part of the
-# shipped model's own training data, so its AUCs are optimistic. Research and teaching only: **not for
-# clinical use**.
+# rely on something other than COVID-19 inside it; and the sample here (about 60 images) comes from the
+# data the shipped model was built from (most of it from its training split), so its AUCs are optimistic.
+# Research and teaching only: **not for clinical use**.
 
 # %%
 import os
@@ -42,6 +42,7 @@ import covidxr as cx
 from covidxr.data.regions import border_mask
 from covidxr.evaluation.audit import audit
 from covidxr.metrics.binary import PatientBootstrap
+from covidxr.runs import shipped_run
 
 DATA = data_dir()
 require_data(DATA)
@@ -68,7 +69,7 @@ covidxr("data build cohen.csv rsna.csv --task binary --split 0,0,1 -o sample.csv
 # here with 200 bootstrap resamples for speed.
 
 # %%
-result = audit(None, "sample.csv", WORK / "cache", PatientBootstrap(200, 0))
+result = audit(shipped_run(), "sample.csv", WORK / "cache", PatientBootstrap(200, 0))
 origin, occlusion = result["source_predictability"], result["occlusion"]
 print(f"{result['n_images']} images of {result['n_patients']} patients")
 print("origin from embeddings:", origin["verdict"])
@@ -117,8 +118,9 @@ plt.show()
 # ## What "lungs hidden" means
 # The audit's occlusions, drawn on the same prepared pixels: the lungs (the segmenter's mask), everything but
 # the lungs, or all but the outer border band set to the image's mean grey. The shipped model was trained on
-# the lungs only (black outside them), so hiding the lungs leaves it little to see: that is by design, and the
-# audit checks it.
+# the lungs only (black outside them), so with the lungs hidden it sees a grey silhouette on black: no lung
+# texture at all, but still the **size and shape of the mask**, which differ between the two collections. If
+# the audit above says the model keeps its skill with the lungs hidden, this silhouette is where it comes from.
 
 # %%
 fig, axes = plt.subplots(len(explained), 4, figsize=(9, 4.8))
@@ -138,14 +140,16 @@ plt.show()
 
 # %% [markdown]
 # ## Reading it
-# - **Origin from embeddings**: an AUC near 1 means the features the classifier uses carry the source; on this
-#   data the source nearly gives the label, so a model can score well without seeing any disease.
-# - **Lungs hidden**: if the model keeps much of its skill with the lungs hidden, it uses something outside
-#   them. The shipped model sees only the lungs, so it should lose most of its skill; that it does is necessary,
-#   not sufficient: inside the lungs it may still read the source (exposure, contrast, the publisher's
-#   processing), which the origin figure above measures.
+# - **Origin from embeddings**: the higher this AUC, the more the features the classifier uses carry the
+#   source; on this data the source nearly gives the label, so a model can score well without seeing any
+#   disease.
+# - **Lungs hidden**: a model that keeps much of its skill with the lungs hidden uses something outside them
+#   (here, possibly the mask's silhouette). A model that loses it passes a necessary test, not a sufficient
+#   one: inside the lungs it may still read the source (exposure, contrast, the publisher's processing), which
+#   the origin figure measures.
 # - **Grad-CAM**: a heat map shows where the gradient of one output is large, not why the model decided; heat
 #   on the mask's edge or the black background is itself a warning sign.
 #
-# What this notebook does not prove: that the shipped model detects COVID-19; the full audit of the shipped
-# model on the whole shared data is on the *Train, evaluate, audit, explain* page. **Not for clinical use.**
+# What this notebook does not prove: whether the shipped model detects COVID-19. About 60 images give wide
+# intervals, and most were in its training split; the audit of the shipped model on the whole shared data
+# is on the *Train, evaluate, audit, explain* page. **Not for clinical use.**

@@ -85,7 +85,7 @@ covidxr("data summary dataset.csv")
 
 # %%
 covidxr("train --config transfer-lite0 --data dataset.csv --cache cache -o run "
-        "--set preprocessing.size=64 --set transfer.head_epochs=1 --set trainer.max_epochs=2")
+        "--set preprocessing.size=64 --set transfer.head_epochs=1 --set trainer.max_epochs=1")
 metrics = pd.read_csv("run/metrics.csv")
 print(metrics.to_string(index=False, float_format="{:.3f}".format))
 

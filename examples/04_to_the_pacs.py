@@ -221,5 +221,5 @@ if orthanc is not None:
 
 # %% [markdown]
 # What this notebook does not prove: that the probability in the SR means anything for this patient (the
-# image was part of the shipped model's training data, and the model's limits are on the home page), nor that
+# image may be in the shipped model's training split, and the model's limits are on the home page), nor that
 # a given PACS or viewer shows SRs as Orthanc does. **Not for clinical use.**

@@ -30,8 +30,7 @@ def data_dir() -> Path:
     configured = os.environ.get("COVIDXR_DATA")
     if configured:
         return Path(configured).expanduser().resolve()
-    repo = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file()), Path.cwd())
-    return (repo.parent / "shared" / "data").resolve()
+    return (Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()
 
 
 def require_data(root: Path) -> None:
