@@ -119,8 +119,10 @@ covidxr("calibrate --run run --data site.csv --cache cache -o run-site")
 
 # %%
 site_rows = pd.read_csv("site.csv", keep_default_na=False)
-probabilities = {name: [p.probability for p in cx.load_model(run, input_check=False).predict_files(site_rows["path"])]
-                 for name, run in (("trained run", "run"), ("recalibrated", "run-site"))}
+runs = {"trained run": "run", "recalibrated": "run-site"}
+probabilities = {name: [p.probability for p in cx.load_model(run, input_check=False).predict_files(site_rows["path"],
+                                                                                                   workers=1)]
+                 for name, run in runs.items()}
 fig, ax = plt.subplots(figsize=(6, 3))
 for name, values in probabilities.items():
     ax.hist(values, bins=20, range=(0, 1), alpha=0.5, label=f"{name} (mean {sum(values) / len(values):.2f})")

@@ -79,7 +79,8 @@ def executed(tmp_path_factory) -> dict[str, Executed]:
     data = shared_data_or_skip()
     work = tmp_path_factory.mktemp("notebooks")
     inline = "module://matplotlib_inline.backend_inline"  # figures inline, whatever MPLBACKEND the suite runs under
-    env = {**os.environ, "COVIDXR_DATA": str(data), "TMPDIR": str(work), "MPLBACKEND": inline}
+    # One thread per kernel: four kernels share the cores, and more threads only fight over them.
+    env = {**os.environ, "COVIDXR_DATA": str(data), "TMPDIR": str(work), "MPLBACKEND": inline, "OMP_NUM_THREADS": "1"}
     names = [name for name in NOTEBOOKS if name != "04_to_the_pacs" or orthanc_missing() is None]
 
     async def all_of_them() -> list[Executed]:
