@@ -88,6 +88,7 @@ covidxr("train --config transfer-lite0 --data dataset.csv --cache cache -o run "
         "--set preprocessing.size=64 --set transfer.head_epochs=1 --set trainer.max_epochs=1")
 metrics = pd.read_csv("run/metrics.csv")
 print(metrics.to_string(index=False, float_format="{:.3f}".format))
+print("not for clinical use")
 
 # %% [markdown]
 # ## Evaluate
@@ -109,6 +110,7 @@ print(f"on {result['n_images']} test images; 95% CIs: {result['ci_method']}; not
 covidxr(f"data import folders {SITE_XRAYS} --source site -o site-import.csv")
 covidxr("data build site-import.csv --task binary --split 0,0,1 -o site.csv")
 covidxr("calibrate --run run --data site.csv --cache cache -o run-site")
+print("not for clinical use")
 
 # %% [markdown]
 # ## The same images, before and after

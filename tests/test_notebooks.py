@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import jupytext
@@ -60,6 +61,17 @@ class Executed:
     def images(self) -> int:
         return sum("image/png" in output.get("data", {}) for output in self.outputs())
 
+    def slowest_cells(self, count: int = 3) -> str:
+        """'12 s (cell 5), ...': where the time went, from the execution times nbclient records."""
+        seconds = []
+        for index, cell in enumerate(self.notebook.cells):
+            timing = cell.get("metadata", {}).get("execution", {})
+            if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+                began, ended = (datetime.fromisoformat(timing[key].replace("Z", "+00:00"))
+                                for key in ("iopub.execute_input", "shell.execute_reply"))
+                seconds.append(((ended - began).total_seconds(), index))
+        return ", ".join(f"{took:.0f} s (cell {index})" for took, index in sorted(seconds, reverse=True)[:count])
+
 
 async def _execute(name: str, env: dict[str, str]) -> Executed:
     notebook = jupytext.read(EXAMPLES / f"{name}.py")
@@ -88,8 +100,9 @@ def executed(tmp_path_factory) -> dict[str, Executed]:
 
     started = time.perf_counter()
     results = dict(zip(names, asyncio.run(all_of_them())))
-    print(f"notebooks: {time.perf_counter() - started:.0f} s in all; "
-          + ", ".join(f"{name} {result.seconds:.0f} s" for name, result in results.items()))
+    print(f"notebooks: {time.perf_counter() - started:.0f} s in all (run at once)")
+    for name, result in results.items():
+        print(f"  {name}: {result.seconds:.0f} s; slowest cells {result.slowest_cells()}")
     return results
 
 
