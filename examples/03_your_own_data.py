@@ -43,6 +43,7 @@ from notebook_data import cohen_rows, covidxr, data_dir, link_images, require_da
 import covidxr as cx
 from covidxr.evaluation.evaluate import evaluate
 from covidxr.evaluation.metrics import format_estimate
+from covidxr.evaluation.recalibrate import calibrate
 
 WORK = Path(tempfile.mkdtemp(prefix="covidxr-03-"))
 os.chdir(WORK)
@@ -102,15 +103,25 @@ print(f"on {result['n_images']} test images; 95% CIs: {result['ci_method']}; not
 
 # %% [markdown]
 # ## Calibrate to a site
-# The site's labelled sample is imported and built as a test-only set, then `covidxr calibrate` refits the
-# calibration and operating points on it, cross-fitting by patient so the figures it prints are measured on
-# rows each fit did not see. It warns when the sample is small (below 30 of a class): here it is.
+# The site's labelled sample is imported and built as a test-only set, then `covidxr calibrate --run run --data
+# site.csv -o run-site` refits the calibration and operating points on it, cross-fitting by patient so the
+# figures it gives are measured on rows each fit did not see. It warns when the sample is small (below 30 of a
+# class): here it is. Called from Python (the function the command runs) with 200 bootstrap resamples.
 
 # %%
 covidxr(f"data import folders {SITE_XRAYS} --source site -o site-import.csv")
 covidxr("data build site-import.csv --task binary --split 0,0,1 -o site.csv")
-covidxr("calibrate --run run --data site.csv --cache cache -o run-site")
-print("not for clinical use")
+recalibration = calibrate("run", "site.csv", "run-site", cache_root="cache", resamples=200)
+before, after = recalibration["figures_out_of_fold"]["before"], recalibration["figures_out_of_fold"]["after"]
+print(f"{recalibration['images']} site images, {recalibration['positives']} positives, "
+      f"{recalibration['negatives']} negatives; {recalibration['folds']}-fold cross-fitting by patient")
+print(f"ECE out of fold: before {format_estimate(before, 'ece')}, after {format_estimate(after, 'ece')}")
+for name, point in after["operating_points"].items():
+    was = before["operating_points"][name]
+    print(f"{name}: sensitivity / specificity before {format_estimate(was, 'sensitivity')} / "
+          f"{format_estimate(was, 'specificity')}, after {format_estimate(point, 'sensitivity')} / "
+          f"{format_estimate(point, 'specificity')}")
+print(f"wrote run-site (weights unchanged); 95% CIs: {recalibration['ci_method']}; not for clinical use")
 
 # %% [markdown]
 # ## The same images, before and after
