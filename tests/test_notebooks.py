@@ -73,7 +73,8 @@ class Executed:
         return ", ".join(f"{took:.0f} s (cell {index})" for took, index in sorted(seconds, reverse=True)[:count])
 
 
-async def _execute(name: str, env: dict[str, str]) -> Executed:
+async def _execute(name: str, env: dict[str, str], out: Path) -> Executed:
+    """Run examples/NAME.py as a notebook; the executed notebook is written to OUT/NAME.ipynb (to read a failure)."""
     notebook = jupytext.read(EXAMPLES / f"{name}.py")
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(EXAMPLES)}})
@@ -82,6 +83,7 @@ async def _execute(name: str, env: dict[str, str]) -> Executed:
         await client.async_execute(env=env)
     except CellExecutionError as failed:
         error = failed
+    nbformat.write(notebook, out / f"{name}.ipynb")
     return Executed(notebook, error, time.perf_counter() - started)
 
 
@@ -96,11 +98,11 @@ def executed(tmp_path_factory) -> dict[str, Executed]:
     names = [name for name in NOTEBOOKS if name != "04_to_the_pacs" or orthanc_missing() is None]
 
     async def all_of_them() -> list[Executed]:
-        return await asyncio.gather(*(_execute(name, env) for name in names))
+        return await asyncio.gather(*(_execute(name, env, work) for name in names))
 
     started = time.perf_counter()
     results = dict(zip(names, asyncio.run(all_of_them())))
-    print(f"notebooks: {time.perf_counter() - started:.0f} s in all (run at once)")
+    print(f"notebooks: {time.perf_counter() - started:.0f} s in all (run at once), executed copies in {work}")
     for name, result in results.items():
         print(f"  {name}: {result.seconds:.0f} s; slowest cells {result.slowest_cells()}")
     return results
