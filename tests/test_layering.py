@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidxr"
 # The pipeline order, bottom first. A module belongs to the entry naming it or its longest named parent;
 # `covidxr` itself (the package's __init__, which re-exports load_model) is matched exactly.
 LAYERS = [
-    ("covidxr.errors", "covidxr.progress"),
+    ("covidxr.errors", "covidxr.progress", "covidxr.registry"),
     ("covidxr.data", "covidxr.config", "covidxr.recipes"),
     ("covidxr.runs",),
     ("covidxr.metrics",),
