@@ -318,7 +318,7 @@ def test_dicom_results_of_a_multiframe_file_do_not_stop_a_folder(tmp_path, capsy
 def test_the_api_docs_render_offline_in_chromium(live):
     from playwright.sync_api import sync_playwright
 
-    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+    from conftest import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
     elsewhere, problems, rendered = [], [], {}
