@@ -1,5 +1,8 @@
 """Model creation for every listed backbone, heads, weights loading and conversion, and their errors."""
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -71,6 +74,13 @@ def test_a_new_head_is_one_decorated_function_and_a_recipe_can_name_it(monkeypat
     assert "max-pool" in HEADS.names()
     with pytest.raises(ValueError, match="head 'max-pool' is already registered"):
         register_head("max-pool")(max_pool)
+
+
+def test_a_config_checks_a_built_in_head_before_any_model_module_is_imported():
+    code = ("import sys; from covidxr.config import ModelSpec; "
+            "print(ModelSpec(head='hansen').head, 'covidxr.models.classifier' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["hansen", "False"]
 
 
 def test_an_unknown_head_in_a_recipe_lists_the_registered_ones():
