@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import xray_pixels
+from conftest import import_or_required_under_ci, xray_pixels
 from covidxr.cli import main
 
 IMAGES = 40
 
 
 def ray_or_skip():
-    """Ray (the `ray` extra); its absence fails under CI (where `make install` installs the dev extra) and skips
-    elsewhere."""
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but ray is not installed (pip install -e '.[dev]' installs it)")
-        pytest.skip("ray not installed (pip install 'covidxr[ray]')")
-    return ray
+    """Ray (the `ray` extra; required under CI, where `make install` installs the dev extra)."""
+    return import_or_required_under_ci("ray", "pip install 'covidxr[ray]'; the dev extra installs it")
 
 
 @pytest.fixture(scope="module")
