@@ -105,16 +105,13 @@ def rsna_paths(root: Path, count: int, skip: int = 0) -> list[str]:
     return [str(root / "rsna-normal-224" / "normal_dataset" / name) for name in table["filename"][skip:skip + count]]
 
 
-def covidxr(command: str, allowed: tuple[int, ...] = (0,)) -> int:
-    """Run `covidxr COMMAND` in this Python process (as the console script would, without starting a new one).
-
-    Raises when the exit code is not one of `allowed`, so a failing step stops the notebook.
-    """
+def covidxr(command: str) -> None:
+    """Run `covidxr COMMAND` in this Python process (as the console script would, without starting a new one);
+    raises when it exits other than 0, so a failing step stops the notebook."""
     print(f"$ covidxr {command}", flush=True)
     try:
         code = main(shlex.split(command))
     except SystemExit as stop:  # argparse's usage errors
         code = int(stop.code or 0)
-    if code not in allowed:
+    if code != 0:
         raise RuntimeError(f"`covidxr {command}` exited {code}")
-    return code
