@@ -37,10 +37,16 @@ class ModelRequest:
 class Stage(Protocol):
     """A command's per-row work in two halves, picklable: `decode` one item (light and stateless: a Ray task), then
     a batch of decoded items through what `open` returns (a Ray actor opens it once, in its `__init__`: a model, an
-    ONNX Runtime session), one JSON-able dict per item. With a `results` folder, answers are kept there part by
-    part, named by the `identity` of their items, so a rerun skips the parts done."""
+    ONNX Runtime session), one JSON-able dict per item; a stage that holds no model runs whole in tasks. With a
+    `results` folder, answers are kept there part by part, named by the `identity` of their items, so a rerun skips
+    the parts done."""
 
     batch: int
+
+    @property
+    def holds_model(self) -> bool:
+        """Whether `open` opens a model (run in actors); else the whole stage runs in tasks."""
+        ...
 
     def results(self) -> Path | None: ...
 

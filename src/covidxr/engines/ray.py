@@ -4,8 +4,10 @@ with this machine's cores (shut down when the command ends).
 Every command's per-row work is a `Stage` (engines.stages) and runs through one pipeline, `run_stage`: the items
 become a Ray dataset; Ray tasks `decode` them; a pool of actors (callable classes), each opening the stage's model
 once in `__init__` (ONNX Runtime sessions with one intra-op thread per CPU the actor holds; they cannot be pickled
-or forked), runs the decoded batches. Both halves call the local engine's own functions, so every row is the one the
-local engine makes, unreadable files and refused inputs included.
+or forked), runs the decoded batches. A stage that holds no model (`prepare` without a lung step) runs whole in
+tasks, a batch each, as the local engine's worker processes do: no decoded image crosses processes. Both halves
+call the local engine's own functions, so every row is the one the local engine makes, unreadable files and refused
+inputs included.
 
 Answers are gathered part by part (PART items each, in input order) and, for a stage with a results folder, written
 as Parquet, one file per part, `$XDG_CACHE_HOME/covidxr/<kind>/<model and settings>/<part>.parquet`; a part's name
@@ -90,6 +92,14 @@ def decode(batch: dict[str, np.ndarray], stage: Stage) -> dict[str, np.ndarray]:
     return {"part": batch["part"], "index": batch["index"], "decoded": np.array(decoded, dtype=object)}
 
 
+def run_in_task(batch: dict[str, np.ndarray], stage: Stage) -> dict[str, np.ndarray]:
+    """A Ray task doing a whole batch of a stage that holds no model (decode and run in one process: nothing
+    decoded crosses processes)."""
+    answers = stage.open(1)([stage.decode(pickle.loads(item)) for item in batch["item"]])
+    return {"part": batch["part"], "index": batch["index"],
+            "answer": np.array([json.dumps(answer) for answer in answers], dtype=object)}
+
+
 class StageActor:
     """A Ray actor holding what the stage opens (its model, once): runs batches of decoded items."""
 
@@ -124,14 +134,17 @@ def answered_parts(stage: Stage, parts: list[list[Any]], todo: list[int]) -> Ite
     ray = _ray()
     rows = [{"part": k, "index": i, "item": pickle.dumps(item)} for k in todo for i, item in enumerate(parts[k])]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actors = max(1, min(cpus, -(-len(rows) // stage.batch)))  # no more actors (models loaded) than batches
-    actor_cpus = max(0.5, (cpus - DECODE_CPUS * DECODES_IN_FLIGHT) / actors)
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // CHUNK, 4 * cpus * 8)))
-    dataset = dataset.map_batches(decode, fn_kwargs={"stage": stage}, batch_size=CHUNK, num_cpus=DECODE_CPUS)
-    dataset = dataset.map_batches(StageActor, fn_constructor_kwargs={"stage": stage,
-                                                                    "threads": max(1, round(actor_cpus))},
-                                  batch_size=stage.batch, num_cpus=actor_cpus,
-                                  compute=ray.data.ActorPoolStrategy(size=actors))
+    if not stage.holds_model:
+        dataset = dataset.map_batches(run_in_task, fn_kwargs={"stage": stage}, batch_size=stage.batch, num_cpus=1)
+    else:
+        actors = max(1, min(cpus, -(-len(rows) // stage.batch)))  # no more actors (models loaded) than batches
+        actor_cpus = max(0.5, (cpus - DECODE_CPUS * DECODES_IN_FLIGHT) / actors)
+        dataset = dataset.map_batches(decode, fn_kwargs={"stage": stage}, batch_size=CHUNK, num_cpus=DECODE_CPUS)
+        dataset = dataset.map_batches(StageActor, fn_constructor_kwargs={"stage": stage,
+                                                                        "threads": max(1, round(actor_cpus))},
+                                      batch_size=stage.batch, num_cpus=actor_cpus,
+                                      compute=ray.data.ActorPoolStrategy(size=actors))
     received: dict[int, dict[int, str]] = defaultdict(dict)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for part, index, answer in zip(batch["part"], batch["index"], batch["answer"]):

@@ -66,6 +66,10 @@ class PredictStage:
     folder: Path
     batch: int = BATCH
 
+    @property
+    def holds_model(self) -> bool:
+        return True
+
     def results(self) -> Path | None:
         return self.folder
 
@@ -94,6 +98,10 @@ class SegmentStage:
     overlay: bool
     folder: Path
     batch: int = SEGMENT_BATCH
+
+    @property
+    def holds_model(self) -> bool:
+        return True
 
     def results(self) -> Path | None:
         return self.folder
@@ -127,6 +135,10 @@ class PrepareStage:
     lungs: LungMasker | None
     batch: int = SHARD_BATCH
 
+    @property
+    def holds_model(self) -> bool:
+        return self.lungs is not None  # else preprocessing is all: tasks do it
+
     def results(self) -> Path | None:
         return None
 
@@ -159,6 +171,10 @@ class OcclusionStage:
     segmenter: Path
     folder: Path
     batch: int = OCCLUSION_BATCH
+
+    @property
+    def holds_model(self) -> bool:
+        return True
 
     def results(self) -> Path | None:
         return self.folder
