@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidxr"
 # The pipeline order, bottom first. A module belongs to the entry naming it or its longest named parent;
 # `covidxr` itself (the package's __init__, which re-exports load_model) is matched exactly.
 LAYERS = [
-    ("covidxr.errors", "covidxr.progress"),
+    ("covidxr.errors", "covidxr.progress", "covidxr.commandline"),
     ("covidxr.data", "covidxr.config", "covidxr.recipes"),
     ("covidxr.runs",),
     ("covidxr.metrics",),
@@ -29,7 +29,7 @@ LAYERS = [
     ("covidxr.explain", "covidxr.reporting"),
     ("covidxr.predict", "covidxr.export", "covidxr.serving", "covidxr.dicom"),
     ("covidxr.engines",),
-    ("covidxr.cli", "covidxr"),
+    ("covidxr.cli", "covidxr.__main__", "covidxr"),
 ]
 LEAN_RUNS_IMPORTS = {"numpy", "pandas", "pydantic"}
 
