@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from covidxr.cli.commands import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Command, Group, Table
-from covidxr.cli.options import JSON, fractions, option, out_option, positive, set_option, views
+from covidxr.cli.options import ENGINE, JSON, fractions, option, out_option, positive, set_option, views
 from covidxr.cli.present import print_json, print_lines, stdout, table_lines
 from covidxr.errors import UsageError
 
@@ -94,14 +94,14 @@ def _check_against(manifest, training_path: Path) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from covidxr.config import parse_overrides, with_overrides
     from covidxr.data import load_manifest
-    from covidxr.data.cache import prepare
     from covidxr.data.preprocess import Preprocessing
+    from covidxr.engines import engine
     from covidxr.lungs import lung_step
 
     if (args.preview is None) != (args.preview_out is None):
         raise UsageError("--preview N and --preview-out FILE.png go together")
     config, lungs = lung_step(with_overrides(Preprocessing(size=args.size), parse_overrides(args.set)))
-    report = prepare(load_manifest(args.manifest), args.out, config, lungs)
+    report = engine(args.engine, args.ray_address).prepare(load_manifest(args.manifest), args.out, config, lungs)
     print_lines(report.lines())
     if args.preview:
         from covidxr.reporting.preview import contact_sheet
@@ -183,7 +183,7 @@ def commands() -> Table:
             out_option("CACHE", help="cache folder"),
             set_option("a preprocessing setting, e.g. --set clahe=true --set borders=black,white"),
             option("--preview", type=positive, metavar="N", help="before/after contact sheet of N images"),
-            option("--preview-out", type=Path, metavar="FILE.png")],
+            option("--preview-out", type=Path, metavar="FILE.png"), ENGINE],
         description=f"Preprocessing settings for --set: {settings}.")
     return {"data": Group("import, build, summarize and check datasets", data, dest="data_command"),
             "prepare": prepare}

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 
 from covidxr.cli.commands import EXIT_OK, Command, require_run
-from covidxr.cli.options import CACHE, JSON, RUN, TRACKING, data_option, option, out_option, prevalence, run_option
+from covidxr.cli.options import (
+    CACHE,
+    ENGINE,
+    JSON,
+    RUN,
+    TRACKING,
+    data_option,
+    option,
+    out_option,
+    prevalence,
+    run_option,
+)
 from covidxr.cli.present import audit_lines, calibration_lines, evaluation_lines, print_json, print_lines
 
 
@@ -38,9 +49,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from covidxr.engines import engine
+
+    work = engine(args.engine, args.ray_address)  # a bad --ray-address before PyTorch's seconds of imports
     from covidxr.evaluation.audit import audit
 
-    result = audit(require_run(args), args.data, args.cache)
+    result = audit(require_run(args), args.data, args.cache, engine=work)
     if args.json:
         print_json(result)
     else:
@@ -84,7 +98,7 @@ COMMANDS = {
         description="Cross-fits by patient to report ECE, sensitivity and specificity on rows each refit did not "
                     "see, then refits on every row and writes a new run. Not for clinical use."),
     "audit": Command("shortcut audit: origin in the embeddings, occlusion, leave-one-site-out", cmd_audit,
-                     [RUN, data_option(required=False), CACHE, JSON]),
+                     [RUN, data_option(required=False), CACHE, JSON, ENGINE]),
     "report": Command("one self-contained HTML report of a run", cmd_report,
                       [run_option(required=True), out_option("REPORT.html"), CACHE]),
     "export": Command("ONNX export with the inference contract and a parity check", cmd_export, [

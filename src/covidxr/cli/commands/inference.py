@@ -122,11 +122,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from covidxr.engines import engine
     from covidxr.lungs import LungSegmenter
-    from covidxr.lungs.segment import segment_files
 
     paths = _expanded_paths(args)
-    results = segment_files(paths, args.out, args.overlay, LungSegmenter(args.model))
+    results = engine(args.engine, args.ray_address).segment(LungSegmenter(args.model), paths, args.out, args.overlay)
     pd.DataFrame([r.as_row() for r in results]).to_csv(args.out / "segment.csv", index=False)
     print_lines(segment_lines(results, args.out / "segment.csv"))
     return EXIT_PARTIAL if any(r.status != "ok" for r in results) else EXIT_OK
@@ -162,7 +162,8 @@ COMMANDS = {
                help="also answer requests for this host name (repeatable; default: localhost, 127.0.0.1, [::1] and "
                     "--host); other Host headers get 400"),
         ANSWER]),
-    "predict": Command("classify images, folders (recursive) and DICOM files", cmd_predict, [
+    "predict": Command("classify images, folders (recursive), DICOM files and manifests (.csv, .parquet)",
+                       cmd_predict, [
         option("paths", nargs="+", type=Path, metavar="PATH"), RUN,
         option("--dicom-out", type=Path, metavar="DIR",
                help="also write DIR/<SOPInstanceUID>.sr.dcm (DICOM SR) and .sc.dcm (Grad-CAM overlay) per input DICOM"),
@@ -188,7 +189,9 @@ COMMANDS = {
         option("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam")],
         defaults={"data": None}),
     "segment": Command("lung masks (and outline overlays) with the shipped segmenter", cmd_segment, [
-        option("paths", nargs="+", type=Path, metavar="IMAGE_OR_DIR"), out_option("DIR"),
+        option("paths", nargs="+", type=Path, metavar="IMAGE_OR_DIR",
+               help="images, folders (recursive) and manifests (.csv, .parquet: their path column)"), out_option("DIR"),
         option("--overlay", action="store_true", help="also write DIR/<stem>_overlay.png"),
-        option("--model", type=Path, metavar="DIR", help="a lung segmenter folder (default: the shipped one)")]),
+        option("--model", type=Path, metavar="DIR", help="a lung segmenter folder (default: the shipped one)"),
+        ENGINE]),
 }
