@@ -224,6 +224,20 @@ def test_paths_and_data_are_printed_literally(tmp_path, capsys, trained_run):
     assert f"{odd}: " in capsys.readouterr().out
 
 
+def test_control_characters_in_names_are_printed_escaped(tmp_path, capsys):
+    """A file name holding an escape sequence, a carriage return and a newline can neither recolour, overwrite nor
+    forge a line on the terminal: predict's line and an error naming the file show them escaped."""
+    odd = tmp_path / "a\x1b[31m\rb\nc.png"
+    odd.write_bytes(_png())
+    code = main(["predict", str(odd)])
+    printed = capsys.readouterr()
+    assert code in (0, 3), printed  # predicted, or refused by the shipped model's input check
+    assert printed.out.startswith(f"{tmp_path}/a\\x1b[31m\\rb\\nc.png: ") and printed.out.count("\n") == 1
+    assert not {"\x1b", "\r"} & set(printed.out + printed.err)
+    assert main(["data", "summary", str(tmp_path / "gone\x1b[2J.csv")]) == 1
+    error = capsys.readouterr().err
+    assert "gone\\x1b[2J.csv: manifest file not found" in error and "\x1b" not in error
+
 class _FakePacs(http.server.BaseHTTPRequestHandler):
     """A DICOMweb stand-in: `answer(path, query)` gives (body, seconds between bytes)."""
 
@@ -354,7 +368,7 @@ def test_dicom_results_of_a_multiframe_file_do_not_stop_a_folder(tmp_path, capsy
 def test_the_api_docs_render_offline_in_chromium(live):
     from playwright.sync_api import sync_playwright
 
-    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+    from conftest import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
     elsewhere, problems, rendered = [], [], {}
