@@ -110,7 +110,7 @@ def test_source_only_baseline_and_within_source_on_a_two_source_table():
     from covidxr.evaluation.evaluate import _subgroups
 
     groups = _subgroups(rows, truth, np.r_[np.linspace(0, 1, 60), np.zeros(140)], 0.5, "source", PatientBootstrap(100))
-    assert set(groups) == {"a"} and groups["a"]["n_images"] == 60
+    assert set(groups) == {"a"} and groups["a"].n_images == 60
 
 
 def test_evaluate_writes_the_contract_json_and_extends_the_model_card(trained_run, capsys):
