@@ -192,22 +192,27 @@ def lung_square(image: np.ndarray, lungs: np.ndarray, config: Preprocessing) -> 
     return padded[top:top + side, left:left + side]
 
 
-def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | None = None) -> tuple[np.ndarray, Cut]:
-    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut. `lungs` is the
-    lung masker that `config.lungs` other than "none" needs."""
+def border_trimmed(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
+    """The decoded image with its border removed and `crop_top` cut (contiguous: a view of `image` where nothing
+    was cut), and the border that was cut: what the lung step segments."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise UsageError(f"shape {image.shape} dtype {image.dtype}: expected a 2-D uint8 grey array (height, width), "
                          "as read_grayscale returns", "image")
     cropped, cut = remove_borders(image, config)
     if config.crop_top:
         cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]
-    cropped = np.ascontiguousarray(cropped)
+    return np.ascontiguousarray(cropped), cut
+
+
+def model_pixels(trimmed: np.ndarray, config: Preprocessing, lungs: np.ndarray | None = None) -> np.ndarray:
+    """`config.size` square uint8 from a `border_trimmed` image and, for `config.lungs` other than "none", its bool
+    lung mask (an error without one)."""
     if config.lungs == "none":
-        square = make_square(cropped, config.square)
+        square = make_square(trimmed, config.square)
     elif lungs is None:
         raise UsageError("needs a lung masker (covidxr.lungs.lung_step gives it)", "lungs", config.lungs)
     else:
-        square = lung_square(cropped, lungs(cropped), config)
+        square = lung_square(trimmed, lungs, config)
     interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR
     resized = cv2.resize(square, (config.size, config.size), interpolation=interpolation)
     if config.equalize:
@@ -215,4 +220,12 @@ def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | Non
     elif config.clahe:
         clahe = cv2.createCLAHE(clipLimit=config.clahe_clip, tileGridSize=(config.clahe_tiles, config.clahe_tiles))
         resized = clahe.apply(resized)
-    return resized, cut
+    return resized
+
+
+def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | None = None) -> tuple[np.ndarray, Cut]:
+    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut. `lungs` is the
+    lung masker that `config.lungs` other than "none" needs."""
+    trimmed, cut = border_trimmed(image, config)
+    mask = lungs(trimmed) if config.lungs != "none" and lungs is not None else None
+    return model_pixels(trimmed, config, mask), cut
