@@ -15,6 +15,7 @@ This module imports ONNX Runtime and NumPy only, never PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -119,6 +120,8 @@ def inference_session(path: str | Path, threads: int | None = None,
 
 
 def _build_and_save(path: Path, cached: Path, threads: int | None) -> onnxruntime.InferenceSession:
+    """A session over `path`, optimised now, its optimised graph saved as `cached` (written beside it, then renamed:
+    another process never reads half a file); where it cannot be saved, the session without saving."""
     options = _options(threads)
     partial = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
@@ -126,11 +129,12 @@ def _build_and_save(path: Path, cached: Path, threads: int | None) -> onnxruntim
         options.optimized_model_filepath = str(partial)
         session = _open(path, options)
         os.replace(partial, cached)
-    except OSError as error:
+        return session
+    except Exception as error:  # noqa: BLE001 - OSError, or ONNX Runtime's own error when it cannot write
         log.info("not caching the optimised graph of %s (%s)", path, error)
+    with contextlib.suppress(OSError):
         partial.unlink(missing_ok=True)
-        session = _open(path, _options(threads))
-    return session
+    return _open(path, _options(threads))
 
 
 def matching_session(path: Path, weights_sha256: str, threads: int | None = None
