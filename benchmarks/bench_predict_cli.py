@@ -163,11 +163,11 @@ def main() -> None:
         print(f"| {name} | {ms:.0f} |")
     print(f"| {len(paths)} Cohen files ({rates['readable']} readable images) | img/s |")
     print("|---|---:|")
-    print(f"| decode + resize, one process (baseline) | {rates['baseline']:.0f} |")
-    print(f"| predict_files, one process | {rates['serial']:.0f} |")
+    print(f"| decode + resize, one process (baseline) | {rates['baseline']:.1f} |")
+    print(f"| predict_files, one process | {rates['serial']:.1f} |")
     print(f"| predict_files: decode, check + prepare in {worker_count()} worker processes, ONNX Runtime batches "
-          f"here | {rates['ours']:.0f} |")
-    print(f"| the classifier (and severity) alone on prepared pixels | {rates['model']:.0f} |")
+          f"here | {rates['ours']:.1f} |")
+    print(f"| the classifier (and severity) alone on prepared pixels | {rates['model']:.1f} |")
     print(f"cold predict / import floor: {cold['cold'] / cold['floor']:.2f}x (goal <= 2; empty cache "
           f"{cold['empty_cache'] / cold['floor']:.2f}x); peak RSS {cold['peak_mib']:.0f} MiB (goal <= 400); "
           f"folder predict / single-process decode+resize: {rates['ours'] / rates['baseline']:.2f}x (goal >= 1.0)")

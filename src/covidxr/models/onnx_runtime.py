@@ -74,6 +74,9 @@ def _options(threads: int | None, optimise: bool = True) -> onnxruntime.SessionO
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    # idle pool threads sleep instead of spinning: on 2 cores shared with decoding workers (or other jobs), spinning
+    # burnt a third of predict's CPU time (bench_predict_cli.py, benchmarks/README.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimise:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
