@@ -178,18 +178,19 @@ def make_square(image: np.ndarray, mode: Literal["crop", "pad"]) -> np.ndarray:
 
 def lung_square(image: np.ndarray, lungs: np.ndarray, config: Preprocessing) -> np.ndarray:
     """The square around the lungs' box grown by `lung_margin`, centred on it, black (or `lung_fill` with
-    lungs=mask) where it leaves the image; with lungs=mask everything outside the lungs is `lung_fill`."""
+    lungs=mask) where it leaves the image; with lungs=mask everything outside the lungs is `lung_fill`. Only the
+    square's part of the image is masked and padded (not the whole decoded image)."""
     fill = config.lung_fill if config.lungs == "mask" else 0
-    if config.lungs == "mask":
-        image = np.where(lungs, image, np.uint8(fill))
     top, bottom, left, right = mask_box(lungs, config.lung_margin)
     side = max(bottom - top, right - left)
     top, left = (top + bottom - side) // 2, (left + right - side) // 2
     height, width = image.shape
-    padded = cv2.copyMakeBorder(image, max(0, -top), max(0, top + side - height), max(0, -left),
-                                max(0, left + side - width), cv2.BORDER_CONSTANT, value=fill)
-    top, left = max(0, top), max(0, left)
-    return padded[top:top + side, left:left + side]
+    rows, columns = slice(max(0, top), min(height, top + side)), slice(max(0, left), min(width, left + side))
+    inner = image[rows, columns]
+    if config.lungs == "mask":
+        inner = np.where(lungs[rows, columns], inner, np.uint8(fill))
+    return cv2.copyMakeBorder(inner, max(0, -top), max(0, top + side - height), max(0, -left),
+                              max(0, left + side - width), cv2.BORDER_CONSTANT, value=fill)
 
 
 def border_trimmed(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
