@@ -35,8 +35,16 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The documentation site into site/ (mkdocs.yml); --strict fails on a broken link, include or nav entry.
-docs: install
+docs: install notebooks
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The tutorial notebooks (examples/*.py, jupytext percent scripts) executed on $(DATA) into docs/tutorial/*.ipynb
+# (not committed), which the site renders; tests/test_notebooks.py runs the same scripts. About 2 min on 2 cores.
+NOTEBOOKS := $(patsubst examples/%.py,docs/tutorial/%.ipynb,$(wildcard examples/[0-9]*.py))
+.PHONY: notebooks
+notebooks: install $(NOTEBOOKS)
+docs/tutorial/%.ipynb: examples/%.py examples/notebook_data.py
+	COVIDXR_DATA="$(abspath $(DATA))" $(BIN)/jupytext --to ipynb --execute --run-path examples -o $@ $<
 
 data: install
 	@test -f "$(DATA)/covid-chestxray-dataset/metadata.csv" || $(BIN)/covidxr data download cohen --to "$(DATA)"

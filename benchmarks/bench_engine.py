@@ -11,6 +11,11 @@ pixels per image (what the object store and the shared file system carry per ima
     python benchmarks/bench_engine.py [--images 400]
 
 Goal: Ray/local throughput >= 0.8 on 2 cores. Last line: the ratio.
+
+`--prepare` instead times `covidxr prepare` (`engine(...).prepare`, the CLI's path: 256 px, `--lungs` none by
+default or crop) on the first IMAGES Cohen frontal X-rays (full-size radiographs) with each engine, side by side:
+local, Ray, local, Ray, each into a fresh cache, the best of the two per engine; Ray already started (steady), its
+start and stop timed apart. Last line: the ratio.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, machine
+from _common import DATA, machine, shared_manifests
 from covidxr.data.imageio import read_grayscale
-from covidxr.engines import ModelRequest
+from covidxr.data.preprocess import Preprocessing
+from covidxr.engines import ModelRequest, engine
 from covidxr.engines.ray import RayEngine
 from covidxr.progress import worker_count
 from covidxr.runs import shipped_run
@@ -60,10 +66,61 @@ def ray_rate(request: ModelRequest, paths: list[Path], cpus: int) -> tuple[float
     return len(paths) / seconds, started
 
 
+def prepare_seconds(name: str, manifest, config: Preprocessing, lungs) -> float:
+    """Seconds `prepare` takes on engine `name` into a fresh cache (every file prepared, none failing)."""
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        report = engine(name).prepare(manifest, Path(cache), config, lungs)
+        seconds = time.perf_counter() - start
+    assert len(report.failures) == 0 and report.prepared == len(manifest), report.lines()
+    return seconds
+
+
+def compare_prepare(images: int, lungs_mode: str) -> None:
+    import logging
+
+    import ray
+
+    from covidxr.lungs import lung_step
+
+    cohen, _ = shared_manifests()
+    manifest = cohen.drop_duplicates("sha256").head(images)
+    config, lungs = lung_step(Preprocessing(size=256, lungs=lungs_mode))
+    cores = worker_count()
+    mean_kb = sum(Path(path).stat().st_size for path in manifest["path"]) / len(manifest) / 1e3
+    print(f"machine: {machine()}; prepare 256 px, lungs={lungs_mode}, {len(manifest)} Cohen frontal X-rays "
+          f"(full size, {mean_kb:.0f} kB a file on average)")
+    start = time.perf_counter()
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    started = time.perf_counter() - start
+    try:
+        times: dict[str, list[float]] = {"local": [], "ray": []}
+        for _ in range(2):
+            for name in ("local", "ray"):
+                times[name].append(prepare_seconds(name, manifest, config, lungs))
+                print(f"  {name:5s} engine: {times[name][-1]:6.1f} s", flush=True)
+    finally:
+        start = time.perf_counter()
+        ray.shutdown()
+        started += time.perf_counter() - start
+    local, on_ray = (len(manifest) / min(times[name]) for name in ("local", "ray"))
+    with_start = len(manifest) / (min(times["ray"]) + started)
+    print(f"local engine, {cores} cores:          {local:6.1f} images/s (best of 2)")
+    print(f"ray engine, {cores} cores (steady):   {on_ray:6.1f} images/s (best of 2)")
+    print(f"starting + stopping a local Ray:    {started:6.1f} s")
+    print(f"prepare ray/local throughput on {cores} cores (steady): {on_ray / local:.2f}; including Ray's start: "
+          f"{with_start / local:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--prepare", action="store_true", help="time prepare instead of predict")
+    parser.add_argument("--lungs", choices=("none", "crop"), default="none", help="prepare's lung step")
     args = parser.parse_args()
+    if args.prepare:
+        compare_prepare(args.images, args.lungs)
+        return
     folder = DATA / "rsna-normal-224" / "normal_dataset"
     paths = sorted(folder.glob("*.jpg"))[:args.images]
     if not paths:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def mixed_load(run: str | None, explain: bool = True) -> None:
             + [("/v1/predict", bad_inputs()[i % 4]) for i in range(mix["bad"])]
             + [("/v1/predict", large)] * mix["multiframe-predict"]
             + [("/v1/explain", large)] * mix.get("multiframe-explain", 0))
+    kinds = [kind for kind, count in mix.items() for _ in range(count)]  # in the order of `jobs`
     order = np.random.default_rng(0).permutation(len(jobs))
 
     def call(job: tuple[str, tuple[str, bytes]]) -> int:
@@ -136,9 +138,13 @@ def mixed_load(run: str | None, explain: bool = True) -> None:
         log.close()
     text = Path(log.name).read_text(errors="replace")
     counts = {status: statuses.count(status) for status in sorted(set(statuses))}
+    by_kind: dict[str, Counter] = {}
+    for index, status in zip(order, statuses):
+        by_kind.setdefault(kinds[index], Counter())[status] += 1
     names = text.count(SECRET)
     print(f"machine: {machine()}; mixed load on {THREADS} threads: {mix}; large file {len(large[1]) / 1e6:.1f} MB "
           f"(24 frames of 7000x7000, RLE); model: {run or 'shipped'}; {wall:.0f} s")
+    print("statuses by kind: " + "; ".join(f"{kind} {dict(sorted(tally.items()))}" for kind, tally in by_kind.items()))
     print(f"statuses: {counts}; tracebacks in the log: {text.count('Traceback')}; patient names in the log: {names}")
     print(f"server memory: start {start:.0f} MiB, warm {warm:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB "
           f"({after / warm:.2f}x warm)")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
+import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import numpy as np
 import pydicom
@@ -128,13 +133,56 @@ def normals_csv(tmp_path) -> Path:
     return table
 
 
+def under_ci() -> bool:
+    """Whether the environment says CI (`CI=true`, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def required_under_ci(what: str, how: str) -> NoReturn:
+    """The one skip policy: a test whose requirement `what` is absent fails under CI, where everything is
+    installed, and skips elsewhere; both say what is missing and `how` to get it."""
+    if under_ci():
+        pytest.fail(f"CI is set but {what} is missing ({how})", pytrace=False)
+    pytest.skip(f"{what} is missing ({how})", allow_module_level=True)
+
+
+def import_or_required_under_ci(module: str, how: str) -> ModuleType:
+    """`import module`, or `required_under_ci` naming the module (usable at a test module's top)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        required_under_ci(f"the Python package {module}", how)
+
+
 def shared_data_or_skip() -> Path:
-    """The shared real data; its absence fails under CI (where it must be present) and skips elsewhere."""
+    """The shared real data (required under CI)."""
     if (SHARED_DATA / "covid-chestxray-dataset" / "metadata.csv").is_file():
         return SHARED_DATA
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but the shared data is missing at {SHARED_DATA}")
-    pytest.skip(f"shared data not found at {SHARED_DATA}")
+    required_under_ci(f"the shared data at {SHARED_DATA}", "see its README")
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def system_tool(name: str, package: str) -> str:
+    """The path of a tool from a Debian package (required under CI: .ci/run installs it)."""
+    found = shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
+    if found:
+        return found
+    required_under_ci(name, f"apt-get install {package}; .ci/run installs it")
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium, which opens the HTML pages headless (required under CI)."""
+    return system_tool("chromium", "chromium")
+
+
+def free_port() -> int:
+    """A loopback port free at the time of asking."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def lesion_image(seed: int, covid: bool, size: int = 64, marker: bool = False) -> np.ndarray:
@@ -234,15 +282,12 @@ def write_radiograph(path: Path, pixels: np.ndarray, modality: str = "CR", photo
 @contextmanager
 def served_on_loopback(app) -> Iterator[int]:
     """Run an ASGI app with uvicorn in a thread on a free loopback port; yields the port, stops the server after."""
-    import socket
     import threading
     import time
 
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -43,6 +43,7 @@ def test_summary_table_shows_sources_splits_and_the_label_table(built, capsys):
     out = capsys.readouterr().out
     for text in ("by source", "by split", "label table in use", "Streptococcus", "non-covid", "rsna"):
         assert text in out
+    assert "28 images of" in out and "[bold]" not in out, "the headline is plain text, not markup printed literally"
 
 
 def test_check_passes_a_build_and_fails_a_leak_naming_the_patient(built, tmp_path, capsys):

@@ -12,9 +12,6 @@ import glob
 import http.server
 import io
 import json
-import os
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -30,7 +27,17 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
-from conftest import SHARED_DATA, save_image, served_on_loopback, write_dicom, write_radiograph, xray_pixels
+from conftest import (
+    SHARED_DATA,
+    free_port,
+    required_under_ci,
+    save_image,
+    served_on_loopback,
+    system_tool,
+    write_dicom,
+    write_radiograph,
+    xray_pixels,
+)
 from covidxr.cli import main
 from covidxr.data.imageio import read_grayscale
 from covidxr.dicom.dicomweb import DicomWebError, Server, classify_studies
@@ -45,30 +52,12 @@ IDENTIFYING = ("SECRET-ID", "Doe^Jane", "Doe", "19700101", "ACC-77")
 ALGORITHM_PARAMETERS = hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters")
 
 
-def system_tool(name: str, package: str) -> str:
-    """A tool from a Debian package; its absence fails under CI (.ci/run installs it) and skips elsewhere."""
-    found = shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {name} is missing (.ci/run installs Debian's {package})")
-    pytest.skip(f"{name} not installed (apt-get install {package})")
-
-
 def dicomweb_plugin() -> str:
     found = sorted(glob.glob("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*")
                    + glob.glob("/usr/lib/orthanc/libOrthancDicomWeb.so*"))
     if found:
         return found[0]
-    if os.environ.get("CI"):
-        pytest.fail("CI is set but Orthanc's DICOMweb plugin is missing (.ci/run installs orthanc-dicomweb)")
-    pytest.skip("Orthanc's DICOMweb plugin not installed (apt-get install orthanc-dicomweb)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    required_under_ci("Orthanc's DICOMweb plugin", "apt-get install orthanc-dicomweb; .ci/run installs it")
 
 
 @pytest.fixture(scope="module")
@@ -424,8 +413,8 @@ def test_the_service_returns_the_sr_of_a_dicom_upload(tmp_path, predictor):
 def test_the_web_page_offers_the_dicom_sr_of_a_dicom_upload_only(tmp_path, predictor):
     from playwright.sync_api import sync_playwright
 
+    from conftest import CHROMIUM_FLAGS, chromium_or_skip
     from covidxr.serving.app import create_app
-    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
     path = write_radiograph(tmp_path / "chest.dcm", xray_pixels(8, size=200), "DX", "MONOCHROME2")

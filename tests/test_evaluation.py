@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from conftest import tiny_recipe_overrides
+from conftest import CHROMIUM_FLAGS, chromium_or_skip, tiny_recipe_overrides
 from covidxr.cli import main
 from covidxr.evaluation.evaluate import source_only
 from covidxr.metrics import (
@@ -199,23 +199,6 @@ def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, 
     assert set(result["mean"]) >= {"auc", "sensitivity"} and (tmp_path / "cv" / "fold-2" / "model.json").is_file()
     assert "pooled out-of-fold AUC" in capsys.readouterr().out
     assert main(["cv", "--config", "default", "--data", str(training_manifest), "-o", str(tmp_path / "x")]) == 2
-
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_or_skip() -> str:
-    """Debian's chromium; its absence fails under CI (where .ci/run installs it) and skips elsewhere."""
-    import os
-    import shutil
-
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("CI is set but chromium is not installed (.ci/run installs it with apt-get)")
-    pytest.skip("chromium not installed (apt-get install chromium)")
 
 
 def test_report_is_self_contained_and_opens_cleanly_in_headless_chromium(trained_run, tmp_path):

@@ -11,11 +11,14 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -221,18 +224,46 @@ def test_paths_and_data_are_printed_literally(tmp_path, capsys, trained_run):
     assert f"{odd}: " in capsys.readouterr().out
 
 
+def test_control_characters_in_names_are_printed_escaped(tmp_path, capsys):
+    """A file name holding an escape sequence, a carriage return and a newline can neither recolour, overwrite nor
+    forge a line on the terminal: predict's line and an error naming the file show them escaped."""
+    odd = tmp_path / "a\x1b[31m\rb\nc.png"
+    odd.write_bytes(_png())
+    code = main(["predict", str(odd)])
+    printed = capsys.readouterr()
+    assert code in (0, 3), printed  # predicted, or refused by the shipped model's input check
+    assert printed.out.startswith(f"{tmp_path}/a\\x1b[31m\\rb\\nc.png: ") and printed.out.count("\n") == 1
+    assert not {"\x1b", "\r"} & set(printed.out + printed.err)
+    assert main(["data", "summary", str(tmp_path / "gone\x1b[2J.csv")]) == 1
+    error = capsys.readouterr().err
+    assert "gone\\x1b[2J.csv: manifest file not found" in error and "\x1b" not in error
+
 class _FakePacs(http.server.BaseHTTPRequestHandler):
     """A DICOMweb stand-in: `answer(path, query)` gives (body, seconds between bytes)."""
 
     requests: list[str] = []
+    arrived: list[float] = []  # time.monotonic() of each request
     answer = staticmethod(lambda path, query: (b"[]", 0.0))
+    header_pause = 0.0  # > 0: the headers themselves trickle, one byte per pause, 15 bytes, then the answer
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802 (the http.server API)
         type(self).requests.append(self.path)
+        type(self).arrived.append(time.monotonic())
         path, _, query = self.path.partition("?")
         body, pause = type(self).answer(path, query)
-        self.send_response(200)
+        if self.header_pause:
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for byte in b"X-Slow: 1234567":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(self.header_pause)
+                self.wfile.write(b"\r\n")
+            except OSError:  # the client gave up
+                return
+        else:
+            self.send_response(200)
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -247,10 +278,12 @@ class _FakePacs(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _pacs(answer) -> tuple[http.server.ThreadingHTTPServer, type]:
-    handler = type("Pacs", (_FakePacs,), {"requests": [], "answer": staticmethod(answer)})
+def _pacs(answer, header_pause: float = 0.0) -> tuple[http.server.ThreadingHTTPServer, type]:
+    handler = type("Pacs", (_FakePacs,), {"requests": [], "arrived": [], "answer": staticmethod(answer),
+                                          "header_pause": header_pause})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # a client giving up mid-answer is expected, not news
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, handler
 
@@ -304,6 +337,23 @@ def test_dicomweb_gives_up_on_a_trickling_server_at_the_deadline():
         server.shutdown()
 
 
+def test_dicomweb_deadline_bounds_a_server_trickling_its_headers(monkeypatch, capsys):
+    """Each read gets a byte within the per-read timeout, so only an overall deadline ends the request."""
+    import covidxr.dicom.dicomweb as dicomweb
+
+    monkeypatch.setattr(dicomweb, "DEFAULT_DEADLINE", 2.0)
+    server, handler = _pacs(lambda path, query: (json.dumps([STUDY]).encode(), 0.0), header_pause=1.0)
+    try:
+        result = main(["dicomweb", "--url", f"http://127.0.0.1:{server.server_port}/dicom-web", "--attempts", "1"])
+        elapsed = time.monotonic() - handler.arrived[0]  # from the request (loading the model comes before it)
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr()
+    assert elapsed < 2.0 + 1.5, f"{elapsed:.1f} s for a 2 s deadline"
+    assert result == 1 and "no whole answer within 2 s" in printed.out + printed.err, printed
+    assert "Traceback" not in printed.err
+
+
 def test_dicom_results_of_a_multiframe_file_do_not_stop_a_folder(tmp_path, capsys, trained_run):
     inbox = tmp_path / "inbox"
     rle_multiframe(inbox / "01-huge.dcm", declared=100_000)
@@ -318,7 +368,7 @@ def test_dicom_results_of_a_multiframe_file_do_not_stop_a_folder(tmp_path, capsy
 def test_the_api_docs_render_offline_in_chromium(live):
     from playwright.sync_api import sync_playwright
 
-    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+    from conftest import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
     elsewhere, problems, rendered = [], [], {}
@@ -342,3 +392,85 @@ def test_the_api_docs_render_offline_in_chromium(live):
     assert elsewhere == [] and [text for text in problems if not text.startswith(logo)] == [], (elsewhere, problems)
     assert "/v1/predict" in rendered["docs"] and "/v1/explain" in rendered["docs"]
     assert "covidxr" in rendered["redoc"]
+
+
+def _random_classifier(name: str, head: str = "linear"):
+    """A classifier from scratch whose batch norms have non-trivial statistics (as after training) and whose
+    two classes' dense weights are opposite."""
+    import torch
+
+    from covidxr.config import ModelSpec
+    from covidxr.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model, _ = build_classifier(ModelSpec(name=name, head=head), num_classes=2, image_size=64)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.2, 0.2)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.bias.data.uniform_(-0.5, 1.5)
+    dense = model.head[-1]
+    dense.weight.data[1] = -dense.weight.data[0]  # one of the two maps is positive somewhere in every image
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_gradcam_in_closed_form_equals_pytorch_grad_cam(name):
+    """EfficientNet's conv_head + BN + ReLU6 tail and ResNet's bare last stage, both with the linear head."""
+    import torch
+
+    from covidxr.explain.cam import heatmaps, scaled_like_pytorch_grad_cam
+    from covidxr.models.gradcam import analytic_gradcam
+
+    model = _random_classifier(name)
+    pixels = torch.from_numpy(np.stack([lesion_image(seed, covid=seed % 2 == 0) for seed in range(2)])[:, None])
+    module = analytic_gradcam(model, 64)
+    assert module is not None and (module.tail is not None) == (name == "efficientnet_lite0")
+    with torch.no_grad():
+        logits, _, maps = module(pixels.float())
+        assert torch.equal(logits, model(pixels.float()))
+    expected = np.stack([heatmaps(model, pixels.float(), class_index) for class_index in (0, 1)], axis=1)
+    got = np.stack([scaled_like_pytorch_grad_cam(maps[:, index].numpy(), 64, 64) for index in (0, 1)], axis=1)
+    assert (expected.max(axis=(2, 3)) > 0.99).sum() >= 2  # real maps, not all zeros (ReLU of a negative map)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_heads_and_tails_without_a_closed_form_keep_the_pytorch_path():
+    from covidxr.models.gradcam import analytic_gradcam
+
+    assert analytic_gradcam(_random_classifier("resnet18", head="zivkovic"), 64) is None
+    assert analytic_gradcam(_random_classifier("covidxr_cnn"), 64) is None  # BN, ReLU and max-pool after its layer
+
+
+def test_the_shipped_onnx_gradcam_equals_pytorch_grad_cam():
+    import torch
+
+    from covidxr.explain.cam import heatmaps, onnx_gradcam
+    from covidxr.models.loading import load_run
+    from covidxr.predict import load_model
+
+    predictor = load_model(input_check=False)
+    size = predictor.preprocessing.size
+    pixels = np.stack([lesion_image(seed, covid=seed % 2 == 0, size=size) for seed in range(3)])
+    positive = predictor.contract.positive_index
+    got = onnx_gradcam(predictor.onnx, pixels, positive)
+    expected = heatmaps(load_run(predictor.rundir.root).model, torch.from_numpy(pixels)[:, None].float(), positive)
+    assert got is not None and np.abs(got - expected).max() < 1e-4
+
+
+def test_the_service_explains_without_importing_torch(tmp_path):
+    image = tmp_path / "chest.png"
+    Image.fromarray(lesion_image(4, covid=True, size=256)).save(image)
+    code = f"""
+import json, sys
+from fastapi.testclient import TestClient
+from covidxr.predict import load_model
+from covidxr.serving.app import create_app
+client = TestClient(create_app(predictor=load_model(input_check=False)), base_url="http://127.0.0.1")
+with open({str(image)!r}, "rb") as file:
+    answer = client.post("/v1/explain", files={{"file": ("chest.png", file.read(), "image/png")}})
+print(json.dumps({{"status": answer.status_code, "type": answer.headers["content-type"],
+                  "torch": "torch" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"status": 200, "type": "image/png", "torch": False}

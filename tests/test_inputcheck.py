@@ -156,9 +156,8 @@ def test_dicom_out_writes_nothing_for_a_refused_dicom_and_says_why(tmp_path, cap
 def test_the_page_shows_the_refusal_in_words(cat_png):
     from playwright.sync_api import sync_playwright
 
-    from conftest import served_on_loopback
+    from conftest import CHROMIUM_FLAGS, chromium_or_skip, served_on_loopback
     from covidxr.serving.app import create_app
-    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
     errors = []

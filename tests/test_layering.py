@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidxr"
+TESTS = Path(__file__).resolve().parent
 # The pipeline order, bottom first. A module belongs to the entry naming it or its longest named parent;
 # `covidxr` itself (the package's __init__, which re-exports load_model) is matched exactly.
 LAYERS = [
-    ("covidxr.errors", "covidxr.progress"),
+    ("covidxr.errors", "covidxr.progress", "covidxr.commandline", "covidxr.registry"),
     ("covidxr.data", "covidxr.config", "covidxr.recipes"),
     ("covidxr.runs",),
     ("covidxr.metrics",),
@@ -29,7 +30,7 @@ LAYERS = [
     ("covidxr.explain", "covidxr.reporting"),
     ("covidxr.predict", "covidxr.export", "covidxr.serving", "covidxr.dicom"),
     ("covidxr.engines",),
-    ("covidxr.cli", "covidxr"),
+    ("covidxr.cli", "covidxr.__main__", "covidxr"),
 ]
 LEAN_RUNS_IMPORTS = {"numpy", "pandas", "pydantic"}
 
@@ -152,3 +153,45 @@ def test_the_sources_cite_the_projects_own_reference_and_its_sections_exist():
         assert "CONTRACTS" not in text and "ARCHITECTURE.md" not in text, f"{path} cites a file users do not have"
         for section in re.findall(r'docs/reference\.md,\s+"([^"]+)"', text):
             assert section in headings, f"{path} cites section {section!r}, not a heading of {reference.name}"
+
+
+def imported_test_modules(source: str, filename: str = "<test>") -> list[str]:
+    """The `test_*` modules a tests/ file's source imports (at any depth); shared helpers live in conftest.py
+    or a non-test module such as hostile.py."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found += [node.module] if node.module else [alias.name for alias in node.names]
+    return [name for name in found if name.split(".")[-1].startswith("test_")]
+
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from test_evaluation import CHROMIUM_FLAGS\n", ["test_evaluation"]),
+    ("def f():\n    import test_dicom as d\n", ["test_dicom"]),
+    ("from . import test_serving\n", ["test_serving"]),
+    ("from conftest import free_port\nimport hostile\n", []),
+])
+def test_imports_of_test_modules_are_found_at_any_depth(source, expected):
+    assert imported_test_modules(source) == expected
+
+
+def test_no_test_module_imports_another():
+    offending = {path.name: names for path in sorted(TESTS.glob("*.py"))
+                 if (names := imported_test_modules(path.read_text(), str(path)))}
+    assert offending == {}, "test modules import test modules (move what they share into conftest.py)"
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_a_missing_requirement_fails_under_ci_and_skips_elsewhere_saying_what_and_how(monkeypatch, ci, outcome):
+    from conftest import import_or_required_under_ci, required_under_ci
+
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=r"frob is missing \(apt-get install frob\)$"):
+        required_under_ci("frob", "apt-get install frob")
+    with pytest.raises(outcome, match=r"the Python package no_such_module_x is missing \(pip install x\)$"):
+        import_or_required_under_ci("no_such_module_x", "pip install x")
+    assert import_or_required_under_ci("json", "stdlib").dumps([1]) == "[1]"

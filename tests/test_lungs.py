@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import SHARED_DATA, save_image
+from conftest import SHARED_DATA, required_under_ci, save_image, shared_data_or_skip
 from covidxr.cli import main
 from covidxr.data.cache import prepare
 from covidxr.data.preprocess import LungModelRef, Preprocessing, preprocess
@@ -269,10 +269,10 @@ def test_segment_command_writes_masks_overlays_and_a_table(tmp_path, fake_segmen
 
 @pytest.mark.shared_data
 def test_shared_annotations_and_the_shipped_segmenter_on_held_out_images():
-    cohen = SHARED_DATA / "covid-chestxray-dataset"
+    cohen = shared_data_or_skip() / "covid-chestxray-dataset"
     v7 = SHARED_DATA / "v7labs-covid-19-xray-dataset" / "annotations" / "covid-only.zip"
     if not v7.is_file():
-        pytest.skip("shared data absent")
+        required_under_ci(f"the shared v7labs annotations at {v7}", "see the shared data's README")
     split = pd.read_csv(shipped_segmenter().folder / "split.csv", dtype=str, keep_default_na=False)
     assert split.groupby("split")["patient_id"].nunique().to_dict().keys() == {"train", "val", "test"}
     rows = split[split["split"] == "test"].drop_duplicates("sha256").head(6)

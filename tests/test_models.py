@@ -1,15 +1,21 @@
 """Model creation for every listed backbone, heads, weights loading and conversion, and their errors."""
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from covidxr.config import ModelSpec
+from covidxr.config import ModelSpec, TrainConfig, parse_overrides, with_overrides
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.models.classifier import build_classifier
-from covidxr.models.heads import HEADS, make_head
+from covidxr.models.heads import create_head, register_head
 from covidxr.models.weights import WeightsUnavailable, convert_checkpoint, imagenet_backbone, load_weights
+from covidxr.registry import BACKBONES as REGISTERED_BACKBONES
+from covidxr.registry import HEADS
 
 BACKBONES = ["resnet18", "resnet50", "vgg16", "vgg19", "densenet121", "mobilenetv2_100", "efficientnet_b0",
              "covidxr_cnn"]
@@ -29,7 +35,8 @@ def test_three_channel_input_and_three_classes(name):
     assert model.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
 
 
-def test_covidxr_cnn_is_a_timm_model_by_name():
+def test_covidxr_cnn_is_a_registered_backbone_and_a_timm_model_by_name():
+    assert REGISTERED_BACKBONES.names() == ["covidxr_cnn"]
     assert "covidxr_cnn" in timm.list_models()
     model = timm.create_model("covidxr_cnn", num_classes=2, in_chans=1)
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2)
@@ -41,17 +48,52 @@ def test_covidxr_cnn_is_a_timm_model_by_name():
     ("hansen", 512 * 7 * 7 * 2 + 2), ("zivkovic", 512 * 128 + 128 + 128 * 2 + 2),
 ])
 def test_heads_follow_the_write_ups(head, parameters):
-    module = make_head(head, channels=512, height=7, width=7, num_classes=2)
+    module = create_head(head, channels=512, height=7, width=7, num_classes=2)
     assert module(torch.zeros(3, 512, 7, 7)).shape == (3, 2)
     assert sum(p.numel() for p in module.parameters()) == parameters
-    assert set(HEADS) == {"linear", "pyimagesearch", "hansen", "zivkovic"}
+    assert HEADS.names() == ["linear", "pyimagesearch", "hansen", "zivkovic"]
+
+
+def test_a_new_head_is_one_decorated_function_and_a_recipe_can_name_it(monkeypatch):
+    monkeypatch.setattr(HEADS, "entries", dict(HEADS.entries))  # registered for this test only
+
+    @register_head("max-pool")
+    def max_pool(channels, height, width, num_classes, dropout):
+        return nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    spec = ModelSpec.model_validate({"name": "covidxr_cnn", "head": "max-pool"})
+    model, _ = build_classifier(spec, num_classes=2, image_size=32)
+    assert isinstance(model.head[0], nn.AdaptiveMaxPool2d)
+    pixels, labels = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.head[-1].weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(pixels), labels)
+    loss.backward()
+    optimiser.step()
+    assert torch.isfinite(loss) and not torch.equal(model.head[-1].weight, before)
+    assert "max-pool" in HEADS.names()
+    with pytest.raises(ValueError, match="head 'max-pool' is already registered"):
+        register_head("max-pool")(max_pool)
+
+
+def test_a_config_checks_a_built_in_head_before_any_model_module_is_imported():
+    code = ("import sys; from covidxr.config import ModelSpec; "
+            "print(ModelSpec(head='hansen').head, 'covidxr.models.classifier' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["hansen", "False"]
+
+
+def test_an_unknown_head_in_a_recipe_lists_the_registered_ones():
+    with pytest.raises(UsageError, match="^overrides: model.head: unknown head 'mlp'; registered: linear, "
+                                         "pyimagesearch, hansen, zivkovic$"):
+        with_overrides(TrainConfig(), parse_overrides(["model.head=mlp"]))
 
 
 def test_unknown_model_and_head_are_usage_errors():
-    with pytest.raises(UsageError, match="unknown model 'resnet9000'"):
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'.*covidxr's own \\(covidxr_cnn\\)"):
         build_classifier(ModelSpec(name="resnet9000"), 2, 32)
-    with pytest.raises(UsageError, match="^name='transformer': unknown head; accepted: linear, pyimagesearch"):
-        make_head("transformer", 8, 2, 2, 2)
+    with pytest.raises(UsageError, match="^unknown head 'transformer'; registered: linear, pyimagesearch"):
+        create_head("transformer", 8, 2, 2, 2)
     with pytest.raises(UsageError, match="^pretrained=True: covidxr_cnn has no pretrained weights; accepted: "):
         timm.create_model("covidxr_cnn", pretrained=True)
 

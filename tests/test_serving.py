@@ -4,7 +4,6 @@ web page driven in headless Chromium against a real server on a loopback port.""
 import io
 import json
 import re
-import socket
 import struct
 import threading
 import time
@@ -14,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import lesion_image, served_on_loopback, write_dicom
+from conftest import free_port, lesion_image, served_on_loopback, write_dicom
 from covidxr.serving.app import create_app
 
 LOOPBACK = "http://127.0.0.1"  # the service answers to its own names only (TestClient says "testserver")
@@ -171,16 +170,10 @@ def test_concurrent_requests_all_succeed(client):
     assert results == [200] * 12
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_the_web_page_uploads_an_image_and_shows_the_result(trained_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from test_evaluation import CHROMIUM_FLAGS, chromium_or_skip
+    from conftest import CHROMIUM_FLAGS, chromium_or_skip
 
     chromium = chromium_or_skip()
     image = tmp_path / "chest.png"
@@ -215,7 +208,7 @@ def test_the_serve_command_answers_on_loopback(trained_run):
 
     import httpx
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "covidxr.cli", "serve", "--run", str(trained_run[0]),
                                "--port", str(port)], stderr=subprocess.DEVNULL)
     try:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import import_or_required_under_ci
 from covidxr.config import ModelSpec
 from covidxr.errors import UsageError
 from covidxr.models import xrv
@@ -12,7 +13,7 @@ from covidxr.models.classifier import build_classifier, pretrained_provenance
 from covidxr.models.pretrained import WeightsConversionError
 from covidxr.models.weights import WeightsUnavailable
 
-xrv_package = pytest.importorskip("torchxrayvision")
+xrv_package = import_or_required_under_ci("torchxrayvision", "pip install 'covidxr[xrv]'; the dev extra installs it")
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from covidxr.data.preprocess import Preprocessing
 from covidxr.data.sources.base import DEFAULT_VIEWS
 from covidxr.errors import UsageError
+from covidxr.registry import HEADS
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -116,9 +117,14 @@ class ModelSpec(_Strict):
     name: str = "resnet18"
     pretrained: Literal["none", "imagenet"] = "none"
     weights: Path | None = None
-    head: Literal["linear", "pyimagesearch", "hansen", "zivkovic"] = "linear"
+    head: str = Field("linear", description="a registered head (covidxr.models.heads, `@register_head`)")
     in_chans: Literal[1, 3] = 1
     dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("head")
+    @classmethod
+    def _registered_head(cls, name: str) -> str:
+        return HEADS.check(name)
 
 
 class Transfer(_Strict):

@@ -152,14 +152,41 @@ def image_warnings(gray: np.ndarray) -> list[str]:
     return found
 
 
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+
+
+def manifest_paths(manifest: Path) -> list[Path]:
+    """The `path` column of a table (.csv or .parquet: a covidxr manifest, or any table with that column), in its
+    row order; paths as written (relative ones from the current folder, as `prepare` reads them)."""
+    import pandas as pd  # lazy: predicting folders stays without pandas
+
+    try:
+        if manifest.suffix.lower() == ".csv":
+            table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        else:
+            table = pd.read_parquet(manifest)
+    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
+        raise UsageError(f"{manifest}: cannot read it as a manifest ({error})") from None
+    if "path" not in table.columns:
+        raise UsageError(f"{manifest}: a manifest needs a 'path' column (one image file per row); columns present: "
+                         f"{', '.join(map(str, table.columns)) or 'none'}")
+    blank = table.index[table["path"].isna() | (table["path"].astype(str).str.strip() == "")]
+    if len(blank):
+        raise UsageError(f"{manifest}: row {blank[0] + 1} has no path ({len(blank)} row(s) without one)")
+    return [Path(str(path)) for path in table["path"]]
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders recursively (hidden files skipped), sorted. Entries of a folder that are not
-    folders are all listed, pipes and broken links too, so that reading them reports why they failed."""
+    """Files as given; folders recursively (hidden files skipped), sorted; manifests (.csv, .parquet) as the files
+    of their `path` column, in row order. Entries of a folder that are not folders are all listed, pipes and broken
+    links too, so that reading them reports why they failed."""
     expanded = []
     for path in map(Path, paths):
         if path.is_dir():
             expanded += sorted(p for p in path.rglob("*") if not p.is_dir() and not any(
                 part.startswith(".") for part in p.relative_to(path).parts))
+        elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+            expanded += manifest_paths(path)
         else:
             expanded.append(path)
     return expanded
@@ -344,10 +371,9 @@ class Predictor:
         """Class activation map of the positive class for one image (path or 2-D grey uint8 array): the map,
         the share of its heat inside the lung mask, and, with `out` (a path or binary file), a PNG overlay with
         the lung outline; also the prepared `pixels` the model saw. An image the input check refuses gets its
-        `input_check` and nothing else (no file)."""
-        import torch  # lazy: class activation maps need the PyTorch model
-
-        from covidxr.explain.cam import heatmaps, lung_heat_share, save_overlay
+        `input_check` and nothing else (no file). Grad-CAM comes from model.onnx when it has the maps (no PyTorch
+        then), else from the PyTorch model."""
+        from covidxr.explain.cam import heatmaps, lung_heat_share, onnx_gradcam, save_overlay
         from covidxr.lungs import shipped_segmenter
 
         positive = self.contract.positive_index
@@ -358,9 +384,13 @@ class Predictor:
                     "method": method, "heatmap": None, "lungs": None, "pixels": None}
         pixels = prepared.pixels
         probability = float(self.probabilities(pixels[None])[0, positive])
-        model = self.torch_run.model
-        with self._cam_lock:
-            heatmap = heatmaps(model, torch.from_numpy(pixels)[None, None].float(), positive, method)[0]
+        maps = onnx_gradcam(self.onnx, pixels[None], positive) if method == "gradcam" else None
+        if maps is None:
+            import torch  # lazy: other methods, and models without Grad-CAM in model.onnx, need the PyTorch model
+
+            with self._cam_lock:
+                maps = heatmaps(self.torch_run.model, torch.from_numpy(pixels)[None, None].float(), positive, method)
+        heatmap = maps[0]
         lungs = shipped_segmenter().segment(pixels)
         share = lung_heat_share(heatmap, lungs.mask)
         if out is not None:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,9 +19,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from covidxr.commandline import LiteralConsole
+
 T = TypeVar("T")
 R = TypeVar("R")
-stderr = Console(stderr=True)
+# Progress lines and notes name files: printed literally, control characters escaped (covidxr.commandline).
+stderr = LiteralConsole(stderr=True)
 _PARALLEL_FROM = 64
 
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,20 +67,35 @@ class Prepared:
     problem: str = ""
 
 
-def prepare_file(job: tuple[str, str, Preprocessing, LungMasker | None]) -> Prepared:
-    """Check the file still has the manifest's bytes, decode and preprocess it."""
-    path, expected_sha256, config, lungs = job
+def read_checked(path: str, expected_sha256: str) -> tuple[np.ndarray | None, str]:
+    """The file's grey pixels once its bytes are checked against the manifest's sha256, else (None, the problem)."""
     try:
         content_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         if content_sha256 != expected_sha256:
-            return Prepared(expected_sha256, problem="file changed since import (sha256 differs): re-import it")
-        image = read_grayscale(path)
+            return None, "file changed since import (sha256 differs): re-import it"
+        return read_grayscale(path), ""
+    except ImageReadError as error:
+        return None, error.problem
+    except OSError as error:
+        return None, f"cannot read ({error.strerror})"
+
+
+def prepare_decoded(image: np.ndarray | None, problem: str, sha256: str, config: Preprocessing,
+                    lungs: LungMasker | None) -> Prepared:
+    """Preprocess a file `read_checked` decoded (or carry its problem): the work of one row, wherever it runs."""
+    if image is None:
+        return Prepared(sha256, problem=problem)
+    try:
         pixels, cut = preprocess(image, config, lungs)
     except ImageReadError as error:
-        return Prepared(expected_sha256, problem=error.problem)
-    except OSError as error:
-        return Prepared(expected_sha256, problem=f"cannot read ({error.strerror})")
-    return Prepared(expected_sha256, pixels, image.shape[1], image.shape[0], **asdict(cut))
+        return Prepared(sha256, problem=error.problem)
+    return Prepared(sha256, pixels, image.shape[1], image.shape[0], **asdict(cut))
+
+
+def prepare_file(job: tuple[str, str, Preprocessing, LungMasker | None]) -> Prepared:
+    """Check the file still has the manifest's bytes, decode and preprocess it."""
+    path, expected_sha256, config, lungs = job
+    return prepare_decoded(*read_checked(path, expected_sha256), expected_sha256, config, lungs)
 
 
 class PixelCache:
@@ -245,10 +261,9 @@ def prepare_shard(job: tuple[str, list[tuple[str, str]], Preprocessing, LungMask
     return {result.sha256: result.problem for result in results if result.problem}
 
 
-def _prepare_in_shards(cache: PixelCache, jobs: list[tuple[str, str, Preprocessing, LungMasker | None]],
-                       config: Preprocessing, lungs: LungMasker | None) -> dict[str, str]:
+def _prepare_in_shards(cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
+                       lungs: LungMasker | None) -> dict[str, str]:
     """Workers that decode and write their own shards (no pixels cross processes); the problems by sha256."""
-    files = [(path, sha256) for path, sha256, _, _ in jobs]
     tasks = [(str(cache.folder), files[start:start + SHARD_FILES], config, lungs)
              for start in range(0, len(files), SHARD_FILES)]
     problems: dict[str, str] = {}
@@ -260,11 +275,12 @@ def _prepare_in_shards(cache: PixelCache, jobs: list[tuple[str, str, Preprocessi
     return problems
 
 
-def _prepare_in_main(cache: PixelCache, jobs: list[tuple[str, str, Preprocessing, LungMasker | None]],
-                     config: Preprocessing) -> dict[str, str]:
+def _prepare_in_main(cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
+                     lungs: LungMasker | None) -> dict[str, str]:
     """Workers decode, this process appends to the main shard every SAVE_EVERY entries; the problems by sha256."""
     batch: list[Prepared] = []
     problems: dict[str, str] = {}
+    jobs = [(path, sha256, config, lungs) for path, sha256 in files]
     for result in map_with_progress(prepare_file, jobs, f"preparing {config.size}px"):
         if result.problem:
             problems[result.sha256] = result.problem
@@ -277,25 +293,32 @@ def _prepare_in_main(cache: PixelCache, jobs: list[tuple[str, str, Preprocessing
     return problems
 
 
-def prepare(manifest: pd.DataFrame, root: str | Path, config: Preprocessing = Preprocessing(),
-            lungs: LungMasker | None = None) -> PrepareReport:
-    """Decode and preprocess every manifest image the cache lacks, on all cores, with a progress bar.
-    `lungs`: the lung masker a `config.lungs` other than "none" needs (a picklable callable).
+def prepare_here(cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
+                 lungs: LungMasker | None) -> dict[str, str]:
+    """The local way to prepare (path, sha256) files into `cache`, on all cores: up to SHARD_FILES files are
+    appended to the main shard, more are written as shards by the workers; the problems by sha256."""
+    if len(files) > SHARD_FILES:
+        return _prepare_in_shards(cache, files, config, lungs)
+    return _prepare_in_main(cache, files, config, lungs)
 
-    Up to SHARD_FILES files to do are appended to the main shard; more are written as shards by the workers.
-    """
+
+FilePreparer = Callable[[PixelCache, list[tuple[str, str]], Preprocessing, LungMasker | None], dict[str, str]]
+"""Prepares (path, sha256) files into a cache (its main shard or new shards); answers the problems by sha256."""
+
+
+def prepare(manifest: pd.DataFrame, root: str | Path, config: Preprocessing = Preprocessing(),
+            lungs: LungMasker | None = None, prepare_files: FilePreparer = prepare_here) -> PrepareReport:
+    """Decode and preprocess every manifest image the cache lacks, with a progress bar, by `prepare_files`
+    (default: `prepare_here`, all cores of this machine; an engine passes its own).
+    `lungs`: the lung masker a `config.lungs` other than "none" needs (a picklable callable)."""
     if config.lungs != "none" and lungs is None:
         raise UsageError("needs a lung masker: use covidxr.lungs.prepare_with_lungs (or pass lungs=)", "lungs",
                          config.lungs)
     cache = PixelCache(root, config)
     files = manifest.drop_duplicates("sha256")
     todo = files[~files["sha256"].map(cache.__contains__)]
-    jobs = [(path, sha, config, lungs) for path, sha in zip(todo["path"], todo["sha256"])]
-    if len(jobs) > SHARD_FILES:
-        problems = _prepare_in_shards(cache, jobs, config, lungs)
-        cache = PixelCache(root, config)
-    else:
-        problems = _prepare_in_main(cache, jobs, config)
+    problems = prepare_files(cache, list(zip(todo["path"], todo["sha256"])), config, lungs)
+    cache = PixelCache(root, config)
     failed = manifest[manifest["sha256"].isin(problems)][["image_id", "path", "sha256"]]
     failed = failed.assign(problem=failed["sha256"].map(problems))
     cache.write_failures(failed)

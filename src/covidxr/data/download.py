@@ -1,17 +1,22 @@
 """`covidxr data download`: the public sources from their GitHub repositories, resumable, verified.
 
-- `cohen`: ieee8023/covid-chestxray-dataset -> DIR/covid-chestxray-dataset/ (metadata.csv, images/)
+- `cohen`: ieee8023/covid-chestxray-dataset at commit 6a42423 -> DIR/covid-chestxray-dataset/
+  (metadata.csv, images/)
 - `rsna-normal`: casper-hansen/COVID-19-Detection -> DIR/rsna-normal-224/ (normal_xray_dataset.csv,
   normal_dataset/)
 
 The archive is fetched to `DIR/.<name>.zip.part` (an interrupted download resumes with an HTTP Range
-request), checked (zip integrity, the expected files), unpacked, and the parts covidxr reads are moved
-into place. Offline, it fails at once naming the URL and how to point covidxr at a copy.
+request), its sha256 compared with the one recorded for the source (a mismatch names the URL and both
+hashes, and deletes the file), checked (zip integrity, the expected files), unpacked, and the parts covidxr
+reads are moved into place. The sha256 is recorded in `.covidxr-download.json`. Offline, it fails at once
+naming the URL and how to point covidxr at a copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import urllib.error
@@ -31,15 +36,20 @@ class Source:
     url: str
     folder: str
     keep: tuple[str, ...]
+    sha256: str | None = None
+    """The archive's sha256; None: not recorded yet (the download warns and records the hash it got)."""
 
 
+COHEN_COMMIT = "6a4242344473ccb5ed0d2148d8c7bfb1691e4ed8"
+"""A fixed commit of ieee8023/covid-chestxray-dataset (a GitHub archive of a commit does not move)."""
 SOURCES = {
-    "cohen": Source("https://github.com/ieee8023/covid-chestxray-dataset/archive/refs/heads/master.zip",
+    "cohen": Source(f"https://github.com/ieee8023/covid-chestxray-dataset/archive/{COHEN_COMMIT}.zip",
                     "covid-chestxray-dataset", ("metadata.csv", "images")),
     "rsna-normal": Source("https://github.com/casper-hansen/COVID-19-Detection/archive/refs/heads/master.zip",
                           "rsna-normal-224", ("normal_xray_dataset.csv", "normal_dataset")),
 }
 CHUNK = 1 << 16
+log = logging.getLogger("covidxr.data")
 
 
 def _fetch(url: str, part: Path) -> None:
@@ -96,8 +106,23 @@ def _unpack(archive: Path, source: Source, target: Path) -> int:
     return sum(1 for p in target.rglob("*") if p.is_file())
 
 
-def download(name: str, to: str | Path, url: str | None = None) -> Path:
-    """Fetch, verify and unpack source `name` into `to`; returns the dataset folder."""
+def verified_sha256(archive: Path, url: str, expected: str | None) -> str:
+    """The archive's sha256, checked against `expected`: a mismatch deletes the archive (the next download starts
+    afresh) and names the URL and both hashes; no expected hash is a warning."""
+    with open(archive, "rb") as handle:
+        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    if expected is None:
+        log.warning("%s: no sha256 is recorded for this archive, so it is not verified; its sha256 is %s", url, actual)
+    elif actual != expected.lower():
+        archive.unlink()
+        raise CovidxrError(f"{url}: the archive's sha256 is {actual}, expected {expected}; not the pinned archive "
+                           "(changed, or damaged in transit). It was deleted: download again, or use another copy")
+    return actual
+
+
+def download(name: str, to: str | Path, url: str | None = None, sha256: str | None = None) -> Path:
+    """Fetch, verify and unpack source `name` into `to` (from `url`, e.g. a mirror, in place of the source's;
+    `sha256` in place of the source's recorded hash); returns the dataset folder."""
     if name not in SOURCES:
         raise UsageError(f"unknown source {name!r}; accepted: {', '.join(SOURCES)}")
     source = SOURCES[name]
@@ -106,8 +131,10 @@ def download(name: str, to: str | Path, url: str | None = None) -> Path:
     part = to / f".{name}.zip.part"
     address = url or source.url
     _fetch(address, part)
+    digest = verified_sha256(part, address, sha256 or source.sha256)
     files = _unpack(part, source, to / source.folder)
     (to / source.folder / ".covidxr-download.json").write_text(json.dumps(
-        {"source": name, "url": address, "archive_bytes": part.stat().st_size, "files": files}, indent=2))
+        {"source": name, "url": address, "sha256": digest, "archive_bytes": part.stat().st_size, "files": files},
+        indent=2))
     part.unlink()
     return to / source.folder

@@ -34,10 +34,6 @@ def make_image_id(source: str, patient_id: str, relative_path: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-def empty_manifest() -> pd.DataFrame:
-    return conform(pd.DataFrame(columns=list(COLUMNS)))
-
-
 def conform(table: pd.DataFrame) -> pd.DataFrame:
     """The table with every contract column, in contract order and types; extra columns kept after."""
     table = table.copy()

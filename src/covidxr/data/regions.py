@@ -21,14 +21,6 @@ def lung_field_box(size: int) -> tuple[int, int, int, int]:
     return top, bottom, left, right
 
 
-def lung_field_mask(size: int) -> np.ndarray:
-    """True inside the approximate lung field of a `size` x `size` prepared image."""
-    top, bottom, left, right = lung_field_box(size)
-    mask = np.zeros((size, size), dtype=bool)
-    mask[top:bottom, left:right] = True
-    return mask
-
-
 def border_mask(size: int) -> np.ndarray:
     """True on the outer band (BORDER_BAND of the side, at least one pixel) of a `size` x `size` image."""
     band = max(1, int(round(BORDER_BAND * size)))

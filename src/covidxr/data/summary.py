@@ -64,7 +64,7 @@ def label_table_in_use(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def print_summary(summary: dict, manifest: pd.DataFrame, console: Console) -> None:
-    console.print(f"[bold]{summary['images']}[/] images of [bold]{summary['patients']}[/] patients")
+    console.print(f"{summary['images']} images of {summary['patients']} patients")
     console.print(_crosstab(manifest, "source", "by source"))
     if (manifest["split"] != "").any():
         console.print(_crosstab(manifest, "split", "by split"))

@@ -6,19 +6,22 @@ the reason, and so are those that already hold this model's results (the result 
 source and the weights, see covidxr.dicom.sr). WADO-RS retrieves the others; each gets its Secondary
 Capture stored first, then its SR (STOW-RS), so an SR never exists without its overlay; a failure says
 which one is missing. A server that is down, keeps answering 'busy', or refuses access stops the run with
-one error after a bounded number of attempts. Each answer must arrive whole within a deadline (a server
-trickling bytes cannot hold the run) and within a size cap; searches page with `offset` up to a page cap,
-and a server that ignores `offset` (answering the same page again) is noticed. Answers that are not DICOM
-JSON stop the run with a message saying so. Nothing identifying is printed: instances are named by UID.
+one error after a bounded number of attempts. Each answer, headers and body, must arrive whole within a
+deadline (a server trickling bytes cannot hold the run) and within a size cap; searches page with `offset`
+up to a page cap, and a server that ignores `offset` (answering the same page again) is noticed. Answers
+that are not DICOM JSON stop the run with a message saying so. Nothing identifying is printed: instances
+are named by UID.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-import time
+import socket
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from pydicom import Dataset
 from pydicom.uid import UID
 from requests.adapters import HTTPAdapter
 from retrying import RetryError
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from covidxr.data.privacy import describe_error, keep_header_values_out_of_logs
 from covidxr.dicom.results import DicomResultError, InputRefused, ResultObjects, model_identity, results_of
@@ -75,33 +79,103 @@ class AnswerTooLarge(requests.RequestException):
     """The answer is larger than MAX_ANSWER_BYTES."""
 
 
+class Watch:
+    """The deadline of one request: once `seconds` have passed, the socket of every connection the request
+    checked out is shut down (and again while it lasts, for one connected after the deadline), which ends any
+    read it is blocked in, headers or body. requests' and urllib3's timeouts bound each read only, so a server
+    sending one byte every few seconds, even of its headers, would otherwise never be cut off."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired = seconds, False
+        self.connections: list = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._guard, name="dicomweb-deadline", daemon=True)
+
+    def __enter__(self) -> Watch:
+        _watches.current = self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _watches.current = None
+        self._done.set()
+        self._thread.join()
+
+    def _guard(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        self.expired = True
+        while True:
+            for connection in list(self.connections):
+                sock = getattr(connection, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            if self._done.wait(0.05):
+                return
+
+
+_watches = threading.local()  # the Watch of the request this thread is sending
+
+
+class _WatchedPool:
+    """A urllib3 connection pool that hands each connection it checks out to the sending thread's Watch."""
+
+    def _get_conn(self, timeout: float | None = None):
+        connection = super()._get_conn(timeout)
+        watch = getattr(_watches, "current", None)
+        if watch is not None:
+            watch.connections.append(connection)
+        return connection
+
+
+WATCHED_POOLS = {"http": type("WatchedHTTPPool", (_WatchedPool, HTTPConnectionPool), {}),
+                 "https": type("WatchedHTTPSPool", (_WatchedPool, HTTPSConnectionPool), {})}
+
+
 class DeadlineAdapter(HTTPAdapter):
-    """Reads every answer whole, in pieces as they arrive, within `deadline` seconds and MAX_ANSWER_BYTES:
-    requests' own timeout bounds each read, so a server sending a byte every few seconds would never end."""
+    """Sends each request and reads its answer whole, in pieces as they arrive, within `deadline` seconds
+    (status line, headers and body: see Watch) and MAX_ANSWER_BYTES."""
 
     def __init__(self, deadline: float):
-        super().__init__()
         self.deadline = deadline
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS  # urllib3's documented point of customisation
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
 
     def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
-        started = time.monotonic()
         kwargs["stream"] = True
-        response = super().send(request, **kwargs)
-        pieces, size = [], 0
-        try:
-            while piece := response.raw.read1(1 << 16, decode_content=True):
-                pieces.append(piece)
-                size += len(piece)
-                if size > MAX_ANSWER_BYTES:
-                    raise AnswerTooLarge(f"an answer of more than {MAX_ANSWER_BYTES:,} bytes")
-                if time.monotonic() - started > self.deadline:
-                    raise AnswerTooSlow(f"no whole answer within {self.deadline:g} s (the server is sending it "
-                                        f"slowly: {size:,} bytes so far)")
-        except (AnswerTooLarge, AnswerTooSlow):
+        pieces, size, response = [], 0, None
+        with Watch(self.deadline) as watch:
+            try:
+                response = super().send(request, **kwargs)
+                while piece := response.raw.read1(1 << 16, decode_content=True):
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size > MAX_ANSWER_BYTES:
+                        raise AnswerTooLarge(f"an answer of more than {MAX_ANSWER_BYTES:,} bytes")
+            except Exception as error:
+                if response is not None:
+                    response.close()
+                if watch.expired and not isinstance(error, AnswerTooLarge):
+                    raise self._too_slow(size) from None
+                raise
+        if watch.expired:  # the shut-down socket ended the answer early (http.client takes that for its end)
             response.close()
-            raise
+            raise self._too_slow(size)
         response._content, response._content_consumed = b"".join(pieces), True
         return response
+
+    def _too_slow(self, size: int) -> AnswerTooSlow:
+        return AnswerTooSlow(f"no whole answer within {self.deadline:g} s (the server was still sending it"
+                             + (f": {size:,} bytes of the body so far)" if size else ")"))
 
 
 @dataclass
@@ -170,12 +244,14 @@ def check_url(url: str) -> None:
 
 
 def connect(url: str, attempts: int | None = None, wait_ms: int = DEFAULT_WAIT_MS, timeout: float = 60.0,
-            deadline: float = DEFAULT_DEADLINE) -> Server:
+            deadline: float | None = None) -> Server:
     """A client of the DICOMweb service at `url` (e.g. http://localhost:8042/dicom-web for Orthanc): up to
     `attempts` tries per request, waiting 2x, 4x, ... `wait_ms` between them, when the server cannot be
     reached or answers 408/429/503/504 (default attempts: DEFAULT_ATTEMPTS); `timeout` seconds per read and
-    `deadline` seconds for each whole answer. A bearer token is read from $COVIDXR_DICOMWEB_TOKEN when set."""
+    `deadline` seconds for each whole answer (default DEFAULT_DEADLINE). A bearer token is read from
+    $COVIDXR_DICOMWEB_TOKEN when set."""
     attempts = DEFAULT_ATTEMPTS if attempts is None else attempts
+    deadline = DEFAULT_DEADLINE if deadline is None else deadline
     if attempts < 1:
         raise UsageError("must be at least 1", "attempts", attempts)
     check_url(url)

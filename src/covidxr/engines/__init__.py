@@ -1,16 +1,17 @@
 """Where a command's per-image work runs: `local` (this machine: worker processes decode, this process runs the
 model) or `ray` (Ray Data, on a Ray cluster or a Ray started for the command). One seam under the commands: a
-command builds its model request and hands its inputs to `engine(name, address)`; both engines answer the same
-`Prediction` objects in input order, so what a command prints, writes and exits with does not depend on the engine.
+command hands its inputs to `engine(name, address)` (`predict`, `segment`, `prepare`, and `occlusion` for the
+audit); both engines answer the same objects (`Prediction`, `SegmentedFile`, `PrepareReport`, `OcclusionPass`) in
+input order, so what a command prints, writes and exits with does not depend on the engine.
 """
 
 from __future__ import annotations
 
-from covidxr.engines.base import Engine, ModelRequest
+from covidxr.engines.base import Engine, ModelRequest, Stage
 from covidxr.errors import UsageError
 
 ENGINES = ("local", "ray")
-__all__ = ["ENGINES", "Engine", "ModelRequest", "engine"]
+__all__ = ["ENGINES", "Engine", "ModelRequest", "Stage", "engine"]
 
 
 def engine(name: str, address: str | None = None) -> Engine:

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from covidxr.data.cache import PixelCache, PrepareReport, prepare
+from covidxr.data.preprocess import LungMasker, Preprocessing
 from covidxr.engines.base import ModelRequest
+from covidxr.lungs import LungSegmenter
+from covidxr.lungs.segment import SegmentedFile, segment_files
 from covidxr.predict import Prediction, Predictor
+from covidxr.progress import worker_count
+
+if TYPE_CHECKING:  # PyTorch: only the audit's occlusion pass needs it
+    import pandas as pd
+
+    from covidxr.evaluation.audit import OcclusionPass
+    from covidxr.models.loading import RunModel
 
 
 class LocalEngine:
     def predict(self, request: ModelRequest, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
         return predictor.predict_files(paths)
+
+    def segment(self, segmenter: LungSegmenter, paths: Sequence[Path], out: Path,
+                overlay: bool) -> list[SegmentedFile]:
+        return segment_files(paths, out, overlay, segmenter)
+
+    def prepare(self, manifest: pd.DataFrame, root: Path, config: Preprocessing,
+                lungs: LungMasker | None) -> PrepareReport:
+        if isinstance(lungs, LungSegmenter) and worker_count() > 1:
+            lungs = LungSegmenter(lungs.folder, threads=1)  # one worker process per core, one thread each
+        return prepare(manifest, root, config, lungs)
+
+    def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,
+                  segmenter: LungSegmenter) -> OcclusionPass:
+        from covidxr.evaluation.audit import occlusion_on_cache
+
+        return occlusion_on_cache(run, rows, cache, segmenter)

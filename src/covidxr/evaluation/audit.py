@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
+from covidxr.data.cache import PixelCache, PrepareReport
 from covidxr.data.dataset import CachedImages
+from covidxr.data.preprocess import LungMasker, Preprocessing
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.lungs import LungSegmenter, prepare_with_lungs, shipped_segmenter
+from covidxr.lungs import LungSegmenter, lung_step, prepare_with_lungs, shipped_segmenter
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import default_cache_root, softmax_with_temperature, write_json
@@ -53,30 +56,56 @@ class OcclusionPass:
     fallbacks: int
 
 
+OCCLUSION_KEYS = ("scores", "lungs_hidden", "lungs_only", "borders_only", "embeddings", "lung_shares", "fallback")
+
+
 @torch.no_grad()
-def occlusion_pass(run: RunModel, images: CachedImages, segmenter: LungSegmenter) -> OcclusionPass:
-    """One pass over the images: the lungs are each image's mask from the lung segmenter (the fixed
-    rectangle where it finds none plausible), the border the outer band of `covidxr.data.regions`."""
+def occlusion_batch(run: RunModel, pixels: torch.Tensor, segmenter: LungSegmenter) -> dict[str, np.ndarray]:
+    """The occlusion pass of (N, 1, size, size) prepared pixels, one value (embedding) per image under each of
+    OCCLUSION_KEYS: the work of a batch, wherever it runs. The lungs are each image's mask from the lung segmenter
+    (the fixed rectangle where it finds none plausible), the border the outer band of `covidxr.data.regions`."""
     positive = run.positive_index
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("scores", "hidden", "only", "borders", "embeddings")}
-    shares, fallbacks = [], 0
-    for pixels, _ in DataLoader(images, batch_size=64):
-        pixels = pixels.float()
-        masks = segmenter.segment_many(list(pixels[:, 0].numpy().astype(np.uint8)))
-        lungs = torch.from_numpy(np.stack([m.mask for m in masks]))[:, None]
-        shares += [m.share for m in masks]
-        fallbacks += sum(m.fallback for m in masks)
-        mean_grey = pixels.mean(dim=(2, 3), keepdim=True)
-        borders = torch.from_numpy(border_mask(pixels.shape[-1]))
-        for name, keep in (("scores", None), ("hidden", ~lungs), ("only", lungs), ("borders", borders)):
-            features = run.model.features(pixels if keep is None else torch.where(keep, pixels, mean_grey))
-            logits = run.model.head(features).numpy()
-            parts[name].append(softmax_with_temperature(logits, run.temperature)[:, positive])
-            if keep is None:
-                parts["embeddings"].append(features.mean(dim=(2, 3)).numpy())
-    joined = {name: np.concatenate(values) for name, values in parts.items()}
-    return OcclusionPass(joined["scores"], joined["hidden"], joined["only"], joined["borders"], joined["embeddings"],
-                         np.asarray(shares), fallbacks)
+    pixels = pixels.float()
+    masks = segmenter.segment_many(list(pixels[:, 0].numpy().astype(np.uint8)))
+    lungs = torch.from_numpy(np.stack([m.mask for m in masks]))[:, None]
+    mean_grey = pixels.mean(dim=(2, 3), keepdim=True)
+    borders = torch.from_numpy(border_mask(pixels.shape[-1]))
+    found = {"lung_shares": np.array([m.share for m in masks]), "fallback": np.array([m.fallback for m in masks])}
+    for name, keep in (("scores", None), ("lungs_hidden", ~lungs), ("lungs_only", lungs), ("borders_only", borders)):
+        features = run.model.features(pixels if keep is None else torch.where(keep, pixels, mean_grey))
+        logits = run.model.head(features).numpy()
+        found[name] = softmax_with_temperature(logits, run.temperature)[:, positive]
+        if keep is None:
+            found["embeddings"] = features.mean(dim=(2, 3)).numpy()
+    return found
+
+
+def joined_pass(batches: list[dict[str, np.ndarray]]) -> OcclusionPass:
+    """One OcclusionPass of the images of `occlusion_batch` results, in their order."""
+    joined = {name: np.concatenate([batch[name] for batch in batches]) for name in OCCLUSION_KEYS}
+    return OcclusionPass(joined["scores"], joined["lungs_hidden"], joined["lungs_only"], joined["borders_only"],
+                         joined["embeddings"], joined["lung_shares"], int(joined["fallback"].sum()))
+
+
+def occlusion_pass(run: RunModel, images: CachedImages, segmenter: LungSegmenter) -> OcclusionPass:
+    """One pass over the images, in batches of 64 (`occlusion_batch`)."""
+    return joined_pass([occlusion_batch(run, pixels, segmenter) for pixels, _ in DataLoader(images, batch_size=64)])
+
+
+def occlusion_on_cache(run: RunModel, rows: pd.DataFrame, cache: PixelCache, segmenter: LungSegmenter
+                       ) -> OcclusionPass:
+    """The local engine's occlusion pass of the manifest rows' prepared pixels, here."""
+    return occlusion_pass(run, CachedImages(rows, cache, run.classes), segmenter)
+
+
+class AuditEngine(Protocol):
+    """Where the audit's per-image work runs (`covidxr.engines` implements it; default: here)."""
+
+    def prepare(self, manifest: pd.DataFrame, root: Path, config: Preprocessing,
+                lungs: LungMasker | None) -> PrepareReport: ...
+
+    def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,
+                  segmenter: LungSegmenter) -> OcclusionPass: ...
 
 
 def _origin_auc(y: np.ndarray, out_of_fold: np.ndarray, classes: np.ndarray) -> float | None:
@@ -188,15 +217,18 @@ def source_verdict(source_auc: float | None, site_auc: float | None) -> str:
 
 
 def audit(run_dir: str | Path, data: str | Path | None = None, cache_root: str | Path | None = None,
-          bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
+          bootstrap: PatientBootstrap = PatientBootstrap(), engine: AuditEngine | None = None) -> dict:
+    """The three checks of the module docstring; `engine`: where preparing the pixels and the occlusion pass run
+    (default: here, `prepare_with_lungs` and `occlusion_on_cache`)."""
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
-    report = prepare_with_lungs(rows, Path(cache_root or default_cache_root()), run.preprocessing)
+    root = Path(cache_root or default_cache_root())
+    report = (engine.prepare(rows, root, *lung_step(run.preprocessing)) if engine else
+              prepare_with_lungs(rows, root, run.preprocessing))
     rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
-    images = CachedImages(rows, report.cache, run.classes)
     truth = (rows["label"] == run.positive_class).to_numpy()
     segmenter = shipped_segmenter()
-    passed = occlusion_pass(run, images, segmenter)
+    passed = (engine.occlusion if engine else occlusion_on_cache)(run, rows, report.cache, segmenter)
     embeddings = passed.embeddings
     source_auc, source_auc_ci = _grouped_auc(embeddings, rows["source"], rows["patient_id"], bootstrap)
     site_auc, _ = _grouped_auc(embeddings, rows["site"], rows["patient_id"])

@@ -39,8 +39,6 @@ from covidxr.training.tracking import log_result, tracked_run
 
 log = logging.getLogger("covidxr.compare")
 DEFAULT_FOLDS = 5
-COMPARE_KEYS = ("recipe", "auc", "auc_ci", "within_source", "oof_within_source_auc", "oof_within_source_auc_ci",
-                "lungs_hidden_auc", "origin_auc", "train_seconds")
 
 
 def recipe_name(recipe: str | Path) -> str:

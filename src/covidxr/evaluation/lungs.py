@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from covidxr.commandline import option, out_option
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.labels import label_for
 from covidxr.data.regions import mask_box
@@ -245,11 +246,10 @@ def write_card(folder: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="folder holding covid-chestxray-dataset/, "
-                                                                 "v7labs-covid-19-xray-dataset/ and rsna-normal-224/")
-    parser.add_argument("-o", "--out", required=True, type=Path)
-    parser.add_argument("--model", type=Path, help="segmenter folder (default: the shipped one)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[
+        option("--data", required=True, type=Path, help="folder holding covid-chestxray-dataset/, "
+                                                        "v7labs-covid-19-xray-dataset/ and rsna-normal-224/"),
+        out_option(), option("--model", type=Path, help="segmenter folder (default: the shipped one)")])
     args = parser.parse_args(argv)
     result = evaluate_segmenter(args.data, args.out, args.model)
     held = result["held_out"]

@@ -1,35 +1,29 @@
-"""Class activation maps through pytorch-grad-cam (Grad-CAM, Grad-CAM++, EigenCAM) for any backbone,
-the share of heat inside each image's lung mask (from the lung segmenter), overlays with the lung outline,
-and the most confidently wrong images."""
+"""Class activation maps: Grad-CAM, Grad-CAM++ and EigenCAM through pytorch-grad-cam for any backbone, and
+Grad-CAM without PyTorch from the `gradcam` output of a model.onnx (exported for classifiers where it has a
+closed form, see covidxr.models.gradcam; scaled here exactly as pytorch-grad-cam scales its maps); the share
+of heat inside each image's lung mask (from the lung segmenter), overlays with the lung outline, and the most
+confidently wrong images. PyTorch is imported only by `heatmaps`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+import cv2
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import nn
 
 from covidxr.errors import UsageError
 from covidxr.lungs import LungMask
-from covidxr.models.classifier import Classifier
+from covidxr.models.onnx_runtime import OnnxModel
 
-METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-
-def target_layer(model: Classifier) -> nn.Module:
-    """The backbone's last feature stage (timm's feature_info), else its last convolution."""
-    info = getattr(model.backbone, "feature_info", None)
-    if info:
-        name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-        return model.backbone.get_submodule(name)
-    convolutions = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
-    return convolutions[-1]
+METHODS = ("gradcam", "gradcam++", "eigencam")
+GRADCAM_OUTPUT = "gradcam"  # covidxr.models.gradcam.OUTPUT (that module imports PyTorch)
 
 
 def heatmaps(model: nn.Module, pixels: torch.Tensor, class_index: int, method: str = "gradcam",
@@ -38,10 +32,38 @@ def heatmaps(model: nn.Module, pixels: torch.Tensor, class_index: int, method: s
     `layer` (default: a Classifier's `target_layer`)."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus  # lazy: imports PyTorch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from covidxr.models.gradcam import target_layer
+
+    cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}[method]
     model.eval()
-    with METHODS[method](model=model, target_layers=[layer or target_layer(model)]) as cam:
+    with cam_class(model=model, target_layers=[layer or target_layer(model)]) as cam:
         maps = cam(input_tensor=pixels.float(), targets=[ClassifierOutputTarget(class_index)] * len(pixels))
     return np.asarray(maps, dtype=np.float32)
+
+
+def _unit_range(image: np.ndarray) -> np.ndarray:
+    image = image - np.min(image)
+    return image / (1e-7 + np.max(image))
+
+
+def scaled_like_pytorch_grad_cam(maps: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, h, w) Grad-CAM maps after their ReLU -> (N, height, width) in [0, 1], as pytorch-grad-cam makes them
+    (to [0, 1], resized by OpenCV, clipped at 0, to [0, 1] again)."""
+    return np.float32([_unit_range(np.maximum(cv2.resize(np.float32(_unit_range(image)), (width, height)), 0))
+                       for image in maps])
+
+
+def onnx_gradcam(model: OnnxModel | None, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
+    """(N, H, W) Grad-CAM maps in [0, 1] of output `class_index` for (N, H, W) grey pixels 0..255, from the
+    `gradcam` output of `model`; None when there is no model or its file has no such output."""
+    if model is None or GRADCAM_OUTPUT not in {output.name for output in model.session.get_outputs()}:
+        return None
+    feed = {"pixels": np.ascontiguousarray(pixels[:, None], dtype=np.float32)}
+    maps = model.session.run([GRADCAM_OUTPUT], feed)[0][:, class_index]
+    return scaled_like_pytorch_grad_cam(maps, pixels.shape[2], pixels.shape[1])
 
 
 def lung_heat_share(heatmap: np.ndarray, lungs: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.preprocessing import StandardScaler
 
+from covidxr.commandline import option, out_option
 from covidxr.data.imageio import ImageReadError
 from covidxr.data.manifest import load_manifest
 from covidxr.inputcheck import feature_names, feature_vectors
@@ -160,13 +161,13 @@ def held_out_figures(decided: pd.DataFrame) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m covidxr.inputcheck.fit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder holding covid-chestxray-dataset/")
-    parser.add_argument("--manifest", type=Path, required=True, help="the shipped classifier's built manifest")
-    parser.add_argument("-o", "--out", type=Path, required=True)
-    parser.add_argument("--ship", type=Path, help="also write the fitted check here (the package's copy)")
-    parser.add_argument("--reuse-features", action="store_true",
-                        help="refit on OUT/features.npz and OUT/samples.parquet from an earlier run")
+    options = [option("--data", type=Path, required=True, help="folder holding covid-chestxray-dataset/"),
+               option("--manifest", type=Path, required=True, help="the shipped classifier's built manifest"),
+               out_option(), option("--ship", type=Path, help="also write the fitted check here (the package's copy)"),
+               option("--reuse-features", action="store_true",
+                      help="refit on OUT/features.npz and OUT/samples.parquet from an earlier run")]
+    parser = argparse.ArgumentParser(prog="python -m covidxr.inputcheck.fit", description=__doc__.split("\n\n")[0],
+                                     parents=options)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     measured = args.out / "features.npz"

@@ -178,14 +178,19 @@ class SegmentedFile:
                 "warnings": ";".join(self.warnings)}
 
 
-def _output_stem(path: Path, taken: set[str]) -> str:
-    """The file's stem, made unique among the outputs so far (`name`, `name-2`, ...)."""
-    stem, number = path.stem, 1
-    while stem in taken:
-        number += 1
-        stem = f"{path.stem}-{number}"
-    taken.add(stem)
-    return stem
+def output_stems(paths: Sequence[str | Path]) -> list[str]:
+    """Each file's output stem, in input order: its own stem, made unique among those before it (`name`,
+    `name-2`, ...); named up front, so that an output's name depends on the inputs given only, whatever engine
+    segments them and whichever files turn out unreadable."""
+    stems, taken = [], set()
+    for path in map(Path, paths):
+        stem, number = path.stem, 1
+        while stem in taken:
+            number += 1
+            stem = f"{path.stem}-{number}"
+        taken.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def segment_files(paths: Sequence[str | Path], out: str | Path, overlay: bool = False,
@@ -195,22 +200,26 @@ def segment_files(paths: Sequence[str | Path], out: str | Path, overlay: bool = 
     segmenter = segmenter or shipped_segmenter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results, taken = [], set()
+    results = []
     with progress_bar() as bar:
         task = bar.add_task("segmenting lungs", total=len(paths))
-        for path in map(Path, paths):
-            results.append(_segment_file(path, out, overlay, segmenter, taken))
+        for path, stem in zip(map(Path, paths), output_stems(paths)):
+            try:
+                gray = read_grayscale(path)
+            except ImageReadError as error:
+                results.append(SegmentedFile(str(path), "error", error.problem))
+            else:
+                results.append(segment_decoded(path, gray, stem, out, overlay, segmenter))
             bar.advance(task)
     return results
 
 
-def _segment_file(path: Path, out: Path, overlay: bool, segmenter: LungSegmenter, taken: set[str]) -> SegmentedFile:
-    try:
-        gray = read_grayscale(path)
-    except ImageReadError as error:
-        return SegmentedFile(str(path), "error", error.problem)
+def segment_decoded(path: str | Path, gray: np.ndarray, stem: str, out: Path, overlay: bool,
+                    segmenter: LungSegmenter) -> SegmentedFile:
+    """Segment one decoded file and write its mask (and overlay) as OUT/<stem>_lungs.png: the work of one row,
+    wherever it runs."""
+    path = Path(path)
     lungs = segmenter.segment(gray)
-    stem = _output_stem(path, taken)
     notes = list(lungs.warnings) + ([f"written as {stem}_lungs.png (another input has the same name)"]
                                     if stem != path.stem else [])
     Image.fromarray(lungs.as_uint8()).save(out / f"{stem}_lungs.png")

@@ -30,6 +30,7 @@ from torch.nn import functional
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from covidxr.commandline import option, out_option
 from covidxr.data.dedup import duplicate_groups
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.manifest import save_manifest
@@ -254,14 +255,14 @@ def ship(model_dir: str | Path, target: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="folder holding covid-chestxray-dataset/ and v7labs-.../")
-    parser.add_argument("-o", "--out", required=True, help="model folder to write")
-    parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
-    parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
-    parser.add_argument("--no-pretrained", action="store_true", help="encoder from random weights")
-    parser.add_argument("--ship", type=Path, metavar="DIR", help="also write the packaged form into DIR")
-    parser.add_argument("--ship-only", action="store_true", help="package an already trained OUT (no training)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[
+        option("--data", required=True, help="folder holding covid-chestxray-dataset/ and v7labs-.../"),
+        out_option(help="model folder to write"),
+        option("--epochs", type=int, default=TrainingSettings.epochs),
+        option("--seed", type=int, default=TrainingSettings.seed),
+        option("--no-pretrained", action="store_true", help="encoder from random weights"),
+        option("--ship", type=Path, metavar="DIR", help="also write the packaged form into DIR"),
+        option("--ship-only", action="store_true", help="package an already trained OUT (no training)")])
     args = parser.parse_args(argv)
     settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained)
     if not args.ship_only:

@@ -11,9 +11,10 @@ from covidxr.metrics.binary import (
     brier_score,
     confusion,
     metrics_with_intervals,
+    threshold_metrics,
 )
 from covidxr.metrics.calibration import CALIBRATION_BINS, Reliability, expected_calibration_error, reliability
 
 __all__ = ["CALIBRATION_BINS", "POINT_METRICS", "PatientBootstrap", "Reliability", "at_prevalence", "auc_or_none",
            "binary_metrics", "brier_score", "confusion", "expected_calibration_error", "metrics_with_intervals",
-           "reliability"]
+           "reliability", "threshold_metrics"]

@@ -35,24 +35,33 @@ def auc_or_none(truth: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def binary_metrics(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """AUC, PR AUC and the metrics of calling `scores >= threshold` positive."""
+def threshold_metrics(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """The metrics of calling `scores >= threshold` positive (counts only: cheap enough for the thousands of
+    bootstrap resamples behind each operating point's intervals)."""
     truth = np.asarray(truth, dtype=bool)
     called = np.asarray(scores) >= threshold
     tp = float(np.sum(called & truth))
     fp = float(np.sum(called & ~truth))
     fn = float(np.sum(~called & truth))
     tn = float(np.sum(~called & ~truth))
-    both = 0 < truth.sum() < len(truth)
     return {
-        "auc": auc_or_none(truth, scores),
-        "pr_auc": float(average_precision_score(truth, scores)) if both else None,
         "accuracy": _ratio(tp + tn, len(truth)),
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "ppv": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def binary_metrics(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """AUC, PR AUC and the metrics of calling `scores >= threshold` positive."""
+    truth = np.asarray(truth, dtype=bool)
+    both = 0 < truth.sum() < len(truth)
+    return {
+        "auc": auc_or_none(truth, scores),
+        "pr_auc": float(average_precision_score(truth, scores)) if both else None,
+        **threshold_metrics(truth, scores, threshold),
     }
 
 

@@ -18,11 +18,10 @@ import timm
 import torch
 from torch import nn
 
-import covidxr.models.covidxr_cnn  # noqa: F401  (registers covidxr_cnn with timm)
 from covidxr.config import ModelSpec
 from covidxr.errors import UsageError
 from covidxr.models import xrv
-from covidxr.models.heads import make_head
+from covidxr.models.heads import create_head
 from covidxr.models.pretrained import (
     efficientnet_lite_file,
     efficientnet_lite_state_dict,
@@ -37,6 +36,7 @@ from covidxr.models.weights import (
     imagenet_backbone,
     load_weights,
 )
+from covidxr.registry import BACKBONES
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 log = logging.getLogger("covidxr.models")
@@ -130,10 +130,11 @@ def backbone_architecture(name: str) -> str:
     """The timm model a model name builds (`xrv-densenet121-res224-all` -> densenet121)."""
     if xrv.is_xrv(name):
         return xrv.architecture(name)
-    if name not in timm.list_models() and name not in timm.list_pretrained():
+    if name not in BACKBONES.names() and name not in timm.list_models() and name not in timm.list_pretrained():
         raise UsageError(f"unknown model {name!r}; any timm model name (e.g. resnet18, resnet50, vgg16, vgg19, "
-                         "densenet121, mobilenetv2_100, efficientnet_b0, efficientnet_lite0), covidxr_cnn, or a "
-                         "torchxrayvision backbone (xrv-densenet121-res224-all, xrv-resnet50-res512-all)")
+                         "densenet121, mobilenetv2_100, efficientnet_b0, efficientnet_lite0), covidxr's own "
+                         f"({', '.join(BACKBONES.names())}), or a torchxrayvision backbone "
+                         "(xrv-densenet121-res224-all, xrv-resnet50-res512-all)")
     return name
 
 
@@ -192,7 +193,7 @@ def build_classifier(spec: ModelSpec, num_classes: int, image_size: int,
         probe = torch.zeros(1, spec.in_chans, image_size, image_size)
         channels, height, width = backbone.forward_features(probe).shape[1:]
     backbone.train()
-    head = make_head(spec.head, channels, height, width, num_classes, spec.dropout)
+    head = create_head(spec.head, channels, height, width, num_classes, spec.dropout)
     model = Classifier(backbone, head, spec.in_chans, input_normalisation(spec.name, spec.in_chans))
     model = model.to(memory_format=torch.channels_last)
     report = None

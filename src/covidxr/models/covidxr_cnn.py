@@ -1,15 +1,16 @@
 """`covidxr_cnn`: the small from-scratch CNN of write-up 004 (five conv blocks -> FC -> outputs),
-registered with timm so `timm.create_model("covidxr_cnn", ...)` makes it like any other model."""
+registered with `@register_backbone` (with timm and covidxr's registry) so `timm.create_model("covidxr_cnn", ...)`
+makes it like any other model."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from covidxr.errors import UsageError
+from covidxr.models.backbones import register_backbone
 
 
 class CovidxrCNN(nn.Module):
@@ -52,7 +53,7 @@ class CovidxrCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
+@register_backbone
 def covidxr_cnn(pretrained: bool = False, **kwargs: Any) -> CovidxrCNN:
     if pretrained:
         raise UsageError("covidxr_cnn has no pretrained weights; accepted: model.pretrained=none (from scratch), or "

@@ -1,4 +1,5 @@
-"""Classification heads by name, on a backbone's feature map (B, C, H, W):
+"""Classification heads by name on a backbone's feature map (B, C, H, W); `@register_head("name")` adds one,
+`create_head` builds one:
 
 - `linear`: global average pool -> dropout -> dense.
 - `pyimagesearch` (write-up 001): average pool 4x4 -> flatten -> dense 64, ReLU -> dropout 0.5 -> dense.
@@ -15,27 +16,43 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from covidxr.errors import UsageError
+from covidxr.registry import HEADS
 
-HEADS = ("linear", "pyimagesearch", "hansen", "zivkovic")
+register_head = HEADS.register
+"""`@register_head("name")` on a builder(channels, height, width, num_classes, dropout) -> nn.Module makes
+`model.head=name` valid in a recipe and builds it."""
 
 
-def make_head(name: str, channels: int, height: int, width: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
-    """A head for feature maps of `channels` x `height` x `width`."""
-    if name == "linear":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                             nn.Linear(channels, num_classes))
-    if name == "pyimagesearch":
-        pool = min(4, height, width)
-        pooled = channels * (height // pool) * (width // pool)
-        return nn.Sequential(nn.AvgPool2d(pool), nn.Flatten(), nn.Linear(pooled, 64), nn.ReLU(inplace=True),
-                             nn.Dropout(0.5), nn.Linear(64, num_classes))
-    if name == "hansen":
-        return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * height * width, num_classes))
-    if name == "zivkovic":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout or 0.5),
-                             nn.Linear(channels, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
-    raise UsageError(f"unknown head; accepted: {', '.join(HEADS)}", "name", name)
+def create_head(name: str, channels: int, height: int, width: int, num_classes: int,
+                dropout: float = 0.0) -> nn.Module:
+    """The head registered as `name` for feature maps of `channels` x `height` x `width`; a UsageError listing
+    the registered heads for an unknown name."""
+    return HEADS.create(name, channels=channels, height=height, width=width, num_classes=num_classes,
+                        dropout=dropout)
+
+
+@register_head("linear")
+def linear(channels: int, height: int, width: int, num_classes: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+
+@register_head("pyimagesearch")
+def pyimagesearch(channels: int, height: int, width: int, num_classes: int, dropout: float) -> nn.Module:
+    pool = min(4, height, width)
+    pooled = channels * (height // pool) * (width // pool)
+    return nn.Sequential(nn.AvgPool2d(pool), nn.Flatten(), nn.Linear(pooled, 64), nn.ReLU(inplace=True),
+                         nn.Dropout(0.5), nn.Linear(64, num_classes))
+
+
+@register_head("hansen")
+def hansen(channels: int, height: int, width: int, num_classes: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * height * width, num_classes))
+
+
+@register_head("zivkovic")
+def zivkovic(channels: int, height: int, width: int, num_classes: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout or 0.5),
+                         nn.Linear(channels, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
 
 
 class GradientReversal(torch.autograd.Function):

@@ -1,5 +1,6 @@
-"""Writing ONNX files of the project's networks (the classifier with its embedding, the severity feature
-network): dynamo export, constants folded, weights that are exactly float16 stored as float16."""
+"""Writing ONNX files of the project's networks (the classifier with its embedding and, where it has a closed
+form, its Grad-CAM maps; the severity feature network): dynamo export, constants folded, weights that are
+exactly float16 stored as float16."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from torch import nn
 
 from covidxr.errors import CovidxrError
 from covidxr.models.classifier import Classifier, WithEmbedding
+from covidxr.models.gradcam import OUTPUT as GRADCAM_OUTPUT
+from covidxr.models.gradcam import analytic_gradcam
 from covidxr.models.onnx_runtime import OUTPUTS, OnnxModel
 
 FLOAT16_SUFFIX = "__float16"
@@ -45,7 +48,12 @@ def store_exact_float16(model: onnx.ModelProto) -> int:
 
 def write_onnx(model: Classifier, size: int, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """The classifier as one ONNX file: input `pixels` (batch, 1, size, size) float grey 0..255, outputs
-    `logits` (batch, classes) and `embedding` (batch, channels), the pooled embedding a severity head reads."""
+    `logits` (batch, classes) and `embedding` (batch, channels), the pooled embedding a severity head reads;
+    for classifiers whose Grad-CAM has a closed form (covidxr.models.gradcam) also `gradcam` (batch, classes,
+    h, w), so that explaining needs no PyTorch."""
+    with_gradcam = analytic_gradcam(model, size)
+    if with_gradcam is not None:
+        return write_module_onnx(with_gradcam, size, out, [*OUTPUTS, GRADCAM_OUTPUT], metadata)
     return write_module_onnx(WithEmbedding(model), size, out, OUTPUTS, metadata)
 
 

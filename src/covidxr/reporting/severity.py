@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 
+from covidxr.commandline import cache_option, escape_controls_by_line, option, out_option
 from covidxr.data.manifest import load_manifest
 from covidxr.data.severity import repeated_grouped_folds
 from covidxr.errors import CovidxrError
@@ -151,7 +152,7 @@ def run_study(data: Path, out: Path, folds: int = 5, repeats: int = 10, seed: in
     shipped = load_run(shipped_dir())
     manifest = load_manifest(data)
     images, notes = scored_images(manifest, shipped.preprocessing, cache or default_cache_root())
-    print("\n".join(notes), file=sys.stderr)
+    print(escape_controls_by_line("\n".join(notes)), file=sys.stderr)
     assignment = repeated_grouped_folds(images.manifest, folds, repeats, seed)
     bootstrap = PatientBootstrap(seed=seed)
     evaluation = {"data": data.name, "n_images": len(images.pixels), "n_patients": int(images.patients.nunique()),
@@ -206,22 +207,20 @@ def run_study(data: Path, out: Path, folds: int = 5, repeats: int = 10, seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m covidxr.reporting.severity", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="a `data build --task severity` manifest")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--finetune-repeats", type=int, default=2, help="repeats of the fine-tuned variant")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, help="pixel cache root")
-    parser.add_argument("--ship", action="store_true", help="write the shipped model's severity.json")
-    parser.add_argument("-o", "--out", required=True, type=Path)
+    options = [option("--data", required=True, type=Path, help="a `data build --task severity` manifest"),
+               option("--folds", type=int, default=5), option("--repeats", type=int, default=10),
+               option("--finetune-repeats", type=int, default=2, help="repeats of the fine-tuned variant"),
+               option("--seed", type=int, default=0), cache_option(),
+               option("--ship", action="store_true", help="write the shipped model's severity.json"), out_option()]
+    parser = argparse.ArgumentParser(prog="python -m covidxr.reporting.severity", description=__doc__.splitlines()[0],
+                                     parents=options)
     args = parser.parse_args(argv)
     try:
         with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads cost more than they save
             run_study(args.data, args.out, args.folds, args.repeats, args.seed, args.cache, args.ship,
                       args.finetune_repeats)
     except CovidxrError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {escape_controls_by_line(str(error))}", file=sys.stderr)
         return 1
     return 0
 

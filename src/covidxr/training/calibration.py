@@ -19,7 +19,7 @@ from sklearn.metrics import log_loss, roc_curve
 from sklearn.model_selection import StratifiedGroupKFold
 
 from covidxr.errors import CovidxrError
-from covidxr.metrics import PatientBootstrap, expected_calibration_error, metrics_with_intervals
+from covidxr.metrics import PatientBootstrap, expected_calibration_error, threshold_metrics
 from covidxr.runs import Calibration, FittedOn, OperatingPoint, log_odds, softmax_with_temperature
 
 MIN_ISOTONIC = 50  # positives and negatives each: fewer make a step function with a handful of steps
@@ -122,14 +122,16 @@ def fit_operating_points(scores: np.ndarray, truth: np.ndarray, patients: pd.Ser
     """`balanced`, `high-sensitivity` and `high-specificity` thresholds on calibrated P(positive) (the last two
     keeping `target`), each with the sensitivity and specificity it has on these rows and their patient-bootstrap
     95% intervals."""
+    truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=float)
     points = {}
     for name, (rule, described) in POINT_RULES.items():
         threshold = operating_threshold(scores, truth, rule, target)
         described = described.replace(str(TARGET), str(target))
-        figures = metrics_with_intervals(truth, scores, patients, threshold, bootstrap)
+        figures = threshold_metrics(truth, scores, threshold)
+        intervals = bootstrap.intervals(lambda rows: threshold_metrics(truth[rows], scores[rows], threshold), patients)
         points[name] = OperatingPoint(threshold=threshold, rule=described, sensitivity=figures["sensitivity"],
                                       specificity=figures["specificity"],
-                                      ci={key: figures[f"{key}_ci"] for key in ("sensitivity", "specificity")})
+                                      ci={key: intervals[key] for key in ("sensitivity", "specificity")})
     return points
 
 

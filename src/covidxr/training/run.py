@@ -129,7 +129,7 @@ def _run_stage(stage: str, epochs: int, model: Classifier, datasets: dict, confi
                              logger=logger)
     last = stage_dir / "last.ckpt"  # written at each epoch end: resuming redoes the interrupted epoch
     trainer.fit(module, loader(train_set, config, True, config.seed), loader(val_set, config, False, config.seed),
-                ckpt_path=str(last) if resume and last.is_file() else None)
+                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
     if not trainer.is_global_zero:
         return StageResult(target, val_set, main_process=False)
     if best.best_model_path:
