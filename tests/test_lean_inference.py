@@ -133,3 +133,93 @@ def test_the_inference_commands_parse_without_the_dataset_and_training_commands(
     full = parser()._subparsers._group_actions[0].choices
     assert set(lean) == set(INFERENCE_COMMANDS) and set(INFERENCE_COMMANDS) < set(full)
     assert parser("predict").parse_args(["predict", "a.png", "--json"]).json is True
+
+
+# --- one ONNX-else-PyTorch loader, the optimised-graph cache, batched steps --------------------------------------
+
+
+def _doubling_graph(path, weights_sha256: str):
+    """A tiny ONNX file: output = 2 * input (input `pixels`), its metadata recording `weights_sha256`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 4])
+    doubled = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Add", ["pixels", "pixels"], ["logits"])], "double", [pixels],
+                              [doubled])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"weights_sha256": weights_sha256})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_sessions_start_from_a_cached_optimised_graph_and_a_corrupt_or_stale_one_is_rebuilt(tmp_path, monkeypatch):
+    from covidxr.models import onnx_runtime
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = _doubling_graph(tmp_path / "model.onnx", "a" * 64)
+    batch = np.arange(8, dtype=np.float32).reshape(2, 4)
+    built = onnx_runtime.inference_session(source, 1, "a" * 64)
+    cached = onnx_runtime.optimised_graph_path(source, "a" * 64)
+    assert cached.is_file() and cached.parent == tmp_path / "cache" / "covidxr" / "onnxruntime"
+    expected = built.run(None, {"pixels": batch})[0]
+    assert np.array_equal(expected, 2 * batch)
+
+    def no_rebuild(*args):
+        raise AssertionError("the cached graph should have been used")
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_runtime, "_build_and_save", no_rebuild)
+        assert np.array_equal(onnx_runtime.inference_session(source, 1, "a" * 64).run(None, {"pixels": batch})[0],
+                              expected)
+    cached.write_bytes(b"not an ONNX graph")  # corrupt: ignored, rebuilt
+    assert np.array_equal(onnx_runtime.inference_session(source, 1, "a" * 64).run(None, {"pixels": batch})[0],
+                          expected)
+    assert cached.read_bytes() != b"not an ONNX graph"
+    _doubling_graph(cached, "b" * 64)  # stale: records other weights than its source's
+    session = onnx_runtime.inference_session(source, 1, "a" * 64)
+    assert session.get_modelmeta().custom_metadata_map["weights_sha256"] == "a" * 64
+    assert onnx_runtime.optimised_graph_path(_doubling_graph(tmp_path / "other.onnx", "a" * 64), "a" * 64) != cached
+    monkeypatch.setenv("XDG_CACHE_HOME", str(source))  # a cache folder that cannot be made: no cache, same session
+    assert np.array_equal(onnx_runtime.inference_session(source, 1, "a" * 64).run(None, {"pixels": batch})[0],
+                          expected)
+
+
+def test_the_runtime_is_onnx_when_its_hash_matches_else_pytorch_loaded_on_first_use(tmp_path, monkeypatch, caplog):
+    from covidxr.models.onnx_runtime import ModelRuntime
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = _doubling_graph(tmp_path / "model.onnx", "a" * 64)
+    loads = []
+
+    def load_torch():
+        loads.append(1)
+        return lambda batch: 3 * batch
+    batch = np.ones((1, 4), np.float32)
+    matching = ModelRuntime(source, "a" * 64, load_torch, "pixels", threads=1)
+    assert matching.name == "onnxruntime" and np.array_equal(matching(batch), 2 * batch) and loads == []
+    for path, weights in ((source, "b" * 64), (tmp_path / "missing.onnx", "a" * 64)):
+        loads.clear()
+        other = ModelRuntime(path, weights, load_torch, "pixels", threads=1)
+        assert other.name == "pytorch" and loads == []
+        assert np.array_equal(other(batch), 3 * batch) and np.array_equal(other(batch), 3 * batch)
+        assert loads == [1]
+    assert "exported from other weights; using PyTorch" in caplog.text
+
+
+def test_batched_steps_prepare_each_image_as_the_image_by_image_path_does():
+    from covidxr.data.preprocess import preprocess
+    from covidxr.lungs import shipped_segmenter
+
+    predictor = load_model()
+    steps, segmenter = predictor.steps, shipped_segmenter()
+    grays = [lesion_image(900 + index, covid=index % 2 == 0, size=size) for index, size in enumerate((96, 300, 640))]
+    grays[1] = np.pad(grays[1], 30)  # a black border: the lungs are segmented again on the trimmed image
+    together = steps.run_many(grays, ["a", "b", "c"])
+    unchecked = type(steps)(steps.preprocessing, steps.lungs).run_many(grays, ["a", "b", "c"])
+    for gray, prepared, plain in zip(grays, together, unchecked):
+        result, _ = steps.checker.check(gray)
+        assert prepared.input_check == result
+        assert prepared.pixels is None if not result.accepted else np.array_equal(
+            prepared.pixels, preprocess(gray, steps.preprocessing, segmenter)[0])
+        assert np.array_equal(plain.pixels, preprocess(gray, steps.preprocessing, segmenter)[0])

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.data.preprocess import LungMasker, Preprocessing, preprocess
+from covidxr.data.preprocess import Preprocessing, border_trimmed, model_pixels
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
-from covidxr.models.onnx_runtime import OnnxModel, matching_onnx
+from covidxr.lungs import LungSegmenter, lung_step
+from covidxr.models.onnx_runtime import Forward, ModelRuntime, OnnxModel
 from covidxr.progress import progress_bar, worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
 from covidxr.runs.severity import SeverityHead, read_severity_head, severity_features_file, severity_from_embedding
@@ -99,37 +100,42 @@ class PreparedFile:
 
 @dataclass(frozen=True)
 class ImageSteps:
-    """What happens to a decoded image before the model: the input check (None: skipped), then preprocessing with
-    its lung masker. Picklable: worker processes receive it."""
+    """What happens to decoded images before the model: the input check (None: skipped), then preprocessing with
+    its lung segmenter, each network run once per batch of images. Picklable: worker processes receive it."""
 
     preprocessing: Preprocessing
-    lungs: LungMasker | None = None
+    lungs: LungSegmenter | None = None
     checker: InputChecker | None = None
 
     def run(self, gray: np.ndarray, name: str) -> PreparedFile:
-        if self.checker is None:
-            return PreparedFile(name, preprocess(gray, self.preprocessing, self.lungs)[0], image_warnings(gray))
-        result, mask = self.checker.check(gray)
-        if not result.accepted:
-            return PreparedFile(name, warnings=image_warnings(gray), input_check=result)
-        lungs = KnownMask(gray, mask.mask, self.lungs) if self.lungs is not None else None
-        pixels = preprocess(gray, self.preprocessing, lungs)[0]
-        return PreparedFile(name, pixels, image_warnings(gray), input_check=result)
+        return self.run_many([gray], [name])[0]
 
+    def run_many(self, grays: Sequence[np.ndarray], names: Sequence[str]) -> list[PreparedFile]:
+        """Each image checked and prepared, in order. The lungs are segmented once per image: an image the
+        check segmented whole (no border cut, at most the check's working size) reuses the check's mask."""
+        checked = self.checker.check_many(grays) if self.checker is not None else [(SKIPPED, None)] * len(grays)
+        accepted = [index for index, (result, _) in enumerate(checked) if result.accepted]
+        trimmed = {index: border_trimmed(grays[index], self.preprocessing)[0] for index in accepted}
+        masks: dict[int, np.ndarray | None] = dict.fromkeys(accepted)
+        if self.lungs is not None:
+            known = {index: checked[index][1].mask for index in accepted
+                     if checked[index][1] is not None and trimmed[index].shape == grays[index].shape
+                     == checked[index][1].mask.shape}
+            unknown = [index for index in accepted if index not in known]
+            found = self.lungs.segment_many([trimmed[index] for index in unknown])
+            masks |= known | {index: lungs.mask for index, lungs in zip(unknown, found)}
+        prepared = [PreparedFile(name, warnings=image_warnings(gray), input_check=result)
+                    for gray, name, (result, _) in zip(grays, names, checked)]
+        for index in accepted:
+            prepared[index].pixels = model_pixels(trimmed[index], self.preprocessing, masks[index])
+        return prepared
 
-@dataclass(frozen=True)
-class KnownMask:
-    """A lung masker that answers the mask the input check already found when asked about that same image (the
-    same pixels in memory), and asks `masker` about any other."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    masker: LungMasker
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        same = image.shape == self.mask.shape == self.image.shape and \
-            image.__array_interface__["data"][0] == self.image.__array_interface__["data"][0]
-        return self.mask if same else self.masker(image)
+    def single_threaded(self) -> ImageSteps:
+        """These steps with segmenters that run on one thread (for worker processes, one per core)."""
+        lungs = LungSegmenter(self.lungs.folder, threads=1) if self.lungs is not None else None
+        checker = None if self.checker is None else \
+            InputChecker(self.checker.model, LungSegmenter(self.checker.segmenter.folder, threads=1))
+        return ImageSteps(self.preprocessing, lungs, checker)
 
 
 def image_warnings(gray: np.ndarray) -> list[str]:
@@ -188,27 +194,40 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def prepare_file(path: str | Path, steps: ImageSteps) -> PreparedFile:
     """Decode one file, check it and prepare it as the run's model expects; an unreadable file gets its reason."""
-    try:
-        gray = read_grayscale(path)
-    except ImageReadError as error:
-        return PreparedFile(os.fspath(path), error=error.problem)
-    return steps.run(gray, os.fspath(path))
+    return prepare_files([path], steps)[0]
 
 
 def prepare_files(paths: Sequence[str | Path], steps: ImageSteps) -> list[PreparedFile]:
-    return [prepare_file(path, steps) for path in paths]
+    """`prepare_file` of each path, the readable ones checked and prepared together (one batch)."""
+    prepared: list[PreparedFile | None] = []
+    grays, names, slots = [], [], []
+    for path in paths:
+        try:
+            grays.append(read_grayscale(path))
+        except ImageReadError as error:
+            prepared.append(PreparedFile(os.fspath(path), error=error.problem))
+            continue
+        names.append(os.fspath(path))
+        slots.append(len(prepared))
+        prepared.append(None)
+    for slot, item in zip(slots, steps.run_many(grays, names)):
+        prepared[slot] = item
+    return prepared
 
 
 def prepared_in_order(paths: Sequence[str | Path], steps: ImageSteps, workers: int | None = None
                       ) -> Iterator[PreparedFile]:
-    """`prepare_file` of every path, in input order. With many files, in `workers` processes (default: one
-    per core) fed chunks of CHUNK files, with at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker
-    submitted ahead of the consumer, so a folder of any size holds a bounded number of images in memory."""
+    """`prepare_file` of every path, in input order, CHUNK files at a time. With many files, in `workers`
+    processes (default: one per core, their networks on one thread each), with at most
+    CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker submitted ahead of the consumer, so a folder of any size holds
+    a bounded number of images in memory."""
     workers = worker_count() if workers is None else workers
-    if workers < 2 or len(paths) < PARALLEL_FROM:
-        yield from (prepare_file(path, steps) for path in paths)
-        return
     chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
+    if workers < 2 or len(paths) < PARALLEL_FROM:
+        for chunk in chunks:
+            yield from prepare_files(chunk, steps)
+        return
+    steps = steps.single_threaded()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[list[PreparedFile]]] = deque()
         for chunk in chunks:
@@ -238,14 +257,12 @@ class Predictor:
         self.contract = self.rundir.read_contract()
         self.scorer = self.contract.scorer(operating_point, prevalence)
         preprocessing = Preprocessing.from_recorded(self.contract.preprocessing)
-        lungs: LungMasker | None = None
-        if preprocessing.lungs != "none":
-            from covidxr.lungs import lung_step  # lazy: only runs that crop or mask to the lungs need it
-
-            preprocessing, lungs = lung_step(preprocessing)
+        preprocessing, lungs = lung_step(preprocessing)
         checker = input_checker(self.contract, self.rundir.model_json) if input_check else None
         self.steps = ImageSteps(preprocessing, lungs, checker)
-        self.onnx = matching_onnx(self.rundir, self.contract, threads)
+        self.runtime = ModelRuntime(self.rundir.onnx, self.contract.weights_sha256, self._torch_forward, "pixels",
+                                    threads, output_name="logits")
+        self.onnx = OnnxModel(self.runtime.session) if self.runtime.session is not None else None
         self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, preprocessing, self.onnx,
                                                                 threads)
         self._torch: RunModel | None = None
@@ -276,6 +293,16 @@ class Predictor:
                 self._torch = load_run(self.rundir.root)
         return self._torch
 
+    def _torch_forward(self) -> Forward:
+        import torch  # lazy: only without a matching model.onnx
+
+        model = self.torch_run.model
+
+        def forward(pixels: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(pixels)).numpy()
+        return forward
+
     @property
     def info(self) -> dict:
         return {"run": str(self.rundir.root), "architecture": self.contract.architecture, "classes": self.classes,
@@ -285,17 +312,11 @@ class Predictor:
                 "prevalence": self.scorer.reported_prevalence, "calibration": self.scorer.calibration.method,
                 "input_check": "skipped" if self.steps.checker is None else self.steps.checker.model.name,
                 "pretrained": self.contract.pretrained,
-                "runtime": "onnxruntime" if self.onnx else "pytorch", "notice": NOT_FOR_CLINICAL_USE}
+                "runtime": self.runtime.name, "notice": NOT_FOR_CLINICAL_USE}
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits of (N, size, size) prepared pixels."""
-        pixels = batch[:, None].astype(np.float32)
-        if self.onnx is not None:
-            return self.onnx.logits(pixels)
-        import torch  # lazy: only without a matching model.onnx
-
-        with torch.no_grad():
-            return self.torch_run.model(torch.from_numpy(pixels)).numpy()
+        return self.runtime(batch[:, None].astype(np.float32))
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities of (N, size, size) prepared pixels, at the scorer's prevalence."""

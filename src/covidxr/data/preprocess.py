@@ -178,36 +178,42 @@ def make_square(image: np.ndarray, mode: Literal["crop", "pad"]) -> np.ndarray:
 
 def lung_square(image: np.ndarray, lungs: np.ndarray, config: Preprocessing) -> np.ndarray:
     """The square around the lungs' box grown by `lung_margin`, centred on it, black (or `lung_fill` with
-    lungs=mask) where it leaves the image; with lungs=mask everything outside the lungs is `lung_fill`."""
+    lungs=mask) where it leaves the image; with lungs=mask everything outside the lungs is `lung_fill`. Only the
+    square's part of the image is masked and padded (not the whole decoded image)."""
     fill = config.lung_fill if config.lungs == "mask" else 0
-    if config.lungs == "mask":
-        image = np.where(lungs, image, np.uint8(fill))
     top, bottom, left, right = mask_box(lungs, config.lung_margin)
     side = max(bottom - top, right - left)
     top, left = (top + bottom - side) // 2, (left + right - side) // 2
     height, width = image.shape
-    padded = cv2.copyMakeBorder(image, max(0, -top), max(0, top + side - height), max(0, -left),
-                                max(0, left + side - width), cv2.BORDER_CONSTANT, value=fill)
-    top, left = max(0, top), max(0, left)
-    return padded[top:top + side, left:left + side]
+    rows, columns = slice(max(0, top), min(height, top + side)), slice(max(0, left), min(width, left + side))
+    inner = image[rows, columns]
+    if config.lungs == "mask":
+        inner = np.where(lungs[rows, columns], inner, np.uint8(fill))
+    return cv2.copyMakeBorder(inner, max(0, -top), max(0, top + side - height), max(0, -left),
+                              max(0, left + side - width), cv2.BORDER_CONSTANT, value=fill)
 
 
-def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | None = None) -> tuple[np.ndarray, Cut]:
-    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut. `lungs` is the
-    lung masker that `config.lungs` other than "none" needs."""
+def border_trimmed(image: np.ndarray, config: Preprocessing) -> tuple[np.ndarray, Cut]:
+    """The decoded image with its border removed and `crop_top` cut (contiguous: a view of `image` where nothing
+    was cut), and the border that was cut: what the lung step segments."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise UsageError(f"shape {image.shape} dtype {image.dtype}: expected a 2-D uint8 grey array (height, width), "
                          "as read_grayscale returns", "image")
     cropped, cut = remove_borders(image, config)
     if config.crop_top:
         cropped = cropped[int(round(config.crop_top * cropped.shape[0])):]
-    cropped = np.ascontiguousarray(cropped)
+    return np.ascontiguousarray(cropped), cut
+
+
+def model_pixels(trimmed: np.ndarray, config: Preprocessing, lungs: np.ndarray | None = None) -> np.ndarray:
+    """`config.size` square uint8 from a `border_trimmed` image and, for `config.lungs` other than "none", its bool
+    lung mask (an error without one)."""
     if config.lungs == "none":
-        square = make_square(cropped, config.square)
+        square = make_square(trimmed, config.square)
     elif lungs is None:
         raise UsageError("needs a lung masker (covidxr.lungs.lung_step gives it)", "lungs", config.lungs)
     else:
-        square = lung_square(cropped, lungs(cropped), config)
+        square = lung_square(trimmed, lungs, config)
     interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR
     resized = cv2.resize(square, (config.size, config.size), interpolation=interpolation)
     if config.equalize:
@@ -215,4 +221,12 @@ def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | Non
     elif config.clahe:
         clahe = cv2.createCLAHE(clipLimit=config.clahe_clip, tileGridSize=(config.clahe_tiles, config.clahe_tiles))
         resized = clahe.apply(resized)
-    return resized, cut
+    return resized
+
+
+def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | None = None) -> tuple[np.ndarray, Cut]:
+    """Decoded grayscale uint8 -> `config.size` square uint8, and the border that was cut. `lungs` is the
+    lung masker that `config.lungs` other than "none" needs."""
+    trimmed, cut = border_trimmed(image, config)
+    mask = lungs(trimmed) if config.lungs != "none" and lungs is not None else None
+    return model_pixels(trimmed, config, mask), cut

@@ -8,13 +8,14 @@ probability (parameters: `covidxr.runs.inputcheck`; fitting: `python -m covidxr.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from covidxr.errors import CovidxrError
-from covidxr.inputcheck.features import GLOBAL_FEATURES, LUNG_FEATURES, ImageFeatures, image_features
+from covidxr.inputcheck.features import GLOBAL_FEATURES, LUNG_FEATURES, ImageFeatures, image_features_many
 from covidxr.lungs import LungMask, LungSegmenter, shipped_segmenter
 from covidxr.runs import read_json, shipped_dir
 from covidxr.runs.inputcheck import SKIPPED, InputCheckModel, InputCheckResult
@@ -65,9 +66,12 @@ class InputChecker:
 
     def check(self, gray: np.ndarray) -> tuple[InputCheckResult, LungMask]:
         """The outcome for a decoded grey image (2-D uint8), and the segmenter's lung mask it looked at."""
-        features = image_features(gray, self.segmenter)
-        result = self.model.decide(self.vector(features), features.lungs.lungs > 0, features.short_side)
-        return result, features.lungs
+        return self.check_many([gray])[0]
+
+    def check_many(self, grays: Sequence[np.ndarray]) -> list[tuple[InputCheckResult, LungMask]]:
+        """`check` of each image, the segmenter run once over all of them."""
+        return [(self.model.decide(self.vector(features), features.lungs.lungs > 0, features.short_side),
+                 features.lungs) for features in image_features_many(grays, self.segmenter)]
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@ the lung segmenter's mask. NumPy and OpenCV only (and the segmenter's ONNX Runti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -77,10 +78,17 @@ def lung_statistics(probability: np.ndarray, lungs: LungMask, threshold: float) 
 
 def image_features(gray: np.ndarray, segmenter: LungSegmenter) -> ImageFeatures:
     """The features of a decoded grey image (2-D uint8), with the segmenter's checked lung mask of it."""
-    small = working_copy(gray)
-    probability = segmenter.probabilities([small])[0]
+    return image_features_many([gray], segmenter)[0]
+
+
+def image_features_many(grays: Sequence[np.ndarray], segmenter: LungSegmenter) -> list[ImageFeatures]:
+    """`image_features` of each image, the segmenter run once over all of them (batched)."""
+    smalls = [working_copy(gray) for gray in grays]
     threshold = segmenter.contract.threshold
-    lungs = lung_mask_from_probability(probability, threshold)
-    thumbnail = standardised_thumbnail(small)
-    statistics = grey_statistics(small, thumbnail) + lung_statistics(probability, lungs, threshold)
-    return ImageFeatures(thumbnail, np.asarray(statistics), lungs, int(min(gray.shape)))
+    found = []
+    for gray, small, probability in zip(grays, smalls, segmenter.probabilities(smalls)):
+        lungs = lung_mask_from_probability(probability, threshold)
+        thumbnail = standardised_thumbnail(small)
+        statistics = grey_statistics(small, thumbnail) + lung_statistics(probability, lungs, threshold)
+        found.append(ImageFeatures(thumbnail, np.asarray(statistics), lungs, int(min(gray.shape))))
+    return found

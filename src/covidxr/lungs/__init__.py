@@ -11,15 +11,18 @@ ONNX file (`model.py` and `train.py` are the PyTorch side).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from covidxr.data.cache import PrepareReport, prepare
 from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungMask
 from covidxr.lungs.segment import LungSegmenter, segment_lungs, shipped_lung_model, shipped_segmenter
 from covidxr.progress import worker_count
+
+if TYPE_CHECKING:  # pandas and the pixel cache cost ~0.5 s to import: predict never needs them
+    import pandas as pd
+
+    from covidxr.data.cache import PrepareReport
 
 __all__ = ["LungMask", "LungSegmenter", "lung_step", "prepare_with_lungs", "segment_lungs", "shipped_lung_model",
            "shipped_segmenter"]
@@ -46,6 +49,8 @@ def lung_step(config: Preprocessing) -> tuple[Preprocessing, LungMasker | None]:
 def prepare_with_lungs(manifest: pd.DataFrame, root: str | Path, config: Preprocessing) -> PrepareReport:
     """`covidxr.data.cache.prepare` with the lung masker the preprocessing needs (see `lung_step`); with one
     worker process per core, each segmenter runs on one thread."""
+    from covidxr.data.cache import prepare  # lazy: predict, which imports this package, never prepares a cache
+
     config, lungs = lung_step(config)
     if lungs is not None and worker_count() > 1:
         lungs = LungSegmenter(lungs.folder, threads=1)

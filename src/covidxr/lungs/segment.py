@@ -24,14 +24,15 @@ from PIL import Image
 from covidxr.data.imageio import ImageReadError, read_grayscale, scale_to_uint8
 from covidxr.errors import UsageError
 from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_probability, outline_overlay, unletterbox
+from covidxr.models.onnx_runtime import ModelRuntime, matching_session
 from covidxr.progress import progress_bar
 from covidxr.runs import LungModelContract, read_json, shipped_dir
 
 BATCH = 16
 Backend = Callable[[np.ndarray], np.ndarray]
 """(N, 1, size, size) float32 in [0, 1] -> (N, 1, size, size) logits."""
-_BACKENDS: dict[tuple[str, str, int | None], tuple[Backend, str]] = {}
-_BACKENDS_LOCK = threading.Lock()
+_RUNTIMES: dict[tuple[str, str, int | None], ModelRuntime] = {}
+_RUNTIMES_LOCK = threading.Lock()
 
 
 def shipped_lung_model() -> Path:
@@ -52,15 +53,9 @@ def as_grayscale(array: np.ndarray) -> np.ndarray:
 
 
 def onnx_session(path: Path, weights_sha256: str, threads: int | None) -> Backend | None:
-    """An ONNX Runtime session over `path` when its metadata records `weights_sha256`, else None."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    if session.get_modelmeta().custom_metadata_map.get("weights_sha256") != weights_sha256:
+    """The forward pass of ONNX Runtime over `path` when its metadata records `weights_sha256`, else None."""
+    session = matching_session(path, weights_sha256, threads)
+    if session is None:
         return None
     return lambda batch: session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
@@ -109,19 +104,20 @@ class LungSegmenter:
         """What a classifier's model.json records of the segmenter its preprocessing used."""
         return self.contract.identity()
 
-    def _backend(self) -> tuple[Backend, str]:
+    def _runtime(self) -> ModelRuntime:
+        """The folder's network (one per process and thread setting): ONNX Runtime when model.onnx records the
+        weights hash of model.json, else PyTorch."""
         key = (str(self.folder.resolve()), self.weights_sha256, self.threads)
-        with _BACKENDS_LOCK:
-            if key not in _BACKENDS:
-                onnx_path = self.folder / "model.onnx"
-                session = onnx_session(onnx_path, self.weights_sha256, self.threads) if onnx_path.is_file() else None
-                _BACKENDS[key] = (session, "onnxruntime") if session else \
-                    (_torch_backend(self.folder / "model.safetensors"), "pytorch")
-            return _BACKENDS[key]
+        with _RUNTIMES_LOCK:
+            if key not in _RUNTIMES:
+                weights = self.folder / "model.safetensors"
+                _RUNTIMES[key] = ModelRuntime(self.folder / "model.onnx", self.weights_sha256,
+                                              lambda: _torch_backend(weights), "image", self.threads)
+            return _RUNTIMES[key]
 
     @property
     def backend_name(self) -> str:
-        return self._backend()[1]
+        return self._runtime().name
 
     def probabilities(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[np.ndarray]:
         """Lung probability maps (float32, 0..1), each at its image's own size."""
@@ -130,7 +126,7 @@ class LungSegmenter:
         for start in range(0, len(grays), batch_size):
             boxed = [letterbox(gray, self.size) for gray in grays[start:start + batch_size]]
             batch = np.stack([square for square, _ in boxed])[:, None].astype(np.float32) / 255
-            logits = self._backend()[0](batch)[:, 0]
+            logits = self._runtime()(batch)[:, 0]
             maps += [unletterbox(1 / (1 + np.exp(-lgt)), box) for lgt, (_, box) in zip(logits, boxed)]
         return maps
 
