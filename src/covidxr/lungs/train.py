@@ -1,8 +1,11 @@
 """Train the lung segmenter on the hand-drawn V7 Labs outlines of Cohen's images (plain PyTorch loop).
 
     python -m covidxr.lungs.train --data DATA -o out/lung-model --ship src/covidxr/shipped/lungs
+    python -m covidxr.lungs.train --data DATA -o out/lung-student --network tiny --size 128 \
+        --distil-from out/lung-teacher --ship src/covidxr/shipped/lungs     # distil a small, fast segmenter
 
-DATA is the data folder of the README's *Data* section (Cohen's collection and the V7 Labs outlines).
+DATA is the data folder of the README's *Data* section (Cohen's collection, the V7 Labs outlines and, for
+distillation, the RSNA normals).
 
 Images are split by patient (the project's split: units of patients and duplicate groups, 70/15/15,
 seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
@@ -12,6 +15,12 @@ checkpoint (`OUT/checkpoint.pt`): run the same command again to continue an inte
 `--ship DIR` then writes the packaged form: float16 weights, their ONNX graph (parity-checked), model.json
 and split.csv (file name, sha256, patient and split of each annotated image).
 Deterministic for a seed and a thread count on one machine (seeded shuffles and augmentation).
+
+Distillation (`--distil-from TEACHER`): the teacher segmenter's lung probabilities, at its own input size,
+of every frontal image of both sources except those of the validation and test patients (Cohen's and the
+RSNA normals, which covers framings the COVID-only outlines do not) are the targets of the student, beside
+the hand-drawn outlines of the training patients; they are computed once and cached in
+`OUT/pseudo-labels-<teacher hash>.npz`. The epoch is still chosen on the validation patients' outlines.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import segmentation_models_pytorch as smp
@@ -34,16 +44,20 @@ from covidxr.data.dedup import duplicate_groups
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.manifest import save_manifest
 from covidxr.data.sources.cohen import import_cohen
+from covidxr.data.sources.csvtable import import_csv
 from covidxr.data.split import assign_splits
 from covidxr.errors import CovidxrError
 from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import SEGMENTER_SIZE, dice_and_iou, letterbox
-from covidxr.lungs.model import LungNet, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
+from covidxr.lungs.model import TINY_UNET, UNET, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
+from covidxr.lungs.segment import LungSegmenter
 from covidxr.progress import progress_bar, stderr
 from covidxr.runs import FORMAT_VERSION, NOT_FOR_CLINICAL_USE, file_sha256, read_json, write_json
 
-MODEL_NAME = "covidxr-lungs-unet-lite0"
+MODEL_NAMES = {UNET: "covidxr-lungs-unet-lite0", TINY_UNET: "covidxr-lungs-tinyunet"}
+NETWORKS = {"unet-lite0": UNET, "tiny": TINY_UNET}
 COHEN_FOLDER = "covid-chestxray-dataset"
+RSNA_TABLE, RSNA_IMAGES = "rsna-normal-224/normal_xray_dataset.csv", "rsna-normal-224/normal_dataset"
 V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 MASK_THRESHOLD = 0.5
@@ -61,6 +75,10 @@ class TrainingSettings:
     seed: int = 0
     pretrained: bool = True
     threads: int = 2
+    network: str = UNET
+    size: int = SEGMENTER_SIZE
+    teacher: str | None = None
+    """The segmenter folder to distil from (None: the V7 outlines alone)."""
 
 
 def annotated_split(data_root: str | Path, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
@@ -76,15 +94,58 @@ def annotated_split(data_root: str | Path, seed: int = 0) -> tuple[pd.DataFrame,
     return rows.assign(mask=rows["image_id"].map(masks)), table.lines
 
 
-def letterboxed_pairs(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Each distinct file's image and mask, letterboxed to the segmenter's size: (N, 256, 256) uint8 twice
-    (masks 0/1)."""
+def letterboxed_pairs(rows: pd.DataFrame, size: int = SEGMENTER_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct file's image and mask, letterboxed to `size`: (N, size, size) uint8 and float32 (0/1)."""
     images, masks = [], []
     for row in rows.drop_duplicates("sha256").itertuples():
-        images.append(letterbox(read_grayscale(row.path))[0])
-        soft = letterbox(row.mask.astype(np.float32))[0]
-        masks.append((soft >= 0.5).astype(np.uint8))
+        images.append(letterbox(read_grayscale(row.path), size)[0])
+        soft = letterbox(row.mask.astype(np.float32), size)[0]
+        masks.append((soft >= 0.5).astype(np.float32))
     return np.stack(images), np.stack(masks)
+
+
+def unlabelled_frontal_images(data_root: str | Path, held_out_patients: set[str]) -> pd.DataFrame:
+    """Every frontal image of both shared sources (Cohen's, the RSNA normals), one row per distinct file,
+    without those of `held_out_patients` (Cohen patient ids)."""
+    data_root = Path(data_root)
+    cohen = import_cohen(data_root / COHEN_FOLDER).manifest
+    cohen = cohen[~cohen["patient_id"].astype(str).isin(held_out_patients)]
+    rsna = import_csv(data_root / RSNA_TABLE, "filename", "finding", root=data_root / RSNA_IMAGES,
+                      source="rsna").manifest
+    return pd.concat([cohen, rsna], ignore_index=True).drop_duplicates("sha256")[["sha256", "path", "source"]]
+
+
+def pseudo_labels(files: pd.DataFrame, teacher: LungSegmenter, cache: Path,
+                  batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The files letterboxed to the teacher's size and the teacher's lung probability of each ((N, size,
+    size) uint8 twice, probability x 255), read from `cache` when it holds the same files, else computed
+    and written there."""
+    files = files.sort_values("sha256").reset_index(drop=True)
+    if cache.is_file():
+        saved = np.load(cache)
+        if list(saved["sha256"]) == list(files["sha256"]):
+            return saved["images"], saved["probabilities"]
+    images, probabilities = [], []
+    with progress_bar() as bar:
+        task = bar.add_task(f"pseudo-labelling with {teacher.name}", total=len(files))
+        for start in range(0, len(files), batch_size):
+            squares = np.stack([letterbox(read_grayscale(path), teacher.size)[0]
+                                for path in files["path"].iloc[start:start + batch_size]])
+            images.append(squares)
+            probabilities.append(np.round(teacher.letterboxed_probabilities(squares) * 255).astype(np.uint8))
+            bar.advance(task, len(squares))
+    images, probabilities = np.concatenate(images), np.concatenate(probabilities)
+    temporary = cache.with_suffix(".tmp.npz")
+    np.savez(temporary, sha256=files["sha256"].to_numpy(str), images=images, probabilities=probabilities)
+    temporary.replace(cache)
+    return images, probabilities
+
+
+def resized(squares: np.ndarray, size: int) -> np.ndarray:
+    """(N, S, S) squares area-resized to (N, size, size), same dtype."""
+    if squares.shape[1] == size:
+        return squares
+    return np.stack([cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA) for square in squares])
 
 
 class Augmentation:
@@ -107,7 +168,7 @@ def as_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div(255).unsqueeze(1)
 
 
-def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: int) -> float:
+def mean_dice(net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, batch_size: int) -> float:
     """Mean per-image Dice at the segmenter's size (for choosing the epoch)."""
     net.eval()
     scores = []
@@ -115,7 +176,7 @@ def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: i
         for start in range(0, len(images), batch_size):
             logits = net(as_input(images[start:start + batch_size]).to(memory_format=torch.channels_last))
             predicted = (logits[:, 0] > 0).numpy()
-            scores += [dice_and_iou(p, t.astype(bool))[0] for p, t in zip(predicted, masks[start:start + batch_size])]
+            scores += [dice_and_iou(p, t >= 0.5)[0] for p, t in zip(predicted, masks[start:start + batch_size])]
     return float(np.mean(scores))
 
 
@@ -126,7 +187,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], settings: TrainingSettings,
-              checkpoint: Path | None = None) -> tuple[LungNet, dict, pd.DataFrame]:
+              checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict, pd.DataFrame]:
     """Train from `settings`; the network of the best validation epoch, its provenance, and one row per epoch.
 
     With `checkpoint`, the whole state (network, optimiser, schedule, random generators, history) is saved
@@ -134,9 +195,9 @@ def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     with the weights an uninterrupted one would have."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    net, pretrained = build_lung_net(settings.pretrained)
+    net, pretrained = build_lung_net(settings.pretrained, settings.network)
     net = net.to(memory_format=torch.channels_last)
-    images, masks = as_input(train[0]), torch.from_numpy(train[1]).unsqueeze(1).float()
+    images, masks = as_input(train[0]), torch.from_numpy(train[1]).unsqueeze(1)
     steps = settings.epochs * -(-len(images) // settings.batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps, pct_start=0.1)
@@ -198,28 +259,46 @@ def make_lung_model(data_root: str | Path, out: str | Path, settings: TrainingSe
     rows, lines = annotated_split(data_root, settings.seed)
     for line in lines:
         stderr.print(line)
-    parts = {split: letterboxed_pairs(rows[rows["split"] == split]) for split in ("train", "val")}
+    parts = {split: letterboxed_pairs(rows[rows["split"] == split], settings.size) for split in ("train", "val")}
+    distilled = None
+    if settings.teacher is not None:
+        teacher = LungSegmenter(settings.teacher)
+        held_out = set(rows.loc[rows["split"] != "train", "patient_id"].astype(str))
+        files = unlabelled_frontal_images(data_root, held_out)
+        files = files[~files["sha256"].isin(rows.loc[rows["split"] != "train", "sha256"])]
+        images, probabilities = pseudo_labels(files, teacher, out / f"pseudo-labels-{teacher.weights_sha256[:12]}.npz")
+        distilled = {"teacher": teacher.identity(), "teacher_input_size": teacher.size, "images": len(images),
+                     "by_source": {str(k): int(v) for k, v in files["source"].value_counts().items()},
+                     "excluded": "the validation and test patients' images"}
+        parts["train"] = (np.concatenate([parts["train"][0], resized(images, settings.size)]),
+                          np.concatenate([parts["train"][1],
+                                          resized(probabilities, settings.size).astype(np.float32) / 255]))
     net, pretrained, history = train_net(parts["train"], parts["val"], settings, out / "checkpoint.pt")
     save_weights(net, out / "model.safetensors")
     save_manifest(rows.drop(columns=["mask"]), out / "split.csv")
     history.to_csv(out / "metrics.csv", index=False)
-    write_json(out / "model.json", lung_model_json(rows, pretrained, settings, file_sha256(out / "model.safetensors")))
+    write_json(out / "model.json", lung_model_json(rows, pretrained, settings, file_sha256(out / "model.safetensors"),
+                                                   distilled))
     return out
 
 
-def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSettings, weights_sha256: str) -> dict:
+def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSettings, weights_sha256: str,
+                    distilled: dict | None = None) -> dict:
     counts = {split: {"images": int(part["sha256"].nunique()), "patients": int(part["patient_id"].nunique())}
               for split, part in rows.groupby("split")}
+    name = MODEL_NAMES[settings.network] + ("" if settings.size == SEGMENTER_SIZE else f"-{settings.size}")
+    data = {"outlines": "V7 Labs covid-19-xray-dataset, hand-drawn Lung polygons (COVID-19 images only)",
+            "images": "Cohen covid-chestxray-dataset", "split": "patient units 70/15/15", "counts": counts}
+    if distilled is not None:
+        data["pseudo_labels"] = distilled
     return {
-        "format_version": FORMAT_VERSION, "name": MODEL_NAME, "task": "lung segmentation",
-        "architecture": architecture(),
-        "input": {"size": SEGMENTER_SIZE, "fit": "letterbox (long side to size, centred, black padding)",
+        "format_version": FORMAT_VERSION, "name": name, "task": "lung segmentation",
+        "architecture": architecture(settings.network),
+        "input": {"size": settings.size, "fit": "letterbox (long side to size, centred, black padding)",
                   "scale": "pixel / 255", "channels": 1},
         "output": "lung logits; lungs where sigmoid >= threshold",
         "threshold": MASK_THRESHOLD, "weights_sha256": weights_sha256, "pretrained": pretrained,
-        "data": {"outlines": "V7 Labs covid-19-xray-dataset, hand-drawn Lung polygons (COVID-19 images only)",
-                 "images": "Cohen covid-chestxray-dataset", "split": "patient units 70/15/15", "counts": counts},
-        "training": asdict(settings), "intended_use": NOT_FOR_CLINICAL_USE,
+        "data": data, "training": asdict(settings), "intended_use": NOT_FOR_CLINICAL_USE,
     }
 
 
@@ -230,9 +309,12 @@ def ship(model_dir: str | Path, target: str | Path) -> Path:
 
     model_dir, target = Path(model_dir), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    save_weights(load_lung_net(model_dir / "model.safetensors"), target / "model.safetensors", half=True)
-    net, weights_sha256 = load_lung_net(target / "model.safetensors"), file_sha256(target / "model.safetensors")
-    contract = {**read_json(model_dir / "model.json"), "weights_sha256": weights_sha256,
+    record = read_json(model_dir / "model.json")
+    save_weights(load_lung_net(model_dir / "model.safetensors", record["architecture"]), target / "model.safetensors",
+                 half=True)
+    net = load_lung_net(target / "model.safetensors", record["architecture"])
+    weights_sha256 = file_sha256(target / "model.safetensors")
+    contract = {**record, "weights_sha256": weights_sha256,
                 "weights_dtype": "float16",
                 "onnx": "model.onnx: the same float16 weights, cast to float32 inside the graph"}
     export_onnx(net, target / "model.onnx", contract["input"]["size"], {"weights_sha256": weights_sha256})
@@ -260,10 +342,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
     parser.add_argument("--no-pretrained", action="store_true", help="encoder from random weights")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="unet-lite0",
+                        help="unet-lite0: smp U-Net, EfficientNet-Lite0 encoder; tiny: a small plain U-Net")
+    parser.add_argument("--size", type=int, default=SEGMENTER_SIZE, help="input size in pixels (a multiple of 32)")
+    parser.add_argument("--batch-size", type=int, default=TrainingSettings.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=TrainingSettings.learning_rate)
+    parser.add_argument("--distil-from", metavar="TEACHER",
+                        help="segmenter folder whose masks of every image of both sources are extra targets")
     parser.add_argument("--ship", type=Path, metavar="DIR", help="also write the packaged form into DIR")
     parser.add_argument("--ship-only", action="store_true", help="package an already trained OUT (no training)")
     args = parser.parse_args(argv)
-    settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained)
+    if args.size % 32:
+        parser.error(f"--size {args.size}: must be a multiple of 32 (the networks halve it five times)")
+    settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained,
+                                batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                network=NETWORKS[args.network], size=args.size, teacher=args.distil_from)
     if not args.ship_only:
         stderr.print(f"wrote {make_lung_model(args.data, args.out, settings)}")
     if args.ship or args.ship_only:
