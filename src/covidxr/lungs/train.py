@@ -197,7 +197,7 @@ def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     torch.set_num_threads(settings.threads)
     net, pretrained = build_lung_net(settings.pretrained, settings.network)
     net = net.to(memory_format=torch.channels_last)
-    images, masks = as_input(train[0]), torch.from_numpy(train[1]).unsqueeze(1)
+    images, masks = as_input(train[0]), torch.from_numpy(train[1]).unsqueeze(1).float()
     steps = settings.epochs * -(-len(images) // settings.batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps, pct_start=0.1)
