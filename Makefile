@@ -82,7 +82,7 @@ lung-teacher: data
 
 lung-model: lung-teacher
 	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNG_STUDENT) --network tiny --size 128 \
-		--distil-from $(LUNGS)/shipped --epochs 12 --batch-size 16 --learning-rate 0.003 --ship src/covidxr/shipped/lungs
+		--distil-from $(LUNGS)/shipped --epochs 6 --batch-size 16 --learning-rate 0.003 --ship src/covidxr/shipped/lungs
 	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNG_STUDENT)/evaluation
 
 # Re-create the severity head shipped in the package (src/covidxr/shipped/severity.json + severity-features.onnx)

@@ -399,7 +399,19 @@ def test_pseudo_labels_are_the_teachers_probabilities_computed_once(tmp_path, fa
     monkeypatch.setattr(fake_segmenter, "letterboxed_probabilities", lambda squares: pytest.fail("recomputed"))
     cached = train.pseudo_labels(files, fake_segmenter, tmp_path / "cache.npz")
     assert np.array_equal(cached[1], probabilities)
+    subset = train.pseudo_labels(files[files["sha256"] != "a"], fake_segmenter, tmp_path / "cache.npz")
+    assert np.array_equal(subset[0], images[1:])
     assert train.resized(probabilities, 32).shape == (3, 32, 32)
+
+
+def test_a_student_keeps_the_teachers_split(tmp_path):
+    from covidxr.lungs import train
+
+    pd.DataFrame({"filename": ["a.png", "b.png"], "sha256": ["a", "b"], "patient_id": ["1", "2"],
+                  "split": ["test", "train"]}).to_csv(tmp_path / "split.csv", index=False)
+    rows = pd.DataFrame({"sha256": ["a", "b", "c"], "patient_id": ["1", "2", "3"], "split": ["train", "test", "val"]})
+    kept = train.teacher_split(rows, tmp_path)
+    assert kept["sha256"].tolist() == ["a", "b"] and kept["split"].tolist() == ["test", "train"]
 
 
 def torch_equal(first, second) -> bool:

@@ -104,6 +104,15 @@ def letterboxed_pairs(rows: pd.DataFrame, size: int = SEGMENTER_SIZE) -> tuple[n
     return np.stack(images), np.stack(masks)
 
 
+def teacher_split(rows: pd.DataFrame, teacher: Path) -> pd.DataFrame:
+    """The annotated rows with the split the teacher was trained and tested on (its split.csv, by sha256), so
+    a student is scored on the same test patients and never trains on them; rows the teacher never saw are
+    left out."""
+    known = pd.read_csv(teacher / "split.csv", dtype=str, keep_default_na=False).drop_duplicates("sha256")
+    split = rows["sha256"].map(known.set_index("sha256")["split"])
+    return rows[split.notna()].assign(split=split[split.notna()])
+
+
 def unlabelled_frontal_images(data_root: str | Path, held_out_patients: set[str]) -> pd.DataFrame:
     """Every frontal image of both shared sources (Cohen's, the RSNA normals), one row per distinct file,
     without those of `held_out_patients` (Cohen patient ids)."""
@@ -117,28 +126,33 @@ def unlabelled_frontal_images(data_root: str | Path, held_out_patients: set[str]
 
 def pseudo_labels(files: pd.DataFrame, teacher: LungSegmenter, cache: Path,
                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """The files letterboxed to the teacher's size and the teacher's lung probability of each ((N, size,
-    size) uint8 twice, probability x 255), read from `cache` when it holds the same files, else computed
-    and written there."""
-    files = files.sort_values("sha256").reset_index(drop=True)
-    if cache.is_file():
-        saved = np.load(cache)
-        if list(saved["sha256"]) == list(files["sha256"]):
-            return saved["images"], saved["probabilities"]
-    images, probabilities = [], []
-    with progress_bar() as bar:
-        task = bar.add_task(f"pseudo-labelling with {teacher.name}", total=len(files))
-        for start in range(0, len(files), batch_size):
-            squares = np.stack([letterbox(read_grayscale(path), teacher.size)[0]
-                                for path in files["path"].iloc[start:start + batch_size]])
-            images.append(squares)
-            probabilities.append(np.round(teacher.letterboxed_probabilities(squares) * 255).astype(np.uint8))
-            bar.advance(task, len(squares))
-    images, probabilities = np.concatenate(images), np.concatenate(probabilities)
-    temporary = cache.with_suffix(".tmp.npz")
-    np.savez(temporary, sha256=files["sha256"].to_numpy(str), images=images, probabilities=probabilities)
-    temporary.replace(cache)
-    return images, probabilities
+    """The files (sorted by sha256) letterboxed to the teacher's size and the teacher's lung probability of
+    each ((N, size, size) uint8 twice, probability x 255). `cache` keeps every file labelled so far (keyed by
+    sha256): only files it lacks are labelled, and added to it."""
+    files = files.drop_duplicates("sha256").sort_values("sha256").reset_index(drop=True)
+    known = dict(np.load(cache)) if cache.is_file() else {"sha256": np.array([], str),
+                                                          "images": np.zeros((0, teacher.size, teacher.size), np.uint8),
+                                                          "probabilities": np.zeros((0, teacher.size, teacher.size),
+                                                                                    np.uint8)}
+    missing = files[~files["sha256"].isin(known["sha256"])]
+    if len(missing):
+        images, probabilities = [known["images"]], [known["probabilities"]]
+        with progress_bar() as bar:
+            task = bar.add_task(f"pseudo-labelling with {teacher.name}", total=len(missing))
+            for start in range(0, len(missing), batch_size):
+                squares = np.stack([letterbox(read_grayscale(path), teacher.size)[0]
+                                    for path in missing["path"].iloc[start:start + batch_size]])
+                images.append(squares)
+                probabilities.append(np.round(teacher.letterboxed_probabilities(squares) * 255).astype(np.uint8))
+                bar.advance(task, len(squares))
+        known = {"sha256": np.concatenate([known["sha256"], missing["sha256"].to_numpy(str)]),
+                 "images": np.concatenate(images), "probabilities": np.concatenate(probabilities)}
+        temporary = cache.with_suffix(".tmp.npz")
+        np.savez(temporary, **known)
+        temporary.replace(cache)
+    position = {sha: index for index, sha in enumerate(known["sha256"])}
+    chosen = [position[sha] for sha in files["sha256"]]
+    return known["images"][chosen], known["probabilities"][chosen]
 
 
 def resized(squares: np.ndarray, size: int) -> np.ndarray:
@@ -259,6 +273,8 @@ def make_lung_model(data_root: str | Path, out: str | Path, settings: TrainingSe
     rows, lines = annotated_split(data_root, settings.seed)
     for line in lines:
         stderr.print(line)
+    if settings.teacher is not None:
+        rows = teacher_split(rows, Path(settings.teacher))
     parts = {split: letterboxed_pairs(rows[rows["split"] == split], settings.size) for split in ("train", "val")}
     distilled = None
     if settings.teacher is not None:
