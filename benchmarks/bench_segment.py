@@ -4,10 +4,12 @@ random weights: the time does not depend on them); `segment()` of a large image 
 its mask step; and `prepare` of the shared data with `lungs: crop` against without, side by side.
 
 Targets (issue 29): <= 4 ms per image on 2 cores; prepare with the lung step <= 3x the time without.
+`--segmenter DIR` measures another segmenter folder than the shipped one.
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 import tracemalloc
@@ -17,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from _common import machine, shared_manifests
-from covidxr.data.preprocess import Preprocessing
-from covidxr.lungs import prepare_with_lungs, shipped_segmenter
+from covidxr.data.cache import prepare
+from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing
+from covidxr.lungs import LungSegmenter, shipped_segmenter
 from covidxr.lungs.geometry import lung_mask_from_probability
 from covidxr.lungs.model import LungNet, export_onnx
 from covidxr.lungs.segment import onnx_session
@@ -46,8 +49,7 @@ def old_segmenter_session(folder: Path):
     return onnx_session(path, OLD_SHA256, THREADS)
 
 
-def inference() -> None:
-    segmenter = shipped_segmenter()
+def inference(segmenter: LungSegmenter) -> None:
     new = onnx_session(segmenter.folder / "model.onnx", segmenter.weights_sha256, THREADS)
     with tempfile.TemporaryDirectory() as folder:
         old = old_segmenter_session(Path(folder))
@@ -72,27 +74,33 @@ def inference() -> None:
               f"{ours / 2**20:.0f} MiB (the mask made from a full-size float map: {full / 2**20:.0f} MiB)")
 
 
-def prepare_seconds(files: pd.DataFrame, config: Preprocessing) -> float:
+def prepare_seconds(files: pd.DataFrame, config: Preprocessing, lungs: LungMasker | None = None) -> float:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        report = prepare_with_lungs(files, folder, config)
+        report = prepare(files, folder, config, lungs)
         seconds = time.perf_counter() - start
     assert len(report.failures) == 0, report.failures
     return seconds
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segmenter", help="segmenter folder (default: the shipped one)")
+    args = parser.parse_args()
+    segmenter = LungSegmenter(args.segmenter) if args.segmenter else shipped_segmenter()
     print(f"machine: {machine()}; {worker_count()} worker processes")
-    inference()
+    inference(segmenter)
     cohen, rsna = shared_manifests()
     files = pd.concat([cohen, rsna], ignore_index=True).drop_duplicates("sha256")
-    plain, crop = Preprocessing(size=PREPARE_SIZE), Preprocessing(size=PREPARE_SIZE, lungs="crop")
+    plain = Preprocessing(size=PREPARE_SIZE)
+    crop = Preprocessing(size=PREPARE_SIZE, lungs="crop", lung_model=LungModelRef(**segmenter.identity()))
+    lungs = LungSegmenter(segmenter.folder, threads=1 if worker_count() > 1 else None)
     prepare_seconds(files.head(64), plain)
-    prepare_seconds(files.head(64), crop)
+    prepare_seconds(files.head(64), crop, lungs)
     without, with_lungs = [], []
     for _ in range(2):
         without.append(prepare_seconds(files, plain))
-        with_lungs.append(prepare_seconds(files, crop))
+        with_lungs.append(prepare_seconds(files, crop, lungs))
     without, with_lungs = min(without), min(with_lungs)
     print(f"prepare {len(files)} images: without the lung step {without:.1f} s ({len(files) / without:,.0f} img/s), "
           f"lungs: crop {with_lungs:.1f} s ({len(files) / with_lungs:,.0f} img/s)")
