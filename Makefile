@@ -75,6 +75,8 @@ demo: data
 # image of both sources (its validation and test patients left out) and the training outlines, then evaluated
 # into $(LUNG_STUDENT)/evaluation, which writes its card. Seeded; an interrupted training continues from its
 # last epoch when started again (delete the folder to start afresh).
+# The shipped classifier names the segmenter its preprocessing used: after replacing it, retrain or re-check
+# the classifier and record the new segmenter in its model.json and model.onnx (benchmarks/README.md).
 LUNG_STUDENT := out/lung-student
 lung-teacher: data
 	@test -f "$(V7)" || { echo "missing $(V7): put the V7 Labs annotations (covid-only.zip) there"; exit 1; }
