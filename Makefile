@@ -13,7 +13,7 @@ V7 := $(DATA)/v7labs-covid-19-xray-dataset/annotations/covid-only.zip
 # plugin (the PACS round trip), dcmtk (dsrdump validates the SRs).
 SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dcmtk
 
-.PHONY: install system-deps system-packages test docs demo data bench default-model lung-model input-check \
+.PHONY: install system-deps system-packages test docs demo data bench default-model lung-teacher lung-model input-check \
 	shipped-calibration clean
 
 install: system-deps $(VENV)/.installed
@@ -76,14 +76,24 @@ demo: data
 	@echo "the shipped model's predictions:" && cat $(OUT)/predictions-shipped-model.csv
 	@echo "demo outputs are in $(OUT)/: manifests, prepare-preview.png, run-demo/ (model, metrics, evaluation/), report.html, predictions-*.csv"
 
-# Re-create the lung segmenter shipped in the package (src/covidxr/shipped/lungs) from Cohen's images and the
-# V7 Labs lung outlines (github.com/v7labs/covid-19-xray-dataset: annotations/covid-only.zip under $(DATA)),
-# then evaluate it into $(LUNGS)/evaluation and write its card. Seeded; 5 min training + 1 min evaluation on 2 CPU cores; an
-# interrupted run continues from its last epoch when started again (delete $(LUNGS) to start afresh).
-lung-model: data
+# Re-create the lung segmenter shipped in the package (src/covidxr/shipped/lungs) in two steps. The teacher: a
+# U-Net with an EfficientNet-Lite0 encoder at 256 px trained on Cohen's images and the V7 Labs lung outlines
+# (github.com/v7labs/covid-19-xray-dataset: annotations/covid-only.zip under $(DATA)) into $(LUNGS) (5 min on 2
+# CPU cores). The shipped student: a small plain U-Net at 128 px trained on the teacher's masks of every frontal
+# image of both sources (its validation and test patients left out) and the training outlines, then evaluated
+# into $(LUNG_STUDENT)/evaluation, which writes its card. Seeded; an interrupted training continues from its
+# last epoch when started again (delete the folder to start afresh).
+# The shipped classifier names the segmenter its preprocessing used: after replacing it, retrain or re-check
+# the classifier and record the new segmenter in its model.json and model.onnx (benchmarks/README.md).
+LUNG_STUDENT := out/lung-student
+lung-teacher: data
 	@test -f "$(V7)" || { echo "missing $(V7): put the V7 Labs annotations (covid-only.zip) there"; exit 1; }
-	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNGS) --ship src/covidxr/shipped/lungs
-	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNGS)/evaluation
+	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNGS) --ship $(LUNGS)/shipped
+
+lung-model: lung-teacher
+	$(BIN)/python -m covidxr.lungs.train --data "$(DATA)" -o $(LUNG_STUDENT) --network tiny --size 128 \
+		--distil-from $(LUNGS)/shipped --epochs 6 --batch-size 16 --learning-rate 0.003 --ship src/covidxr/shipped/lungs
+	$(BIN)/python -m covidxr.evaluation.lungs --data "$(DATA)" -o $(LUNG_STUDENT)/evaluation
 
 # Re-create the severity head shipped in the package (src/covidxr/shipped/severity.json + severity-features.onnx)
 # from Cohen's severity scores, and the study behind its figures (docs/severity.md) in out/severity/study.

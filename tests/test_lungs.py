@@ -27,7 +27,14 @@ from covidxr.data.sources.cohen import import_cohen
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.lungs import LungSegmenter, lung_step, shipped_segmenter
 from covidxr.lungs.annotations import AnnotationError, annotation_table, darwin_outline, read_coco_boxes
-from covidxr.lungs.geometry import letterbox, lung_mask_from_probability, rectangle_mask, unletterbox
+from covidxr.lungs.geometry import (
+    dice_and_iou,
+    letterbox,
+    lung_mask_from_letterbox,
+    lung_mask_from_probability,
+    rectangle_mask,
+    unletterbox,
+)
 from covidxr.lungs.segment import as_grayscale
 
 SIZE = 64
@@ -159,6 +166,19 @@ def test_plausible_masks_pass_and_failures_fall_back_to_the_rectangle():
     assert lung_mask_from_probability(np.zeros((40, 40))).warnings[0] == "no lung found"
     everything = lung_mask_from_probability(np.ones((40, 40)))
     assert everything.fallback and any("cover 100% of the image" in w for w in everything.warnings)
+
+
+def test_the_mask_made_at_the_segmenter_size_matches_the_one_made_from_the_full_size_map():
+    image = two_lungs(900, 700)
+    square, box = letterbox(cv2.GaussianBlur((image < 100).astype(np.float32), (0, 0), 12), 64)
+    square[2:5, 2:5] = 1  # a speck the full-size path drops too
+    square[box.top + 30, box.left + 14] = 0  # a hole in a lung, filled by both
+    full, small = lung_mask_from_probability(unletterbox(square, box)), lung_mask_from_letterbox(square, box)
+    assert small.mask.shape == (900, 700) and small.mask.dtype == bool
+    assert (small.lungs, small.fallback, small.warnings) == (full.lungs, full.fallback, full.warnings) == (2, False, ())
+    assert dice_and_iou(small.mask, full.mask)[0] > 0.995
+    empty = lung_mask_from_letterbox(np.zeros((64, 64), np.float32), box)
+    assert empty.fallback and empty.mask.shape == (900, 700) and empty.warnings[0] == "no lung found"
 
 
 # --- inference -------------------------------------------------------------------------------------------
@@ -347,6 +367,51 @@ def test_training_is_deterministic_and_continues_from_its_checkpoint(tmp_path, m
     assert all(torch_equal(a, b) for a, b in zip(straight.state_dict().values(), continued.state_dict().values()))
     with pytest.raises(CovidxrError, match="other settings"):
         train.train_net(data, data, train.TrainingSettings(epochs=3, pretrained=False), tmp_path / "checkpoint.pt")
+
+
+def test_the_student_network_is_built_from_its_model_json_and_keeps_the_input_size(tmp_path):
+    import torch
+
+    from covidxr.lungs.model import TINY_UNET, architecture, load_lung_net, lung_net, save_weights
+
+    net = lung_net(architecture(TINY_UNET)).eval()
+    with torch.no_grad():
+        assert net(torch.rand(3, 1, 96, 96)).shape == (3, 1, 96, 96)
+    save_weights(net, tmp_path / "model.safetensors")
+    (tmp_path / "model.json").write_text(json.dumps({"architecture": architecture(TINY_UNET)}))
+    loaded, image = load_lung_net(tmp_path / "model.safetensors"), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(image), net(image))
+    with pytest.raises(CovidxrError, match="unknown lung network 'vgg'"):
+        lung_net({"name": "vgg"})
+
+
+def test_pseudo_labels_are_the_teachers_probabilities_computed_once(tmp_path, fake_segmenter, monkeypatch):
+    from covidxr.lungs import train
+
+    paths = [save_image(two_lungs(80 + 20 * i, 100), tmp_path / f"{i}.png") for i in range(3)]
+    files = pd.DataFrame({"sha256": ["c", "a", "b"], "path": [str(p) for p in paths], "source": "cohen"})
+    images, probabilities = train.pseudo_labels(files, fake_segmenter, tmp_path / "cache.npz", batch_size=2)
+    assert images.shape == probabilities.shape == (3, SIZE, SIZE) and probabilities.dtype == np.uint8
+    first = letterbox(two_lungs(100, 100), SIZE)[0]  # sha256 "a" (the second file): sorted by hash
+    assert np.array_equal(images[0], first)
+    assert np.array_equal(probabilities[0] > 127, first < 128)  # dark is lung: p > 0.5 below 127.5
+    monkeypatch.setattr(fake_segmenter, "letterboxed_probabilities", lambda squares: pytest.fail("recomputed"))
+    cached = train.pseudo_labels(files, fake_segmenter, tmp_path / "cache.npz")
+    assert np.array_equal(cached[1], probabilities)
+    subset = train.pseudo_labels(files[files["sha256"] != "a"], fake_segmenter, tmp_path / "cache.npz")
+    assert np.array_equal(subset[0], images[1:])
+    assert train.resized(probabilities, 32).shape == (3, 32, 32)
+
+
+def test_a_student_keeps_the_teachers_split(tmp_path):
+    from covidxr.lungs import train
+
+    pd.DataFrame({"filename": ["a.png", "b.png"], "sha256": ["a", "b"], "patient_id": ["1", "2"],
+                  "split": ["test", "train"]}).to_csv(tmp_path / "split.csv", index=False)
+    rows = pd.DataFrame({"sha256": ["a", "b", "c"], "patient_id": ["1", "2", "3"], "split": ["train", "test", "val"]})
+    kept = train.teacher_split(rows, tmp_path)
+    assert kept["sha256"].tolist() == ["a", "b"] and kept["split"].tolist() == ["test", "train"]
 
 
 def torch_equal(first, second) -> bool:

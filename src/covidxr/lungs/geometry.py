@@ -1,8 +1,9 @@
 """The segmenter's pixel geometry (NumPy and OpenCV only, so ONNX inference needs no torch).
 
-An image goes to the segmenter letterboxed: its long side scaled to 256, the short side padded with black
-and centred; the probability map comes back through the same box to the image's own size. The map then
-becomes a mask of at most two lungs, checked for plausibility.
+An image goes to the segmenter letterboxed: its long side scaled to the segmenter's input size (model.json's
+`input.size`), the short side padded with black and centred. The probability map becomes a mask of at most
+two lungs at that size (regions and holes found there), which alone is scaled back through the same box to the
+image's own size (one byte a pixel, whatever the image's size) and checked for plausibility.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from covidxr.data.regions import LUNG_COLUMNS, LUNG_ROWS
 
 SEGMENTER_SIZE = 256
+"""The teacher segmenter's input size (the default of training); a segmenter's own is in its model.json."""
 MIN_LUNG_SHARE, MAX_LUNG_SHARE = 0.08, 0.75
 """A mask covering less or more of the image than this is implausible (the V7 outlines cover 12%..62%)."""
 MIN_SECOND_LUNG = 0.15
@@ -100,7 +102,26 @@ def largest_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def lung_mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> LungMask:
     """Threshold, keep the two lungs, check them; an implausible result falls back to the rectangle."""
-    mask, lungs = largest_regions(probability >= threshold)
+    return checked_lungs(*largest_regions(probability >= threshold))
+
+
+def lung_mask_from_letterbox(square: np.ndarray, box: Letterbox, threshold: float = 0.5) -> LungMask:
+    """The checked lung mask at the image's size from the probability map of its letterbox: the lungs
+    chosen (two largest regions, holes filled) at the map's resolution, then the map restricted to them
+    scaled bilinearly (as uint8) to the image and thresholded, so the edge is as smooth as scaling the
+    whole float map would make it, at one byte a pixel."""
+    inner = square[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width]
+    kept, lungs = largest_regions(inner >= threshold)
+    level = int(np.clip(np.ceil(threshold * 255), 1, 255))
+    values = np.round(np.clip(inner, 0, 1) * 255).astype(np.uint8)
+    border = cv2.dilate(kept.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~kept
+    restricted = np.where(kept, np.maximum(values, level), np.where(border, np.minimum(values, level - 1), 0))
+    scaled = cv2.resize(restricted.astype(np.uint8), (box.width, box.height), interpolation=cv2.INTER_LINEAR)
+    return checked_lungs(scaled >= level, lungs)
+
+
+def checked_lungs(mask: np.ndarray, lungs: int) -> LungMask:
+    """The mask of `lungs` regions when plausible, else the rectangle with warnings that say why."""
     share = float(mask.mean())
     problems = []
     if lungs == 0:
@@ -111,7 +132,7 @@ def lung_mask_from_probability(probability: np.ndarray, threshold: float = 0.5) 
         problems.append(f"lungs cover {share:.0%} of the image (plausible: {MIN_LUNG_SHARE:.0%}-{MAX_LUNG_SHARE:.0%})")
     if not problems:
         return LungMask(mask, lungs)
-    height, width = probability.shape
+    height, width = mask.shape
     return LungMask(rectangle_mask(height, width), lungs,
                     tuple(problems) + ("lung mask replaced by the fixed lung-field rectangle",), fallback=True)
 

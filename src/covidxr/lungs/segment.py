@@ -23,7 +23,7 @@ from PIL import Image
 
 from covidxr.data.imageio import ImageReadError, read_grayscale, scale_to_uint8
 from covidxr.errors import UsageError
-from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_probability, outline_overlay, unletterbox
+from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_letterbox, outline_overlay, unletterbox
 from covidxr.models.onnx_runtime import ModelRuntime, matching_session
 from covidxr.progress import progress_bar
 from covidxr.runs import LungModelContract, read_json, shipped_dir
@@ -119,21 +119,29 @@ class LungSegmenter:
     def backend_name(self) -> str:
         return self._runtime().name
 
-    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[np.ndarray]:
-        """Lung probability maps (float32, 0..1), each at its image's own size."""
+    def letterboxed_probabilities(self, squares: np.ndarray) -> np.ndarray:
+        """(N, size, size) letterboxed uint8 images -> the network's lung probabilities, float32 (N, size, size)."""
+        logits = self._runtime()(squares[:, None].astype(np.float32) / 255)[:, 0]
+        return 1 / (1 + np.exp(-logits))
+
+    def _letterboxed(self, images: Sequence[np.ndarray], batch_size: int):
+        """(probability square, letterbox) of each image, at the segmenter's own size, batch by batch."""
         grays = [as_grayscale(image) for image in images]
-        maps = []
         for start in range(0, len(grays), batch_size):
             boxed = [letterbox(gray, self.size) for gray in grays[start:start + batch_size]]
-            batch = np.stack([square for square, _ in boxed])[:, None].astype(np.float32) / 255
-            logits = self._runtime()(batch)[:, 0]
-            maps += [unletterbox(1 / (1 + np.exp(-lgt)), box) for lgt, (_, box) in zip(logits, boxed)]
-        return maps
+            yield from zip(self.letterboxed_probabilities(np.stack([square for square, _ in boxed])),
+                           (box for _, box in boxed))
+
+    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[np.ndarray]:
+        """Lung probability maps (float32, 0..1), each at its image's own size."""
+        return [unletterbox(square, box) for square, box in self._letterboxed(images, batch_size)]
 
     def segment_many(self, images: Sequence[np.ndarray], batch_size: int = BATCH) -> list[LungMask]:
-        """The checked lung mask of each image (the rectangle, with warnings, where a result is implausible)."""
+        """The checked lung mask of each image (the rectangle, with warnings, where a result is implausible),
+        its lungs chosen at the segmenter's size and only the mask scaled to the image's."""
         threshold = self.contract.threshold
-        return [lung_mask_from_probability(p, threshold) for p in self.probabilities(images, batch_size)]
+        return [lung_mask_from_letterbox(square, box, threshold)
+                for square, box in self._letterboxed(images, batch_size)]
 
     def segment(self, gray: np.ndarray) -> LungMask:
         return self.segment_many([gray])[0]

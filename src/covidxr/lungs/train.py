@@ -1,8 +1,11 @@
 """Train the lung segmenter on the hand-drawn V7 Labs outlines of Cohen's images (plain PyTorch loop).
 
     python -m covidxr.lungs.train --data DATA -o out/lung-model --ship src/covidxr/shipped/lungs
+    python -m covidxr.lungs.train --data DATA -o out/lung-student --network tiny --size 128 \
+        --distil-from out/lung-teacher --ship src/covidxr/shipped/lungs     # distil a small, fast segmenter
 
-DATA is the data folder of the README's *Data* section (Cohen's collection and the V7 Labs outlines).
+DATA is the data folder of the README's *Data* section (Cohen's collection, the V7 Labs outlines and, for
+distillation, the RSNA normals).
 
 Images are split by patient (the project's split: units of patients and duplicate groups, 70/15/15,
 seeded); train images are augmented (affine, brightness, contrast, gamma; never flipped: the heart is on
@@ -12,6 +15,12 @@ checkpoint (`OUT/checkpoint.pt`): run the same command again to continue an inte
 `--ship DIR` then writes the packaged form: float16 weights, their ONNX graph (parity-checked), model.json
 and split.csv (file name, sha256, patient and split of each annotated image).
 Deterministic for a seed and a thread count on one machine (seeded shuffles and augmentation).
+
+Distillation (`--distil-from TEACHER`): the teacher segmenter's lung probabilities, at its own input size,
+of every frontal image of both sources except those of the validation and test patients (Cohen's and the
+RSNA normals, which covers framings the COVID-only outlines do not) are the targets of the student, beside
+the hand-drawn outlines of the training patients; they are computed once and cached in
+`OUT/pseudo-labels-<teacher hash>.npz`. The epoch is still chosen on the validation patients' outlines.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import segmentation_models_pytorch as smp
@@ -35,16 +45,20 @@ from covidxr.data.dedup import duplicate_groups
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.manifest import save_manifest
 from covidxr.data.sources.cohen import import_cohen
+from covidxr.data.sources.csvtable import import_csv
 from covidxr.data.split import assign_splits
 from covidxr.errors import CovidxrError
 from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import SEGMENTER_SIZE, dice_and_iou, letterbox
-from covidxr.lungs.model import LungNet, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
+from covidxr.lungs.model import TINY_UNET, UNET, architecture, build_lung_net, export_onnx, load_lung_net, save_weights
+from covidxr.lungs.segment import LungSegmenter
 from covidxr.progress import progress_bar, stderr
 from covidxr.runs import NOT_FOR_CLINICAL_USE, LungModelContract, file_sha256, read_json, write_json
 
-MODEL_NAME = "covidxr-lungs-unet-lite0"
+MODEL_NAMES = {UNET: "covidxr-lungs-unet-lite0", TINY_UNET: "covidxr-lungs-tinyunet"}
+NETWORKS = {"unet-lite0": UNET, "tiny": TINY_UNET}
 COHEN_FOLDER = "covid-chestxray-dataset"
+RSNA_TABLE, RSNA_IMAGES = "rsna-normal-224/normal_xray_dataset.csv", "rsna-normal-224/normal_dataset"
 V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 MASK_THRESHOLD = 0.5
@@ -62,6 +76,10 @@ class TrainingSettings:
     seed: int = 0
     pretrained: bool = True
     threads: int = 2
+    network: str = UNET
+    size: int = SEGMENTER_SIZE
+    teacher: str | None = None
+    """The segmenter folder to distil from (None: the V7 outlines alone)."""
 
 
 def annotated_split(data_root: str | Path, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
@@ -77,15 +95,72 @@ def annotated_split(data_root: str | Path, seed: int = 0) -> tuple[pd.DataFrame,
     return rows.assign(mask=rows["image_id"].map(masks)), table.lines
 
 
-def letterboxed_pairs(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Each distinct file's image and mask, letterboxed to the segmenter's size: (N, 256, 256) uint8 twice
-    (masks 0/1)."""
+def letterboxed_pairs(rows: pd.DataFrame, size: int = SEGMENTER_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct file's image and mask, letterboxed to `size`: (N, size, size) uint8 and float32 (0/1)."""
     images, masks = [], []
     for row in rows.drop_duplicates("sha256").itertuples():
-        images.append(letterbox(read_grayscale(row.path))[0])
-        soft = letterbox(row.mask.astype(np.float32))[0]
-        masks.append((soft >= 0.5).astype(np.uint8))
+        images.append(letterbox(read_grayscale(row.path), size)[0])
+        soft = letterbox(row.mask.astype(np.float32), size)[0]
+        masks.append((soft >= 0.5).astype(np.float32))
     return np.stack(images), np.stack(masks)
+
+
+def teacher_split(rows: pd.DataFrame, teacher: Path) -> pd.DataFrame:
+    """The annotated rows with the split the teacher was trained and tested on (its split.csv, by sha256), so
+    a student is scored on the same test patients and never trains on them; rows the teacher never saw are
+    left out."""
+    known = pd.read_csv(teacher / "split.csv", dtype=str, keep_default_na=False).drop_duplicates("sha256")
+    split = rows["sha256"].map(known.set_index("sha256")["split"])
+    return rows[split.notna()].assign(split=split[split.notna()])
+
+
+def unlabelled_frontal_images(data_root: str | Path, held_out_patients: set[str]) -> pd.DataFrame:
+    """Every frontal image of both shared sources (Cohen's, the RSNA normals), one row per distinct file,
+    without those of `held_out_patients` (Cohen patient ids)."""
+    data_root = Path(data_root)
+    cohen = import_cohen(data_root / COHEN_FOLDER).manifest
+    cohen = cohen[~cohen["patient_id"].astype(str).isin(held_out_patients)]
+    rsna = import_csv(data_root / RSNA_TABLE, "filename", "finding", root=data_root / RSNA_IMAGES,
+                      source="rsna").manifest
+    return pd.concat([cohen, rsna], ignore_index=True).drop_duplicates("sha256")[["sha256", "path", "source"]]
+
+
+def pseudo_labels(files: pd.DataFrame, teacher: LungSegmenter, cache: Path,
+                  batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The files (sorted by sha256) letterboxed to the teacher's size and the teacher's lung probability of
+    each ((N, size, size) uint8 twice, probability x 255). `cache` keeps every file labelled so far (keyed by
+    sha256): only files it lacks are labelled, and added to it."""
+    files = files.drop_duplicates("sha256").sort_values("sha256").reset_index(drop=True)
+    known = dict(np.load(cache)) if cache.is_file() else {"sha256": np.array([], str),
+                                                          "images": np.zeros((0, teacher.size, teacher.size), np.uint8),
+                                                          "probabilities": np.zeros((0, teacher.size, teacher.size),
+                                                                                    np.uint8)}
+    missing = files[~files["sha256"].isin(known["sha256"])]
+    if len(missing):
+        images, probabilities = [known["images"]], [known["probabilities"]]
+        with progress_bar() as bar:
+            task = bar.add_task(f"pseudo-labelling with {teacher.name}", total=len(missing))
+            for start in range(0, len(missing), batch_size):
+                squares = np.stack([letterbox(read_grayscale(path), teacher.size)[0]
+                                    for path in missing["path"].iloc[start:start + batch_size]])
+                images.append(squares)
+                probabilities.append(np.round(teacher.letterboxed_probabilities(squares) * 255).astype(np.uint8))
+                bar.advance(task, len(squares))
+        known = {"sha256": np.concatenate([known["sha256"], missing["sha256"].to_numpy(str)]),
+                 "images": np.concatenate(images), "probabilities": np.concatenate(probabilities)}
+        temporary = cache.with_suffix(".tmp.npz")
+        np.savez(temporary, **known)
+        temporary.replace(cache)
+    position = {sha: index for index, sha in enumerate(known["sha256"])}
+    chosen = [position[sha] for sha in files["sha256"]]
+    return known["images"][chosen], known["probabilities"][chosen]
+
+
+def resized(squares: np.ndarray, size: int) -> np.ndarray:
+    """(N, S, S) squares area-resized to (N, size, size), same dtype."""
+    if squares.shape[1] == size:
+        return squares
+    return np.stack([cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA) for square in squares])
 
 
 class Augmentation:
@@ -108,7 +183,7 @@ def as_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div(255).unsqueeze(1)
 
 
-def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: int) -> float:
+def mean_dice(net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, batch_size: int) -> float:
     """Mean per-image Dice at the segmenter's size (for choosing the epoch)."""
     net.eval()
     scores = []
@@ -116,7 +191,7 @@ def mean_dice(net: LungNet, images: np.ndarray, masks: np.ndarray, batch_size: i
         for start in range(0, len(images), batch_size):
             logits = net(as_input(images[start:start + batch_size]).to(memory_format=torch.channels_last))
             predicted = (logits[:, 0] > 0).numpy()
-            scores += [dice_and_iou(p, t.astype(bool))[0] for p, t in zip(predicted, masks[start:start + batch_size])]
+            scores += [dice_and_iou(p, t >= 0.5)[0] for p, t in zip(predicted, masks[start:start + batch_size])]
     return float(np.mean(scores))
 
 
@@ -127,7 +202,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], settings: TrainingSettings,
-              checkpoint: Path | None = None) -> tuple[LungNet, dict, pd.DataFrame]:
+              checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict, pd.DataFrame]:
     """Train from `settings`; the network of the best validation epoch, its provenance, and one row per epoch.
 
     With `checkpoint`, the whole state (network, optimiser, schedule, random generators, history) is saved
@@ -135,7 +210,7 @@ def train_net(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     with the weights an uninterrupted one would have."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    net, pretrained = build_lung_net(settings.pretrained)
+    net, pretrained = build_lung_net(settings.pretrained, settings.network)
     net = net.to(memory_format=torch.channels_last)
     images, masks = as_input(train[0]), torch.from_numpy(train[1]).unsqueeze(1).float()
     steps = settings.epochs * -(-len(images) // settings.batch_size)
@@ -199,28 +274,48 @@ def make_lung_model(data_root: str | Path, out: str | Path, settings: TrainingSe
     rows, lines = annotated_split(data_root, settings.seed)
     for line in lines:
         stderr.print(line)
-    parts = {split: letterboxed_pairs(rows[rows["split"] == split]) for split in ("train", "val")}
+    if settings.teacher is not None:
+        rows = teacher_split(rows, Path(settings.teacher))
+    parts = {split: letterboxed_pairs(rows[rows["split"] == split], settings.size) for split in ("train", "val")}
+    distilled = None
+    if settings.teacher is not None:
+        teacher = LungSegmenter(settings.teacher)
+        held_out = set(rows.loc[rows["split"] != "train", "patient_id"].astype(str))
+        files = unlabelled_frontal_images(data_root, held_out)
+        files = files[~files["sha256"].isin(rows.loc[rows["split"] != "train", "sha256"])]
+        images, probabilities = pseudo_labels(files, teacher, out / f"pseudo-labels-{teacher.weights_sha256[:12]}.npz")
+        distilled = {"teacher": teacher.identity(), "teacher_input_size": teacher.size, "images": len(images),
+                     "by_source": {str(k): int(v) for k, v in files["source"].value_counts().items()},
+                     "excluded": "the validation and test patients' images"}
+        parts["train"] = (np.concatenate([parts["train"][0], resized(images, settings.size)]),
+                          np.concatenate([parts["train"][1],
+                                          resized(probabilities, settings.size).astype(np.float32) / 255]))
     net, pretrained, history = train_net(parts["train"], parts["val"], settings, out / "checkpoint.pt")
     save_weights(net, out / "model.safetensors")
     save_manifest(rows.drop(columns=["mask"]), out / "split.csv")
     history.to_csv(out / "metrics.csv", index=False)
-    write_json(out / "model.json", lung_model_json(rows, pretrained, settings, file_sha256(out / "model.safetensors")))
+    write_json(out / "model.json", lung_model_json(rows, pretrained, settings, file_sha256(out / "model.safetensors"),
+                                                   distilled))
     return out
 
 
-def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSettings, weights_sha256: str) -> dict:
+def lung_model_json(rows: pd.DataFrame, pretrained: dict, settings: TrainingSettings, weights_sha256: str,
+                    distilled: dict | None = None) -> dict:
     counts = {split: {"images": int(part["sha256"].nunique()), "patients": int(part["patient_id"].nunique())}
               for split, part in rows.groupby("split")}
+    name = MODEL_NAMES[settings.network] + ("" if settings.size == SEGMENTER_SIZE else f"-{settings.size}")
+    data = {"outlines": "V7 Labs covid-19-xray-dataset, hand-drawn Lung polygons (COVID-19 images only)",
+            "images": "Cohen covid-chestxray-dataset", "split": "patient units 70/15/15", "counts": counts}
+    if distilled is not None:
+        data["pseudo_labels"] = distilled
     return LungModelContract(**{
-        "name": MODEL_NAME, "task": "lung segmentation",
-        "architecture": architecture(),
-        "input": {"size": SEGMENTER_SIZE, "fit": "letterbox (long side to size, centred, black padding)",
+        "name": name, "task": "lung segmentation",
+        "architecture": architecture(settings.network),
+        "input": {"size": settings.size, "fit": "letterbox (long side to size, centred, black padding)",
                   "scale": "pixel / 255", "channels": 1},
         "output": "lung logits; lungs where sigmoid >= threshold",
         "threshold": MASK_THRESHOLD, "weights_sha256": weights_sha256, "pretrained": pretrained,
-        "data": {"outlines": "V7 Labs covid-19-xray-dataset, hand-drawn Lung polygons (COVID-19 images only)",
-                 "images": "Cohen covid-chestxray-dataset", "split": "patient units 70/15/15", "counts": counts},
-        "training": asdict(settings), "intended_use": NOT_FOR_CLINICAL_USE,
+        "data": data, "training": asdict(settings), "intended_use": NOT_FOR_CLINICAL_USE,
     }).content
 
 
@@ -231,9 +326,12 @@ def ship(model_dir: str | Path, target: str | Path) -> Path:
 
     model_dir, target = Path(model_dir), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    save_weights(load_lung_net(model_dir / "model.safetensors"), target / "model.safetensors", half=True)
-    net, weights_sha256 = load_lung_net(target / "model.safetensors"), file_sha256(target / "model.safetensors")
-    contract = {**read_json(model_dir / "model.json"), "weights_sha256": weights_sha256,
+    record = read_json(model_dir / "model.json")
+    save_weights(load_lung_net(model_dir / "model.safetensors", record["architecture"]), target / "model.safetensors",
+                 half=True)
+    net = load_lung_net(target / "model.safetensors", record["architecture"])
+    weights_sha256 = file_sha256(target / "model.safetensors")
+    contract = {**record, "weights_sha256": weights_sha256,
                 "weights_dtype": "float16",
                 "onnx": "model.onnx: the same float16 weights, cast to float32 inside the graph"}
     export_onnx(net, target / "model.onnx", contract["input"]["size"], {"weights_sha256": weights_sha256})
@@ -261,10 +359,21 @@ def main(argv: list[str] | None = None) -> None:
         option("--epochs", type=int, default=TrainingSettings.epochs),
         option("--seed", type=int, default=TrainingSettings.seed),
         option("--no-pretrained", action="store_true", help="encoder from random weights"),
+        option("--network", choices=sorted(NETWORKS), default="unet-lite0",
+               help="unet-lite0: smp U-Net, EfficientNet-Lite0 encoder; tiny: a small plain U-Net"),
+        option("--size", type=int, default=SEGMENTER_SIZE, help="input size in pixels (a multiple of 32)"),
+        option("--batch-size", type=int, default=TrainingSettings.batch_size),
+        option("--learning-rate", type=float, default=TrainingSettings.learning_rate),
+        option("--distil-from", metavar="TEACHER",
+               help="segmenter folder whose masks of every image of both sources are extra targets"),
         option("--ship", type=Path, metavar="DIR", help="also write the packaged form into DIR"),
         option("--ship-only", action="store_true", help="package an already trained OUT (no training)")])
     args = parser.parse_args(argv)
-    settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained)
+    if args.size % 32:
+        parser.error(f"--size {args.size}: must be a multiple of 32 (the networks halve it five times)")
+    settings = TrainingSettings(epochs=args.epochs, seed=args.seed, pretrained=not args.no_pretrained,
+                                batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                network=NETWORKS[args.network], size=args.size, teacher=args.distil_from)
     if not args.ship_only:
         stderr.print(f"wrote {make_lung_model(args.data, args.out, settings)}")
     if args.ship or args.ship_only:
