@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from covidxr.lungs.geometry import LungMask, largest_regions, lung_mask_from_probability
+from covidxr.lungs.geometry import LungMask, largest_regions
 from covidxr.lungs.segment import LungSegmenter
 
 THUMBNAIL = 16
@@ -86,8 +86,7 @@ def image_features_many(grays: Sequence[np.ndarray], segmenter: LungSegmenter) -
     smalls = [working_copy(gray) for gray in grays]
     threshold = segmenter.contract.threshold
     found = []
-    for gray, small, probability in zip(grays, smalls, segmenter.probabilities(smalls)):
-        lungs = lung_mask_from_probability(probability, threshold)
+    for gray, small, (probability, lungs) in zip(grays, smalls, segmenter.probabilities_and_masks(smalls)):
         thumbnail = standardised_thumbnail(small)
         statistics = grey_statistics(small, thumbnail) + lung_statistics(probability, lungs, threshold)
         found.append(ImageFeatures(thumbnail, np.asarray(statistics), lungs, int(min(gray.shape))))

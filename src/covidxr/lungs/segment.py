@@ -143,6 +143,14 @@ class LungSegmenter:
         return [lung_mask_from_letterbox(square, box, threshold)
                 for square, box in self._letterboxed(images, batch_size)]
 
+    def probabilities_and_masks(self, images: Sequence[np.ndarray],
+                                batch_size: int = BATCH) -> list[tuple[np.ndarray, LungMask]]:
+        """Each image's probability map at its own size and its checked lung mask (the mask `segment_many` gives),
+        from one run of the network: for callers that read the map and reuse the mask."""
+        threshold = self.contract.threshold
+        return [(unletterbox(square, box), lung_mask_from_letterbox(square, box, threshold))
+                for square, box in self._letterboxed(images, batch_size)]
+
     def segment(self, gray: np.ndarray) -> LungMask:
         return self.segment_many([gray])[0]
 
