@@ -18,7 +18,7 @@ TESTS = Path(__file__).resolve().parent
 # The pipeline order, bottom first. A module belongs to the entry naming it or its longest named parent;
 # `covidxr` itself (the package's __init__, which re-exports load_model) is matched exactly.
 LAYERS = [
-    ("covidxr.errors", "covidxr.progress", "covidxr.commandline", "covidxr.registry"),
+    ("covidxr.errors", "covidxr.progress", "covidxr.commandline", "covidxr.registry", "covidxr.paths"),
     ("covidxr.data", "covidxr.config", "covidxr.recipes"),
     ("covidxr.runs",),
     ("covidxr.metrics",),

@@ -24,6 +24,7 @@ from covidxr.engines.base import ModelRequest
 from covidxr.lungs import LungSegmenter
 from covidxr.lungs.segment import BATCH as SEGMENT_BATCH
 from covidxr.lungs.segment import SegmentedFile, segment_decoded
+from covidxr.paths import user_cache
 from covidxr.predict import BATCH, PreparedFile
 
 SHARD_BATCH = 128
@@ -35,8 +36,7 @@ OCCLUSION_BATCH = 64  # as the local audit's
 def results_folder(kind: str, *settings: Any) -> Path:
     """$XDG_CACHE_HOME/covidxr/KIND/<hash of the settings>: where a stage keeps its answers."""
     digest = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:24]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "covidxr" / kind / digest
+    return user_cache(kind) / digest
 
 
 def file_identity(path: str | Path) -> list:

@@ -29,13 +29,13 @@ import numpy as np
 import onnxruntime
 
 from covidxr.errors import CovidxrError
+from covidxr.paths import user_cache
 
 log = logging.getLogger("covidxr.onnx")
 
 OUTPUTS = ["logits", "embedding"]
 """What `covidxr export` writes: logits (batch, classes) and the pooled embedding (batch, channels); files
 exported before the embedding have `logits` only."""
-CACHE_SUBFOLDER = Path("covidxr") / "onnxruntime"
 Forward = Callable[[np.ndarray], np.ndarray]
 """A network's forward pass on a float32 batch (its first output)."""
 
@@ -43,8 +43,7 @@ Forward = Callable[[np.ndarray], np.ndarray]
 def cache_folder() -> Path:
     """Where optimised graphs are kept: $XDG_CACHE_HOME/covidxr/onnxruntime (default ~/.cache/...), not beside the
     model, whose folder (the installed package) may be read-only."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / CACHE_SUBFOLDER
+    return user_cache("onnxruntime")
 
 
 @lru_cache(maxsize=1)

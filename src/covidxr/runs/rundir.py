@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from covidxr.errors import CovidxrError, UsageError
+from covidxr.paths import user_cache
 from covidxr.runs.contract import InferenceContract
 
 NOT_FOR_CLINICAL_USE = "Research and teaching only. Not for clinical use: not a medical device, not validated."
@@ -47,7 +47,7 @@ def read_json(path: str | Path) -> dict:
 
 def default_cache_root() -> Path:
     """Where prepared pixels are cached unless a command is given --cache: $XDG_CACHE_HOME/covidxr/pixels."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "covidxr" / "pixels"
+    return user_cache("pixels")
 
 
 def shipped_dir() -> Path:
