@@ -118,7 +118,7 @@ def test_the_runs_package_imports_only_the_standard_library_numpy_pandas_and_pyd
             for target, line in imported_names(path):
                 top = target.split(".")[0]
                 if top == "covidxr":
-                    assert target in ("covidxr.errors",) or target.startswith("covidxr.runs") \
+                    assert target in ("covidxr.errors", "covidxr.paths") or target.startswith("covidxr.runs") \
                         or target.startswith("covidxr.data"), f"{path.name}:{line} imports {target}"
                 else:
                     assert top in allowed, f"{path.name}:{line} imports {target}"
