@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from conftest import (
@@ -43,9 +44,11 @@ from covidxr.data.imageio import read_grayscale
 from covidxr.dicom.dicomweb import DicomWebError, Server, classify_studies
 from covidxr.dicom.results import model_identity
 from covidxr.dicom.source import skip_reason
-from covidxr.dicom.sr import LABEL, PROBABILITY, THRESHOLD, ResultUIDs
+from covidxr.dicom.sr import LABEL, THRESHOLD, Classification, ModelIdentity, ResultUIDs, build_sr
 from covidxr.predict import load_model
 from covidxr.runs import NOT_FOR_CLINICAL_USE
+
+FINDING_COVID = Code("840539006", "SCT", "COVID-19")
 
 LOOPBACK = "http://127.0.0.1"  # the service answers to its own names only (TestClient says "testserver")
 IDENTIFYING = ("SECRET-ID", "Doe^Jane", "Doe", "19700101", "ACC-77")
@@ -148,7 +151,9 @@ def check_sr(path_or_dataset, source: pydicom.Dataset, predictor) -> hd.sr.Compr
     sr = hd.sr.ComprehensiveSR.from_dataset(dataset)
     expected = predictor.predict(read_grayscale(source.filename))
     (group,) = sr.content.get_image_measurement_groups()
-    assert group.get_measurements(name=PROBABILITY)[0].value == pytest.approx(expected["probabilities"]["covid"],
+    probability = model_identity(predictor).probability_code
+    assert probability.meaning == "Probability of COVID-19 (model output)" and group.finding_type == FINDING_COVID
+    assert group.get_measurements(name=probability)[0].value == pytest.approx(expected["probabilities"]["covid"],
                                                                               abs=1e-6)
     assert group.get_measurements(name=THRESHOLD)[0].value == pytest.approx(predictor.threshold, abs=1e-9)
     assert group.get_qualitative_evaluations(name=LABEL)[0].value.value == expected["label"]
@@ -208,6 +213,19 @@ def test_predict_dicom_out_writes_sr_and_sc_per_dicom_and_a_note_for_the_rest(tm
         sr = check_sr(out / f"{source.SOPInstanceUID}.sr.dcm", source, predictor)
         check_sc(out / f"{source.SOPInstanceUID}.sc.dcm", source, sr)
     dsrdump_is_clean(out / f"{sources[0].SOPInstanceUID}.sr.dcm")
+
+
+@pytest.mark.parametrize("positive, finding", [
+    ("pneumonia", ("233604007", "SCT", "Pneumonia")), ("effusion", ("CLASS-EFFUSION", "99COVIDXR", "effusion"))])
+def test_the_srs_finding_and_probability_name_the_contracts_positive_class(tmp_path, positive, finding):
+    source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", xray_pixels(1, size=64)))
+    model = ModelIdentity(name="covidxr test", version="1", weights_sha256="0" * 64, threshold=0.5,
+                          threshold_rule="test", temperature=1.0, positive_class=positive)
+    sr = hd.sr.ComprehensiveSR.from_dataset(build_sr(source, Classification(0.7, positive, 0.5), model))
+    (group,) = sr.content.get_image_measurement_groups()
+    assert (group.finding_type.value, group.finding_type.scheme_designator, group.finding_type.meaning) == finding
+    assert group.get_measurements(name=model.probability_code)[0].value == pytest.approx(0.7)
+    assert f"P-{positive.upper()}" == model.probability_code.value and "COVID" not in sr.SeriesDescription
 
 
 def test_result_uids_are_the_same_for_the_same_model_and_image_only(tmp_path, predictor):

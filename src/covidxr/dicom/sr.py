@@ -30,13 +30,12 @@ from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract
 MANUFACTURER = "covidxr"
 SCHEME = "99COVIDXR"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
-SR_SERIES_DESCRIPTION = "covidxr COVID-19 classification, not for clinical use"
 SC_SERIES_DESCRIPTION = "covidxr Grad-CAM overlay, not for clinical use"
-PROBABILITY = Code("P-COVID", SCHEME, "Probability of COVID-19 (model output)")
 THRESHOLD = Code("THRESHOLD", SCHEME, "Operating threshold on the probability")
 LABEL = Code("LABEL", SCHEME, "Class at the operating threshold")
 ASSUMPTIONS = Code("ASSUMPTIONS", SCHEME, "Operating point and prevalence the result assumes")
-COVID_19 = Code("840539006", "SCT", "COVID-19")
+FINDINGS = {"covid": Code("840539006", "SCT", "COVID-19"), "pneumonia": Code("233604007", "SCT", "Pneumonia")}
+"""SNOMED CT codes of the positive classes covidxr's label tables name; any other class gets a private code."""
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = Code("1", "UCUM", "no units")
 SCORE_UNIT = Code("{score}", "UCUM", "score")
@@ -73,6 +72,18 @@ class ModelIdentity:
                    threshold_rule=contract.threshold_rule, temperature=contract.temperature,
                    positive_class=contract.positive_class)
 
+    @property
+    def finding(self) -> Code:
+        """The SR's finding: the SNOMED CT code of the contract's positive class, else a private code naming it."""
+        return FINDINGS.get(self.positive_class, Code(f"CLASS-{self.positive_class.upper()}"[:16], SCHEME,
+                                                       self.positive_class))
+
+    @property
+    def probability_code(self) -> Code:
+        """The NUM item that holds P(positive class)."""
+        return Code(f"P-{self.positive_class.upper()}"[:16], SCHEME, f"Probability of {self.finding.meaning} "
+                                                                      "(model output)")
+
     def parameters(self) -> list[str]:
         return [f"weights sha256 {self.weights_sha256}", f"threshold {self.threshold:.6g} ({self.threshold_rule}) "
                 f"on P({self.positive_class})", f"temperature {self.temperature:.6g}",
@@ -101,10 +112,10 @@ class Classification:
         prevalence = "an unknown prevalence" if self.prevalence is None else f"prevalence {self.prevalence:.3g}"
         return f"operating point {self.operating_point or 'recorded'}, probability at {prevalence}"
 
-    def measurements(self) -> list[hd.sr.Measurement]:
+    def measurements(self, model: ModelIdentity) -> list[hd.sr.Measurement]:
         """The probability and the threshold; with severity, each score and its cross-validated error (NUM items,
         unit {score})."""
-        found = [hd.sr.Measurement(name=PROBABILITY, value=self.probability, unit=NO_UNITS),
+        found = [hd.sr.Measurement(name=model.probability_code, value=self.probability, unit=NO_UNITS),
                  hd.sr.Measurement(name=THRESHOLD, value=self.threshold, unit=NO_UNITS)]
         for name in (SEVERITY if self.severity else {}):
             found += [hd.sr.Measurement(name=SEVERITY[name], value=self.severity[name], unit=SCORE_UNIT),
@@ -162,9 +173,9 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
                                               parameters=model.parameters(), manufacturer=MANUFACTURER)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking, identifier="covidxr classification"),
-        finding_type=COVID_19,
+        finding_type=model.finding,
         algorithm_id=algorithm,
-        measurements=result.measurements(),
+        measurements=result.measurements(model),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=LABEL, value=_private_code(result.label))],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
@@ -182,7 +193,9 @@ def build_sr(source: Dataset, result: Classification, model: ModelIdentity) -> h
     return hd.sr.ComprehensiveSR(
         evidence=[source], content=report, series_instance_uid=uids.sr_series, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.sr_instance, instance_number=_instance_number(source), is_complete=True,
-        is_final=False, is_verified=False, series_description=SR_SERIES_DESCRIPTION, **_common_attributes(model))
+        is_final=False, is_verified=False,
+        series_description=f"covidxr {model.finding.meaning} classification, not for clinical use"[:64],
+        **_common_attributes(model))
 
 
 def build_sc(source: Dataset, overlay: np.ndarray, model: ModelIdentity) -> hd.sc.SCImage:
