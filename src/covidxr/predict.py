@@ -158,15 +158,12 @@ MANIFEST_SUFFIXES = (".csv", ".parquet")
 def manifest_paths(manifest: Path) -> list[Path]:
     """The `path` column of a table (.csv or .parquet: a covidxr manifest, or any table with that column), in its
     row order; paths as written (relative ones from the current folder, as `prepare` reads them)."""
-    import pandas as pd  # lazy: predicting folders stays without pandas
+    from covidxr.data.manifest import ManifestError, read_table  # lazy: predicting folders stays without pandas
 
     try:
-        if manifest.suffix.lower() == ".csv":
-            table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        else:
-            table = pd.read_parquet(manifest)
-    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
-        raise UsageError(f"{manifest}: cannot read it as a manifest ({error})") from None
+        table = read_table(manifest)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
     if "path" not in table.columns:
         raise UsageError(f"{manifest}: a manifest needs a 'path' column (one image file per row); columns present: "
                          f"{', '.join(map(str, table.columns)) or 'none'}")

@@ -58,19 +58,24 @@ def _check_format(path: Path) -> None:
         raise ManifestError(f"{path}: manifest must end in {' or '.join(FORMATS)}, not {path.suffix!r}")
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A .csv (every column as text, empty cells as "") or .parquet table, as stored; ManifestError naming the
+    file when it cannot be parsed."""
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_parquet(path)
+    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
+        raise ManifestError(f"{path}: cannot read manifest ({error})") from None
+
+
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """Read and validate a manifest (.csv or .parquet)."""
     path = Path(path)
     _check_format(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
-    try:
-        if path.suffix.lower() == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        else:
-            table = pd.read_parquet(path)
-    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
-        raise ManifestError(f"{path}: cannot read manifest ({error})") from None
+    table = read_table(path)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ManifestError(
