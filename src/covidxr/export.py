@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.errors import CovidxrError
-from covidxr.lungs import prepare_with_lungs
+from covidxr.lungs import preprocessor
 from covidxr.models.classifier import WithEmbedding
 from covidxr.models.loading import RunModel, load_run
 from covidxr.models.onnx_export import PARITY_TOLERANCE, write_onnx
@@ -30,7 +31,7 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
     try:
         manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
         rows = manifest[manifest["split"] == "test"].head(count).reset_index(drop=True)
-        report = prepare_with_lungs(rows, default_cache_root(), run.preprocessing)
+        report = prepare(rows, default_cache_root(), preprocessor(run.preprocessing, for_workers=True))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
         images = CachedImages(rows, report.cache, run.classes)
         if len(images):

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.labels import label_for
 from covidxr.data.manifest import load_manifest
 from covidxr.data.overlap import overlap_with_training, training_part
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.evaluation.plots import evaluation_plots
-from covidxr.lungs import prepare_with_lungs
+from covidxr.lungs import preprocessor
 from covidxr.metrics import (
     PatientBootstrap,
     at_prevalence,
@@ -114,7 +115,7 @@ def model_probabilities(
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows that could be prepared, their raw logits and their calibrated probabilities (at the prevalence the
     calibration was fitted at)."""
-    report = prepare_with_lungs(rows, cache_root, run.preprocessing)
+    report = prepare(rows, cache_root, preprocessor(run.preprocessing, for_workers=True))
     if len(report.failures):
         log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
