@@ -46,8 +46,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pat
     and of the pooled embedding."""
     run = load_run(run_dir)
     out = Path(out) if out else run.rundir.onnx
-    metadata = {"covidxr_model_json": json.dumps(run.contract), "weights_sha256": run.inference.weights_sha256,
-                "preprocessing": json.dumps(run.contract["preprocessing"]), "classes": json.dumps(run.classes),
+    metadata = {"covidxr_model_json": json.dumps(run.contract.content), "weights_sha256": run.contract.weights_sha256,
+                "preprocessing": json.dumps(run.contract.preprocessing), "classes": json.dumps(run.classes),
                 "input": "pixels: float32 (batch, 1, size, size), grey 0..255; outputs: logits (batch, classes), "
                          "embedding (batch, channels): the backbone's pooled last feature map"}
     write_onnx(run.model, run.preprocessing.size, out, metadata)
