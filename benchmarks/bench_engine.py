@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import DATA, machine, shared_manifests
 from covidxr.data.imageio import read_grayscale
-from covidxr.data.preprocess import Preprocessing
+from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.engines import ModelRequest, engine
 from covidxr.engines.ray import RayEngine
 from covidxr.progress import worker_count
@@ -66,11 +66,11 @@ def ray_rate(request: ModelRequest, paths: list[Path], cpus: int) -> tuple[float
     return len(paths) / seconds, started
 
 
-def prepare_seconds(name: str, manifest, config: Preprocessing, lungs) -> float:
+def prepare_seconds(name: str, manifest, steps: Preprocessor) -> float:
     """Seconds `prepare` takes on engine `name` into a fresh cache (every file prepared, none failing)."""
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        report = engine(name).prepare(manifest, Path(cache), config, lungs)
+        report = engine(name).prepare(manifest, Path(cache), steps)
         seconds = time.perf_counter() - start
     assert len(report.failures) == 0 and report.prepared == len(manifest), report.lines()
     return seconds
@@ -81,11 +81,11 @@ def compare_prepare(images: int, lungs_mode: str) -> None:
 
     import ray
 
-    from covidxr.lungs import lung_step
+    from covidxr.lungs import preprocessor
 
     cohen, _ = shared_manifests()
     manifest = cohen.drop_duplicates("sha256").head(images)
-    config, lungs = lung_step(Preprocessing(size=256, lungs=lungs_mode))
+    steps = preprocessor(Preprocessing(size=256, lungs=lungs_mode))
     cores = worker_count()
     mean_kb = sum(Path(path).stat().st_size for path in manifest["path"]) / len(manifest) / 1e3
     print(f"machine: {machine()}; prepare 256 px, lungs={lungs_mode}, {len(manifest)} Cohen frontal X-rays "
@@ -97,7 +97,7 @@ def compare_prepare(images: int, lungs_mode: str) -> None:
         times: dict[str, list[float]] = {"local": [], "ray": []}
         for _ in range(2):
             for name in ("local", "ray"):
-                times[name].append(prepare_seconds(name, manifest, config, lungs))
+                times[name].append(prepare_seconds(name, manifest, steps))
                 print(f"  {name:5s} engine: {times[name][-1]:6.1f} s", flush=True)
     finally:
         start = time.perf_counter()

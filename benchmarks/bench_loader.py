@@ -15,7 +15,7 @@ from _common import machine, shared_manifests
 from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.imageio import read_grayscale
-from covidxr.data.preprocess import Preprocessing, preprocess
+from covidxr.data.preprocess import Preprocessing, Preprocessor, preprocess
 
 BATCH, BATCHES, SIZE = 32, 40, 224
 
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"machine: {machine()}; {len(manifest)} images (all Cohen frontal + as many RSNA), "
           f"batch {BATCH}, {SIZE} px, {BATCHES} batches timed")
     with tempfile.TemporaryDirectory() as folder:
-        cache = prepare(manifest, folder, config).cache
+        cache = prepare(manifest, folder, Preprocessor(config)).cache
         cached = CachedImages(manifest, cache, classes=["x"])
         decoded = DecodedImages(manifest, config)
         results = {}

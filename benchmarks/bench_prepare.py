@@ -17,7 +17,7 @@ import pandas as pd
 from _common import machine, shared_manifests
 from covidxr.data.cache import prepare
 from covidxr.data.imageio import read_grayscale
-from covidxr.data.preprocess import Preprocessing
+from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.progress import worker_count
 
 SIZE = 256
@@ -38,7 +38,7 @@ def baseline_seconds(paths: list[str]) -> float:
 def prepare_seconds(manifest: pd.DataFrame) -> float:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        report = prepare(manifest, folder, Preprocessing(size=SIZE))
+        report = prepare(manifest, folder, Preprocessor(Preprocessing(size=SIZE)))
         seconds = time.perf_counter() - start
     assert len(report.failures) == 0, report.failures
     return seconds

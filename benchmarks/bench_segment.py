@@ -20,7 +20,7 @@ import pandas as pd
 
 from _common import machine, shared_manifests
 from covidxr.data.cache import prepare
-from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing
+from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing, Preprocessor
 from covidxr.lungs import LungSegmenter, shipped_segmenter
 from covidxr.lungs.geometry import lung_mask_from_probability
 from covidxr.lungs.model import LungNet, export_onnx
@@ -77,7 +77,7 @@ def inference(segmenter: LungSegmenter) -> None:
 def prepare_seconds(files: pd.DataFrame, config: Preprocessing, lungs: LungMasker | None = None) -> float:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        report = prepare(files, folder, config, lungs)
+        report = prepare(files, folder, Preprocessor(config, lungs))
         seconds = time.perf_counter() - start
     assert len(report.failures) == 0, report.failures
     return seconds

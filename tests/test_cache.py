@@ -9,7 +9,7 @@ from conftest import save_image, xray_pixels
 from covidxr.cli import main
 from covidxr.data import save_manifest
 from covidxr.data.cache import CacheMiss, PixelCache, prepare
-from covidxr.data.preprocess import Preprocessing, preprocess
+from covidxr.data.preprocess import Preprocessing, Preprocessor, preprocess
 from covidxr.data.sources.base import describe_file
 
 CONFIG = Preprocessing(size=32)
@@ -31,7 +31,7 @@ def images(tmp_path):
 
 def test_prepare_stores_each_file_once_and_reads_back_the_preprocessed_pixels(images, tmp_path):
     manifest = _manifest(images + [images[0]])
-    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     assert (report.prepared, report.reused, len(report.failures)) == (5, 0, 0)
     cache = PixelCache(tmp_path / "cache", CONFIG)
     assert len(cache) == 5 and cache.pixels().shape == (5, 32, 32)
@@ -43,10 +43,10 @@ def test_prepare_stores_each_file_once_and_reads_back_the_preprocessed_pixels(im
 
 def test_rerun_reuses_and_a_new_config_never_shares_pixels(images, tmp_path):
     manifest = _manifest(images)
-    prepare(manifest, tmp_path / "cache", CONFIG)
-    again = prepare(manifest, tmp_path / "cache", CONFIG)
+    prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
+    again = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     assert (again.prepared, again.reused) == (0, 5)
-    other = prepare(manifest, tmp_path / "cache", Preprocessing(size=32, clahe=True))
+    other = prepare(manifest, tmp_path / "cache", Preprocessor(Preprocessing(size=32, clahe=True)))
     assert other.prepared == 5 and other.cache.folder != again.cache.folder
 
 
@@ -57,7 +57,7 @@ def test_a_changed_or_broken_file_is_reported_and_never_cached(images, tmp_path)
     broken.write_bytes(broken.read_bytes()[:600])
     manifest.loc[len(manifest) - 1, "sha256"] = hashlib.sha256(broken.read_bytes()).hexdigest()
     save_image(xray_pixels(50, size=80), images[1])
-    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     problems = dict(zip(report.failures["image_id"], report.failures["problem"]))
     assert "changed since import" in problems["i1"]
     assert "truncated" in problems["i5"]
@@ -70,12 +70,12 @@ def test_a_changed_or_broken_file_is_reported_and_never_cached(images, tmp_path)
 
 def test_pixels_past_the_index_are_cut_off_on_open(images, tmp_path):
     manifest = _manifest(images[:3])
-    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     with open(report.cache.data_path, "ab") as handle:
         handle.write(b"\x07" * 500)
     reopened = PixelCache(tmp_path / "cache", CONFIG)
     assert reopened.data_path.stat().st_size == 3 * 32 * 32
-    prepare(_manifest(images), tmp_path / "cache", CONFIG)
+    prepare(_manifest(images), tmp_path / "cache", Preprocessor(CONFIG))
     final = PixelCache(tmp_path / "cache", CONFIG)
     expected, _ = preprocess(np.asarray(Image.open(images[4]).convert("L")), CONFIG)
     assert np.array_equal(final.get(_manifest(images).loc[4, "sha256"]), expected)
@@ -104,7 +104,7 @@ def test_cached_images_dataset_yields_tensors_and_class_indices(images, tmp_path
     from covidxr.errors import UsageError
 
     manifest = _manifest(images).assign(label=["covid", "non-covid", "covid", "non-covid", "non-covid"])
-    cache = prepare(manifest, tmp_path / "cache", CONFIG).cache
+    cache = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG)).cache
     dataset = CachedImages(manifest, cache, classes=["non-covid", "covid"])
     image, target = dataset[2]
     assert len(dataset) == 5 and image.shape == (1, 32, 32) and image.dtype == torch.uint8 and target == 1

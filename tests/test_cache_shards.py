@@ -12,7 +12,7 @@ from conftest import save_image, xray_pixels
 from covidxr.data import cache as cache_module
 from covidxr.data.cache import PixelCache, Prepared, ShardedPixels, prepare, rank_rows, write_shard
 from covidxr.data.dataset import CachedImages, ShardRankSampler
-from covidxr.data.preprocess import Preprocessing, preprocess
+from covidxr.data.preprocess import Preprocessing, Preprocessor, preprocess
 from covidxr.data.sources.base import describe_file
 
 CONFIG = Preprocessing(size=16)
@@ -36,7 +36,7 @@ def _expected(path):
 def test_a_large_prepare_is_written_as_shards_by_the_workers_and_read_as_one_cache(images, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "SHARD_FILES", 2)
     manifest = _manifest(images)
-    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     assert (report.prepared, report.reused, len(report.failures)) == (7, 0, 0)
     assert len(list((report.cache.folder / "shards").glob("*.csv"))) == 4, "7 files in shards of 2"
     assert not report.cache.data_path.exists(), "the main shard is not written"
@@ -48,19 +48,19 @@ def test_a_large_prepare_is_written_as_shards_by_the_workers_and_read_as_one_cac
     assert np.array_equal(cache.pixels()[slots], np.stack([_expected(path) for path in images]))
     dataset = CachedImages(manifest.assign(label="covid"), cache, ["non-covid", "covid"])
     assert np.array_equal(dataset[3][0][0].numpy(), _expected(images[3]))
-    again = prepare(manifest, tmp_path / "cache", CONFIG)
+    again = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     assert (again.prepared, again.reused) == (0, 7)
 
 
 def test_a_shard_without_its_index_is_not_read_and_its_files_are_prepared_again(images, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "SHARD_FILES", 4)
     manifest = _manifest(images)
-    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     killed = sorted((report.cache.folder / "shards").glob("*.csv"))[0]
     lost = len(pd.read_csv(killed))
     killed.unlink()
     assert len(PixelCache(tmp_path / "cache", CONFIG)) == 7 - lost
-    assert prepare(manifest, tmp_path / "cache", CONFIG).prepared == lost
+    assert prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG)).prepared == lost
 
 
 def _write_one(job):
@@ -82,9 +82,10 @@ def test_many_processes_write_shards_at_once(tmp_path):
 def test_the_main_shard_keeps_growing_beside_written_shards(images, tmp_path):
     manifest = _manifest(images)
     cache = PixelCache(tmp_path / "cache", CONFIG)
-    first = [cache_module.prepare_file((str(p), s, CONFIG, None)) for p, s in zip(images[:3], manifest["sha256"][:3])]
+    steps = Preprocessor(CONFIG)
+    first = [cache_module.prepare_file((str(p), s, steps)) for p, s in zip(images[:3], manifest["sha256"][:3])]
     cache.add_shard(first)
-    rest = [cache_module.prepare_file((str(p), s, CONFIG, None)) for p, s in zip(images[3:], manifest["sha256"][3:])]
+    rest = [cache_module.prepare_file((str(p), s, steps)) for p, s in zip(images[3:], manifest["sha256"][3:])]
     cache.add(rest[:2])
     cache.add_shard(rest[2:] + first[:1])
     reopened = PixelCache(tmp_path / "cache", CONFIG)
@@ -125,7 +126,7 @@ def test_files_that_fail_in_a_sharded_prepare_are_reported_and_not_cached(images
     monkeypatch.setattr(cache_module, "SHARD_FILES", 3)
     manifest = _manifest(images)
     images[2].write_bytes(b"")
-    report = prepare(manifest, tmp_path / "cache", CONFIG)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(CONFIG))
     assert (report.prepared, len(report.failures)) == (6, 1)
     assert report.failures["image_id"].tolist() == ["i2"]
     assert "changed since import" in report.failures["problem"].iloc[0]

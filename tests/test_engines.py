@@ -201,7 +201,7 @@ def test_ray_prepares_the_cache_the_local_engine_does(local_ray, manifest, tmp_p
     from covidxr.data import load_manifest
     from covidxr.data.cache import PixelCache
     from covidxr.data.preprocess import Preprocessing
-    from covidxr.lungs import lung_step
+    from covidxr.lungs import preprocessor
 
     outputs = {}
     for name, options in (("local", []), ("ray", ["--engine", "ray"])):
@@ -212,7 +212,7 @@ def test_ray_prepares_the_cache_the_local_engine_does(local_ray, manifest, tmp_p
     code, printed = outputs["ray"]
     assert code == 3 and "prepared 9 image(s), reused 0" in printed and "failed   2 image(s)" in printed
     assert "not an image" in printed and "sha256 differs" in printed
-    config, _ = lung_step(Preprocessing(size=64, lungs="crop"))
+    config = preprocessor(Preprocessing(size=64, lungs="crop")).settings
     local, on_ray = (PixelCache(tmp_path / name, config) for name in ("local", "ray"))
     assert on_ray.shard_count > 1 and not (on_ray.folder / "pixels.u8").exists()  # written as shards only
     pd.testing.assert_frame_equal(*(pd.read_csv(cache.folder / "failures.csv") for cache in (on_ray, local)))

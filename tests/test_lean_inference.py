@@ -216,10 +216,10 @@ def test_batched_steps_prepare_each_image_as_the_image_by_image_path_does():
     grays = [lesion_image(900 + index, covid=index % 2 == 0, size=size) for index, size in enumerate((96, 300, 640))]
     grays[1] = np.pad(grays[1], 30)  # a black border: the lungs are segmented again on the trimmed image
     together = steps.run_many(grays, ["a", "b", "c"])
-    unchecked = type(steps)(steps.preprocessing, steps.lungs).run_many(grays, ["a", "b", "c"])
+    unchecked = type(steps)(steps.preprocessor).run_many(grays, ["a", "b", "c"])
     for gray, prepared, plain in zip(grays, together, unchecked):
         result, _ = steps.checker.check(gray)
         assert prepared.input_check == result
         assert prepared.pixels is None if not result.accepted else np.array_equal(
-            prepared.pixels, preprocess(gray, steps.preprocessing, segmenter)[0])
-        assert np.array_equal(plain.pixels, preprocess(gray, steps.preprocessing, segmenter)[0])
+            prepared.pixels, preprocess(gray, steps.preprocessor.settings, segmenter)[0])
+        assert np.array_equal(plain.pixels, preprocess(gray, steps.preprocessor.settings, segmenter)[0])

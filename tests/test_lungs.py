@@ -22,10 +22,10 @@ from PIL import Image
 from conftest import SHARED_DATA, required_under_ci, save_image, shared_data_or_skip
 from covidxr.cli import main
 from covidxr.data.cache import prepare
-from covidxr.data.preprocess import LungModelRef, Preprocessing, preprocess
+from covidxr.data.preprocess import LungModelRef, Preprocessing, Preprocessor, preprocess
 from covidxr.data.sources.cohen import import_cohen
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.lungs import LungSegmenter, lung_step, shipped_segmenter
+from covidxr.lungs import LungSegmenter, preprocessor, shipped_segmenter
 from covidxr.lungs.annotations import AnnotationError, annotation_table, darwin_outline, read_coco_boxes
 from covidxr.lungs.geometry import (
     dice_and_iou,
@@ -245,21 +245,23 @@ def test_cache_key_counts_lung_settings_only_when_the_lung_step_is_on():
 
 def test_prepare_with_a_lung_step_needs_the_masker(tmp_path, cohen_dir, fake_segmenter):
     manifest = import_cohen(cohen_dir).manifest
-    with pytest.raises(UsageError, match="prepare_with_lungs"):
-        prepare(manifest, tmp_path / "cache", Preprocessing(size=32, lungs="crop"))
+    with pytest.raises(UsageError, match="covidxr.lungs.preprocessor"):
+        prepare(manifest, tmp_path / "cache", Preprocessor(Preprocessing(size=32, lungs="crop")))
     config = Preprocessing(size=32, lungs="crop", lung_model=LungModelRef(**fake_segmenter.identity()))
-    report = prepare(manifest, tmp_path / "cache", config, fake_segmenter)
+    report = prepare(manifest, tmp_path / "cache", Preprocessor(config, fake_segmenter))
     assert report.prepared == manifest["sha256"].nunique() and report.cache.pixels().shape[1:] == (32, 32)
 
 
-def test_lung_step_names_the_shipped_segmenter_and_refuses_another():
-    assert lung_step(Preprocessing()) == (Preprocessing(), None)
-    named, masker = lung_step(Preprocessing(lungs="crop"))
-    assert masker is shipped_segmenter() and named.lung_model.weights_sha256 == masker.weights_sha256
-    assert lung_step(named)[0] == named
-    other = named.model_copy(update={"lung_model": LungModelRef(name="old", weights_sha256="0" * 64)})
+def test_the_preprocessor_names_the_shipped_segmenter_and_refuses_another():
+    assert preprocessor(Preprocessing()) == Preprocessor(Preprocessing(), None)
+    named = preprocessor(Preprocessing(lungs="crop"))
+    assert named.masker is shipped_segmenter()
+    assert named.settings.lung_model.weights_sha256 == named.masker.weights_sha256
+    assert preprocessor(named.settings).settings == named.settings
+    assert preprocessor(named.settings, for_workers=True).settings == named.settings
+    other = named.settings.model_copy(update={"lung_model": LungModelRef(name="old", weights_sha256="0" * 64)})
     with pytest.raises(CovidxrError, match="lung segmenter old"):
-        lung_step(other)
+        preprocessor(other)
 
 
 # --- the segment command -------------------------------------------------------------------------------------

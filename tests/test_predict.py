@@ -121,13 +121,13 @@ def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_ru
 
     from covidxr.data.imageio import read_grayscale
     from covidxr.data.preprocess import preprocess
-    from covidxr.lungs import lung_step, shipped_segmenter
+    from covidxr.lungs import preprocessor, shipped_segmenter
     from covidxr.serving.app import create_app
 
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run)
     contract = json.loads((run / "model.json").read_text())
-    cropping, _ = lung_step(covidxr.load_model(run).preprocessing.model_copy(update={"lungs": "crop"}))
+    cropping = preprocessor(covidxr.load_model(run).preprocessing.model_copy(update={"lungs": "crop"})).settings
     contract["preprocessing"].update(cropping.model_dump(mode="json"))
     (run / "model.json").write_text(json.dumps(contract))
     eager = covidxr.load_model(run)

@@ -224,6 +224,16 @@ def test_the_shipped_contracts_round_trip_through_their_schemas():
         LungModelContract.parse({k: v for k, v in lungs.items() if k != "input"}, "lungs/model.json")
 
 
+def test_an_updated_contract_keeps_the_rest_and_is_checked_as_a_reader_would():
+    contract = RunDir(shipped_dir()).read_contract()
+    updated = contract.updated(threshold=0.25, shipped_from="elsewhere")
+    assert updated.threshold == 0.25 and updated.content["shipped_from"] == "elsewhere"
+    assert updated.content == {**contract.content, "threshold": 0.25, "shipped_from": "elsewhere"}
+    assert contract.threshold != 0.25  # the original is unchanged
+    with pytest.raises(CovidxrError, match="model.json with new threshold: threshold 2 is not a probability"):
+        contract.updated(threshold=2.0)
+
+
 def test_the_json_schemas_in_the_docs_are_the_ones_the_code_checks():
     """docs/schemas/*.json are generated (`python docs/schemas/generate.py`); they may not drift from the classes."""
     folder = Path(__file__).parents[1] / "docs" / "schemas"

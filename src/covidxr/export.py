@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.errors import CovidxrError
-from covidxr.lungs import prepare_with_lungs
+from covidxr.lungs import preprocessor
 from covidxr.models.classifier import WithEmbedding
 from covidxr.models.loading import RunModel, load_run
 from covidxr.models.onnx_export import PARITY_TOLERANCE, write_onnx
@@ -30,7 +31,7 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
     try:
         manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
         rows = manifest[manifest["split"] == "test"].head(count).reset_index(drop=True)
-        report = prepare_with_lungs(rows, default_cache_root(), run.preprocessing)
+        report = prepare(rows, default_cache_root(), preprocessor(run.preprocessing, for_workers=True))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
         images = CachedImages(rows, report.cache, run.classes)
         if len(images):
@@ -45,8 +46,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pat
     and of the pooled embedding."""
     run = load_run(run_dir)
     out = Path(out) if out else run.rundir.onnx
-    metadata = {"covidxr_model_json": json.dumps(run.contract), "weights_sha256": run.inference.weights_sha256,
-                "preprocessing": json.dumps(run.contract["preprocessing"]), "classes": json.dumps(run.classes),
+    metadata = {"covidxr_model_json": json.dumps(run.contract.content), "weights_sha256": run.contract.weights_sha256,
+                "preprocessing": json.dumps(run.contract.preprocessing), "classes": json.dumps(run.classes),
                 "input": "pixels: float32 (batch, 1, size, size), grey 0..255; outputs: logits (batch, classes), "
                          "embedding (batch, channels): the backbone's pooled last feature map"}
     write_onnx(run.model, run.preprocessing.size, out, metadata)

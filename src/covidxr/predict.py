@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.data.preprocess import Preprocessing, border_trimmed, model_pixels
+from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
-from covidxr.lungs import LungSegmenter, lung_step
+from covidxr.lungs import LungSegmenter, on_threads, preprocessor
 from covidxr.models.onnx_runtime import Forward, ModelRuntime, OnnxModel
 from covidxr.progress import progress_bar, worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
@@ -103,8 +103,7 @@ class ImageSteps:
     """What happens to decoded images before the model: the input check (None: skipped), then preprocessing with
     its lung segmenter, each network run once per batch of images. Picklable: worker processes receive it."""
 
-    preprocessing: Preprocessing
-    lungs: LungSegmenter | None = None
+    preprocessor: Preprocessor
     checker: InputChecker | None = None
 
     def run(self, gray: np.ndarray, name: str) -> PreparedFile:
@@ -115,27 +114,27 @@ class ImageSteps:
         check segmented whole (no border cut, at most the check's working size) reuses the check's mask."""
         checked = self.checker.check_many(grays) if self.checker is not None else [(SKIPPED, None)] * len(grays)
         accepted = [index for index, (result, _) in enumerate(checked) if result.accepted]
-        trimmed = {index: border_trimmed(grays[index], self.preprocessing)[0] for index in accepted}
+        trimmed = {index: self.preprocessor.border_trimmed(grays[index])[0] for index in accepted}
         masks: dict[int, np.ndarray | None] = dict.fromkeys(accepted)
-        if self.lungs is not None:
+        segmenter = self.preprocessor.masker
+        if segmenter is not None:
             known = {index: checked[index][1].mask for index in accepted
                      if checked[index][1] is not None and trimmed[index].shape == grays[index].shape
                      == checked[index][1].mask.shape}
             unknown = [index for index in accepted if index not in known]
-            found = self.lungs.segment_many([trimmed[index] for index in unknown])
+            found = segmenter.segment_many([trimmed[index] for index in unknown])
             masks |= known | {index: lungs.mask for index, lungs in zip(unknown, found)}
         prepared = [PreparedFile(name, warnings=image_warnings(gray), input_check=result)
                     for gray, name, (result, _) in zip(grays, names, checked)]
         for index in accepted:
-            prepared[index].pixels = model_pixels(trimmed[index], self.preprocessing, masks[index])
+            prepared[index].pixels = self.preprocessor.model_pixels(trimmed[index], masks[index])
         return prepared
 
     def single_threaded(self) -> ImageSteps:
         """These steps with segmenters that run on one thread (for worker processes, one per core)."""
-        lungs = LungSegmenter(self.lungs.folder, threads=1) if self.lungs is not None else None
         checker = None if self.checker is None else \
             InputChecker(self.checker.model, LungSegmenter(self.checker.segmenter.folder, threads=1))
-        return ImageSteps(self.preprocessing, lungs, checker)
+        return ImageSteps(on_threads(self.preprocessor, 1), checker)
 
 
 def image_warnings(gray: np.ndarray) -> list[str]:
@@ -253,14 +252,13 @@ class Predictor:
         self.rundir = run if isinstance(run, RunDir) else RunDir(run)
         self.contract = self.rundir.read_contract()
         self.scorer = self.contract.scorer(operating_point, prevalence)
-        preprocessing = Preprocessing.from_recorded(self.contract.preprocessing)
-        preprocessing, lungs = lung_step(preprocessing)
+        steps = preprocessor(Preprocessing.from_recorded(self.contract.preprocessing))
         checker = input_checker(self.contract, self.rundir.model_json) if input_check else None
-        self.steps = ImageSteps(preprocessing, lungs, checker)
+        self.steps = ImageSteps(steps, checker)
         self.runtime = ModelRuntime(self.rundir.onnx, self.contract.weights_sha256, self._torch_forward, "pixels",
                                     threads, output_name="logits")
         self.onnx = OnnxModel(self.runtime.session) if self.runtime.session is not None else None
-        self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, preprocessing, self.onnx,
+        self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, steps.settings, self.onnx,
                                                                 threads)
         self._torch: RunModel | None = None
         self._torch_lock = threading.Lock()
@@ -277,7 +275,7 @@ class Predictor:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return self.steps.preprocessing
+        return self.steps.preprocessor.settings
 
     @property
     def torch_run(self) -> RunModel:

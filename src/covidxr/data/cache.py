@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.data.preprocess import LungMasker, Preprocessing, preprocess
+from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.progress import map_with_progress, progress_bar, worker_count
 
@@ -80,22 +80,21 @@ def read_checked(path: str, expected_sha256: str) -> tuple[np.ndarray | None, st
         return None, f"cannot read ({error.strerror})"
 
 
-def prepare_decoded(image: np.ndarray | None, problem: str, sha256: str, config: Preprocessing,
-                    lungs: LungMasker | None) -> Prepared:
+def prepare_decoded(image: np.ndarray | None, problem: str, sha256: str, preprocessor: Preprocessor) -> Prepared:
     """Preprocess a file `read_checked` decoded (or carry its problem): the work of one row, wherever it runs."""
     if image is None:
         return Prepared(sha256, problem=problem)
     try:
-        pixels, cut = preprocess(image, config, lungs)
+        pixels, cut = preprocessor.pixels(image)
     except ImageReadError as error:
         return Prepared(sha256, problem=error.problem)
     return Prepared(sha256, pixels, image.shape[1], image.shape[0], **asdict(cut))
 
 
-def prepare_file(job: tuple[str, str, Preprocessing, LungMasker | None]) -> Prepared:
+def prepare_file(job: tuple[str, str, Preprocessor]) -> Prepared:
     """Check the file still has the manifest's bytes, decode and preprocess it."""
-    path, expected_sha256, config, lungs = job
-    return prepare_decoded(*read_checked(path, expected_sha256), expected_sha256, config, lungs)
+    path, expected_sha256, preprocessor = job
+    return prepare_decoded(*read_checked(path, expected_sha256), expected_sha256, preprocessor)
 
 
 class PixelCache:
@@ -253,35 +252,33 @@ def write_shard(folder: str | Path, config: Preprocessing, results: list[Prepare
     return shards / f"{name}.csv"
 
 
-def prepare_shard(job: tuple[str, list[tuple[str, str]], Preprocessing, LungMasker | None]) -> dict[str, str]:
+def prepare_shard(job: tuple[str, list[tuple[str, str]], Preprocessor]) -> dict[str, str]:
     """One worker's task: prepare these (path, sha256) files and write them as one shard; the problems by sha256."""
-    folder, files, config, lungs = job
-    results = [prepare_file((path, sha256, config, lungs)) for path, sha256 in files]
-    write_shard(folder, config, results)
+    folder, files, preprocessor = job
+    results = [prepare_file((path, sha256, preprocessor)) for path, sha256 in files]
+    write_shard(folder, preprocessor.settings, results)
     return {result.sha256: result.problem for result in results if result.problem}
 
 
-def _prepare_in_shards(cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
-                       lungs: LungMasker | None) -> dict[str, str]:
+def _prepare_in_shards(cache: PixelCache, files: list[tuple[str, str]], preprocessor: Preprocessor) -> dict[str, str]:
     """Workers that decode and write their own shards (no pixels cross processes); the problems by sha256."""
-    tasks = [(str(cache.folder), files[start:start + SHARD_FILES], config, lungs)
+    tasks = [(str(cache.folder), files[start:start + SHARD_FILES], preprocessor)
              for start in range(0, len(files), SHARD_FILES)]
     problems: dict[str, str] = {}
     with progress_bar() as bar, ProcessPoolExecutor(max_workers=worker_count()) as pool:
-        task = bar.add_task(f"preparing {config.size}px in {len(tasks)} shards", total=len(files))
-        for (_, chunk, _, _), found in zip(tasks, pool.map(prepare_shard, tasks)):
+        task = bar.add_task(f"preparing {preprocessor.settings.size}px in {len(tasks)} shards", total=len(files))
+        for (_, chunk, _), found in zip(tasks, pool.map(prepare_shard, tasks)):
             problems.update(found)
             bar.advance(task, len(chunk))
     return problems
 
 
-def _prepare_in_main(cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
-                     lungs: LungMasker | None) -> dict[str, str]:
+def _prepare_in_main(cache: PixelCache, files: list[tuple[str, str]], preprocessor: Preprocessor) -> dict[str, str]:
     """Workers decode, this process appends to the main shard every SAVE_EVERY entries; the problems by sha256."""
     batch: list[Prepared] = []
     problems: dict[str, str] = {}
-    jobs = [(path, sha256, config, lungs) for path, sha256 in files]
-    for result in map_with_progress(prepare_file, jobs, f"preparing {config.size}px"):
+    jobs = [(path, sha256, preprocessor) for path, sha256 in files]
+    for result in map_with_progress(prepare_file, jobs, f"preparing {preprocessor.settings.size}px"):
         if result.problem:
             problems[result.sha256] = result.problem
             continue
@@ -293,31 +290,32 @@ def _prepare_in_main(cache: PixelCache, files: list[tuple[str, str]], config: Pr
     return problems
 
 
-def prepare_here(cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
-                 lungs: LungMasker | None) -> dict[str, str]:
+def prepare_here(cache: PixelCache, files: list[tuple[str, str]], preprocessor: Preprocessor) -> dict[str, str]:
     """The local way to prepare (path, sha256) files into `cache`, on all cores: up to SHARD_FILES files are
     appended to the main shard, more are written as shards by the workers; the problems by sha256."""
     if len(files) > SHARD_FILES:
-        return _prepare_in_shards(cache, files, config, lungs)
-    return _prepare_in_main(cache, files, config, lungs)
+        return _prepare_in_shards(cache, files, preprocessor)
+    return _prepare_in_main(cache, files, preprocessor)
 
 
-FilePreparer = Callable[[PixelCache, list[tuple[str, str]], Preprocessing, LungMasker | None], dict[str, str]]
+FilePreparer = Callable[[PixelCache, list[tuple[str, str]], Preprocessor], dict[str, str]]
 """Prepares (path, sha256) files into a cache (its main shard or new shards); answers the problems by sha256."""
 
 
-def prepare(manifest: pd.DataFrame, root: str | Path, config: Preprocessing = Preprocessing(),
-            lungs: LungMasker | None = None, prepare_files: FilePreparer = prepare_here) -> PrepareReport:
+def prepare(manifest: pd.DataFrame, root: str | Path, preprocessor: Preprocessor = Preprocessor(Preprocessing()),
+            prepare_files: FilePreparer = prepare_here) -> PrepareReport:
     """Decode and preprocess every manifest image the cache lacks, with a progress bar, by `prepare_files`
     (default: `prepare_here`, all cores of this machine; an engine passes its own).
-    `lungs`: the lung masker a `config.lungs` other than "none" needs (a picklable callable)."""
-    if config.lungs != "none" and lungs is None:
-        raise UsageError("needs a lung masker: use covidxr.lungs.prepare_with_lungs (or pass lungs=)", "lungs",
+    `preprocessor`: its settings and the lung masker a `lungs` other than "none" needs (see
+    `covidxr.lungs.preprocessor`)."""
+    config = preprocessor.settings
+    if config.lungs != "none" and preprocessor.masker is None:
+        raise UsageError("needs a lung masker: build the preprocessor with covidxr.lungs.preprocessor", "lungs",
                          config.lungs)
     cache = PixelCache(root, config)
     files = manifest.drop_duplicates("sha256")
     todo = files[~files["sha256"].map(cache.__contains__)]
-    problems = prepare_files(cache, list(zip(todo["path"], todo["sha256"])), config, lungs)
+    problems = prepare_files(cache, list(zip(todo["path"], todo["sha256"])), preprocessor)
     cache = PixelCache(root, config)
     failed = manifest[manifest["sha256"].isin(problems)][["image_id", "path", "sha256"]]
     failed = failed.assign(problem=failed["sha256"].map(problems))

@@ -3,8 +3,9 @@ equalisation or CLAHE: decoded pixels -> model pixels.
 
 Every step is set by `Preprocessing`, which runs record in their inference contract and the pixel cache
 uses as its key, so different settings never share pixels. The lung step (`lungs: crop | mask`) needs a
-lung masker, a callable from a decoded image to its bool lung mask: `covidxr.lungs.lung_step(config)`
-gives the shipped segmenter; this module only applies the mask it returns.
+lung masker, a callable from a decoded image to its bool lung mask. A `Preprocessor` holds both, built once
+from a run's settings by `covidxr.lungs.preprocessor(settings)` (with the shipped segmenter); this module only
+applies the mask the masker returns.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def model_pixels(trimmed: np.ndarray, config: Preprocessing, lungs: np.ndarray |
     if config.lungs == "none":
         square = make_square(trimmed, config.square)
     elif lungs is None:
-        raise UsageError("needs a lung masker (covidxr.lungs.lung_step gives it)", "lungs", config.lungs)
+        raise UsageError("needs a lung masker (covidxr.lungs.preprocessor gives it)", "lungs", config.lungs)
     else:
         square = lung_square(trimmed, lungs, config)
     interpolation = cv2.INTER_AREA if square.shape[0] >= config.size else cv2.INTER_LINEAR
@@ -230,3 +231,23 @@ def preprocess(image: np.ndarray, config: Preprocessing, lungs: LungMasker | Non
     trimmed, cut = border_trimmed(image, config)
     mask = lungs(trimmed) if config.lungs != "none" and lungs is not None else None
     return model_pixels(trimmed, config, mask), cut
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """The settings and the lung masker they need (None for lungs=none), built once by
+    `covidxr.lungs.preprocessor(settings)` and passed down whole. Picklable: worker processes and Ray actors
+    receive it."""
+
+    settings: Preprocessing
+    masker: LungMasker | None = None
+
+    def border_trimmed(self, image: np.ndarray) -> tuple[np.ndarray, Cut]:
+        return border_trimmed(image, self.settings)
+
+    def model_pixels(self, trimmed: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
+        return model_pixels(trimmed, self.settings, lungs)
+
+    def pixels(self, image: np.ndarray) -> tuple[np.ndarray, Cut]:
+        """Decoded grayscale uint8 -> model pixels, and the border that was cut (see `preprocess`)."""
+        return preprocess(image, self.settings, self.masker)

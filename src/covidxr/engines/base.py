@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # the audit's types import PyTorch; predicting with ONNX Runt
     import pandas as pd
 
     from covidxr.data.cache import PixelCache, PrepareReport
-    from covidxr.data.preprocess import LungMasker, Preprocessing
+    from covidxr.data.preprocess import Preprocessor
     from covidxr.evaluation.audit import OcclusionPass
     from covidxr.lungs import LungSegmenter
     from covidxr.lungs.segment import SegmentedFile
@@ -67,8 +67,7 @@ class Engine(Protocol):
         """`segment.csv`'s rows of `paths` in their order, each file's mask (and overlay) written in `out`."""
         ...
 
-    def prepare(self, manifest: pd.DataFrame, root: Path, config: Preprocessing,
-                lungs: LungMasker | None) -> PrepareReport:
+    def prepare(self, manifest: pd.DataFrame, root: Path, preprocessor: Preprocessor) -> PrepareReport:
         """The manifest's images the cache under `root` lacks, prepared into it (`covidxr.data.cache.prepare`)."""
         ...
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from covidxr.data.preprocess import LungMasker, Preprocessing
+from covidxr.data.preprocess import Preprocessor
 from covidxr.engines.base import ModelRequest
-from covidxr.lungs import LungSegmenter
+from covidxr.lungs import LungSegmenter, on_threads
 from covidxr.lungs.segment import SegmentedFile, segment_files
 from covidxr.predict import Prediction, Predictor
 from covidxr.progress import worker_count
@@ -29,13 +29,12 @@ class LocalEngine:
                 overlay: bool) -> list[SegmentedFile]:
         return segment_files(paths, out, overlay, segmenter)
 
-    def prepare(self, manifest: pd.DataFrame, root: Path, config: Preprocessing,
-                lungs: LungMasker | None) -> PrepareReport:
+    def prepare(self, manifest: pd.DataFrame, root: Path, preprocessor: Preprocessor) -> PrepareReport:
         from covidxr.data.cache import prepare  # lazy: pandas costs predict ~0.3 s of start-up
 
-        if isinstance(lungs, LungSegmenter) and worker_count() > 1:
-            lungs = LungSegmenter(lungs.folder, threads=1)  # one worker process per core, one thread each
-        return prepare(manifest, root, config, lungs)
+        if worker_count() > 1:
+            preprocessor = on_threads(preprocessor, 1)  # one worker process per core, one thread each
+        return prepare(manifest, root, preprocessor)
 
     def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,
                   segmenter: LungSegmenter) -> OcclusionPass:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from covidxr.data.cache import PixelCache, PrepareReport, prepare
-from covidxr.data.preprocess import LungMasker, Preprocessing
+from covidxr.data.preprocess import Preprocessor
 from covidxr.engines.base import ModelRequest, Stage
 from covidxr.engines.stages import (
     OcclusionStage,
@@ -200,14 +200,13 @@ class RayEngine:
         stage = SegmentStage(segmenter.folder.resolve(), out, overlay, folder)
         return [SegmentedFile(**row) for row in self.run_stage(stage, list(zip(paths, output_stems(paths))))]
 
-    def prepare(self, manifest: pd.DataFrame, root: Path, config: Preprocessing,
-                lungs: LungMasker | None) -> PrepareReport:
-        return prepare(manifest, root, config, lungs, prepare_files=self.prepare_files)
+    def prepare(self, manifest: pd.DataFrame, root: Path, preprocessor: Preprocessor) -> PrepareReport:
+        return prepare(manifest, root, preprocessor, prepare_files=self.prepare_files)
 
-    def prepare_files(self, cache: PixelCache, files: list[tuple[str, str]], config: Preprocessing,
-                      lungs: LungMasker | None) -> dict[str, str]:
+    def prepare_files(self, cache: PixelCache, files: list[tuple[str, str]], preprocessor: Preprocessor
+                      ) -> dict[str, str]:
         """`covidxr.data.cache.FilePreparer` on Ray: actors write shards of the cache; the problems by sha256."""
-        stage = PrepareStage(os.fspath(cache.folder.resolve()), config, lungs)
+        stage = PrepareStage(os.fspath(cache.folder.resolve()), preprocessor)
         return {row["sha256"]: row["problem"] for row in self.run_stage(stage, files) if row["problem"]}
 
     def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,

@@ -19,9 +19,9 @@ import numpy as np
 
 from covidxr.data.cache import PixelCache, prepare_decoded, read_checked, write_shard
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.data.preprocess import LungMasker, Preprocessing
+from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.engines.base import ModelRequest
-from covidxr.lungs import LungSegmenter
+from covidxr.lungs import LungSegmenter, on_threads
 from covidxr.lungs.segment import BATCH as SEGMENT_BATCH
 from covidxr.lungs.segment import SegmentedFile, segment_decoded
 from covidxr.paths import user_cache
@@ -131,13 +131,12 @@ class PrepareStage:
     shards: the cache itself tells a rerun what is done."""
 
     folder: str
-    config: Preprocessing
-    lungs: LungMasker | None
+    preprocessor: Preprocessor
     batch: int = SHARD_BATCH
 
     @property
     def holds_model(self) -> bool:
-        return self.lungs is not None  # else preprocessing is all: tasks do it
+        return self.preprocessor.masker is not None  # else preprocessing is all: tasks do it
 
     def results(self) -> Path | None:
         return None
@@ -150,12 +149,11 @@ class PrepareStage:
         return (sha256, *read_checked(path, sha256))
 
     def open(self, threads: int) -> Callable[[list], list[dict]]:
-        lungs = LungSegmenter(self.lungs.folder, threads) if isinstance(self.lungs, LungSegmenter) else self.lungs
+        preprocessor = on_threads(self.preprocessor, threads)
 
         def prepare(decoded: list[tuple[str, np.ndarray | None, str]]) -> list[dict]:
-            results = [prepare_decoded(image, problem, sha256, self.config, lungs)
-                       for sha256, image, problem in decoded]
-            write_shard(self.folder, self.config, results)
+            results = [prepare_decoded(image, problem, sha256, preprocessor) for sha256, image, problem in decoded]
+            write_shard(self.folder, preprocessor.settings, results)
             return [{"sha256": result.sha256, "problem": result.problem} for result in results]
         return prepare
 

@@ -28,12 +28,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
-from covidxr.data.cache import PixelCache, PrepareReport
+from covidxr.data.cache import PixelCache, PrepareReport, prepare
 from covidxr.data.dataset import CachedImages
-from covidxr.data.preprocess import LungMasker, Preprocessing
+from covidxr.data.preprocess import Preprocessor
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.lungs import LungSegmenter, lung_step, prepare_with_lungs, shipped_segmenter
+from covidxr.lungs import LungSegmenter, preprocessor, shipped_segmenter
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import AuditResult, default_cache_root, read_json, softmax_with_temperature, write_json
@@ -101,8 +101,7 @@ def occlusion_on_cache(run: RunModel, rows: pd.DataFrame, cache: PixelCache, seg
 class AuditEngine(Protocol):
     """Where the audit's per-image work runs (`covidxr.engines` implements it; default: here)."""
 
-    def prepare(self, manifest: pd.DataFrame, root: Path, config: Preprocessing,
-                lungs: LungMasker | None) -> PrepareReport: ...
+    def prepare(self, manifest: pd.DataFrame, root: Path, preprocessor: Preprocessor) -> PrepareReport: ...
 
     def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,
                   segmenter: LungSegmenter) -> OcclusionPass: ...
@@ -235,12 +234,12 @@ def audit_run(run_dir: str | Path, data: str | Path | None = None, cache_root: s
               bootstrap: PatientBootstrap = PatientBootstrap(), engine: AuditEngine | None = None) -> AuditResult:
     """The three checks of the module docstring on the run's own rows (all splits) or another manifest's, also
     written to `audit_file(RUN/evaluation, data)` with their verdicts in the model card; `engine`: where preparing
-    the pixels and the occlusion pass run (default: here, `prepare_with_lungs` and `occlusion_on_cache`)."""
+    the pixels and the occlusion pass run (default: here, `covidxr.data.cache.prepare` and `occlusion_on_cache`)."""
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
     root = Path(cache_root or default_cache_root())
-    report = (engine.prepare(rows, root, *lung_step(run.preprocessing)) if engine else
-              prepare_with_lungs(rows, root, run.preprocessing))
+    report = (engine.prepare(rows, root, preprocessor(run.preprocessing)) if engine else
+              prepare(rows, root, preprocessor(run.preprocessing, for_workers=True)))
     rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     truth = (rows["label"] == run.positive_class).to_numpy()
     segmenter = shipped_segmenter()

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.labels import label_for
 from covidxr.data.manifest import load_manifest
 from covidxr.data.overlap import overlap_with_training, training_part
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.evaluation.plots import evaluation_plots
-from covidxr.lungs import prepare_with_lungs
+from covidxr.lungs import preprocessor
 from covidxr.metrics import (
     PatientBootstrap,
     at_prevalence,
@@ -114,12 +115,12 @@ def model_probabilities(
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows that could be prepared, their raw logits and their calibrated probabilities (at the prevalence the
     calibration was fitted at)."""
-    report = prepare_with_lungs(rows, cache_root, run.preprocessing)
+    report = prepare(rows, cache_root, preprocessor(run.preprocessing, for_workers=True))
     if len(report.failures):
         log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     logits, _ = predict_logits(run.model, CachedImages(rows, report.cache, run.classes))
-    return rows, logits, run.inference.scorer().probabilities(logits)
+    return rows, logits, run.contract.scorer().probabilities(logits)
 
 
 def _subgroups(rows: pd.DataFrame, truth: np.ndarray, scores: np.ndarray, threshold: float, by: str,
@@ -148,7 +149,7 @@ def operating_point_figures(run: RunModel, truth: np.ndarray, scores: np.ndarray
     """Each of the run's operating points (thresholds fitted on validation) applied here: sensitivity,
     specificity, PPV and NPV with their intervals, beside the validation figures it was chosen with."""
     figures = {}
-    for name, point in run.inference.operating_points.items():
+    for name, point in run.contract.operating_points.items():
         measured = metrics_with_intervals(truth, scores, patients, point.threshold, bootstrap)
         figures[name] = OperatingPointFigures(
             threshold=point.threshold, rule=point.rule, **{key: measured[key] for key in OPERATING_POINT_KEYS},
@@ -191,14 +192,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     truth = (rows["label"] == run.positive_class).to_numpy()
     scores = probabilities[:, positive]
     uncalibrated = softmax_with_temperature(logits, 1.0)[:, positive]
-    scorer = run.inference.scorer()
+    scorer = run.contract.scorer()
     threshold = scorer.threshold
     result = {
         **({"overlap_with_training": overlap} if data is not None else {}),
         "run": str(run.run), "data": name, "split": split, "n_images": int(len(rows)),
         "n_patients": int(rows["patient_id"].nunique()), "prevalence": float(truth.mean()),
         **metrics_with_intervals(truth, scores, rows["patient_id"], threshold, bootstrap),
-        "threshold": threshold, "threshold_rule": run.inference.threshold_rule,
+        "threshold": threshold, "threshold_rule": run.contract.threshold_rule,
         "operating_point": scorer.operating_point, "calibration": scorer.calibration.method,
         "calibration_prevalence": scorer.calibration.prevalence,
         "confusion_matrix": confusion(truth, scores, threshold),

@@ -37,7 +37,7 @@ from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import dice_and_iou, outline_overlay
 from covidxr.metrics import PatientBootstrap
 from covidxr.progress import progress_bar, stderr
-from covidxr.runs import NOT_FOR_CLINICAL_USE, read_json, write_json
+from covidxr.runs import NOT_FOR_CLINICAL_USE, LungModelContract, read_json, write_json
 
 COHEN = "covid-chestxray-dataset"
 V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
@@ -224,14 +224,14 @@ def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Pat
 
 def write_card(folder: Path, result: dict) -> None:
     """The segmenter's model_card.json: what it is, its figures with provenance, its limits."""
-    contract = read_json(folder / "model.json")
+    path = folder / "model.json"
+    contract = LungModelContract.parse(read_json(path), f"{path} (a lung segmenter's model.json)")
     held = result["held_out"]
     card = {
-        "model": contract["name"], "intended_use": NOT_FOR_CLINICAL_USE, "not_for_clinical_use": True,
+        "model": contract.name, "intended_use": NOT_FOR_CLINICAL_USE, "not_for_clinical_use": True,
         "what": "Lung masks of frontal chest radiographs (both lungs, the lung behind the heart included), for "
                 "cropping or masking before classification and for the shortcut audit and Grad-CAM heat share.",
-        "architecture": contract["architecture"], "pretrained": contract["pretrained"],
-        "training_data": contract["data"],
+        "architecture": contract.architecture, "pretrained": contract.pretrained, "training_data": contract.data,
         "evaluation": result,
         "limitations": [
             "Trained on hand-drawn outlines of COVID-19 images only (the only ones published): other findings and "

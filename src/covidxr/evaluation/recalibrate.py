@@ -25,6 +25,7 @@ from covidxr.evaluation.evaluate import evaluation_rows, model_probabilities
 from covidxr.metrics import PatientBootstrap, expected_calibration_error, metrics_with_intervals
 from covidxr.models.loading import load_run
 from covidxr.runs import (
+    InferenceContract,
     RunDir,
     default_cache_root,
     read_json,
@@ -103,17 +104,17 @@ def calibrate(run_dir: str | Path | None, data: str | Path, out: str | Path, pre
         log.warning("%s holds %d positives and %d negatives; below %d of either, the refitted operating points' "
                     "sensitivity and specificity have 95%% intervals wider than about +-0.1", name,
                     counts["positives"], counts["negatives"], MIN_PER_CLASS)
-    default_point = run.inference.default_operating_point
+    default_point = run.contract.default_operating_point
     if default_point not in ("balanced", "high-sensitivity", "high-specificity"):
         default_point = "balanced"
     calibrated, calls, fold_prevalence = cross_fitted(logits, targets, patients, positive, folds, seed)
-    original = run.inference.scorer()
+    original = run.contract.scorer()
     prior_only = shift_prevalence(before[:, positive], original.calibration.prevalence, fold_prevalence) \
         if original.calibration.prevalence is not None else None
     figures = {
         "before": {**_ece(truth, before[:, positive], patients, bootstrap), "operating_points": {
             point_name: _point_figures(truth, before[:, positive] >= point.threshold, patients, bootstrap)
-            for point_name, point in run.inference.operating_points.items()}},
+            for point_name, point in run.contract.operating_points.items()}},
         "prior_shift_only": _ece(truth, prior_only, patients, bootstrap) if prior_only is not None else None,
         "after": {**_ece(truth, calibrated, patients, bootstrap), "operating_points": {
             point_name: _point_figures(truth, called, patients, bootstrap) for point_name, called in calls.items()}},
@@ -125,11 +126,11 @@ def calibrate(run_dir: str | Path | None, data: str | Path, out: str | Path, pre
                      "figures_out_of_fold": figures,
                      "ci_method": bootstrap.method, "minimum_per_class": MIN_PER_CLASS,
                      "from_run": str(run.run), "weights_changed": False}
-    _write_run(run.rundir, out, {**run.contract, **refitted, "recalibration": recalibration})
+    _write_run(run.rundir, out, run.contract.updated(**refitted, recalibration=recalibration), recalibration)
     return recalibration
 
 
-def _write_run(source: RunDir, out: Path, contract: dict) -> None:
+def _write_run(source: RunDir, out: Path, contract: InferenceContract, recalibration: dict) -> None:
     out.mkdir(parents=True)
     for name in RUN_FILES:
         if (source.root / name).is_file():
@@ -138,6 +139,6 @@ def _write_run(source: RunDir, out: Path, contract: dict) -> None:
     target.write_contract(contract)
     if target.model_card.is_file():
         card = read_json(target.model_card)
-        card["recalibration"] = contract["recalibration"]
+        card["recalibration"] = recalibration
         card.pop("evaluations", None)
         write_json(target.model_card, card)

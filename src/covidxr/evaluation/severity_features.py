@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 
 from covidxr.config import ModelSpec
+from covidxr.data.cache import prepare
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.manifest import SEVERITY_MAXIMA
 from covidxr.data.preprocess import Preprocessing
 from covidxr.data.split import split_units
-from covidxr.lungs import prepare_with_lungs, shipped_segmenter
+from covidxr.lungs import preprocessor, shipped_segmenter
 from covidxr.models.classifier import Classifier, PooledStages, build_classifier
 from covidxr.progress import progress_bar
 
@@ -55,7 +56,7 @@ def scored_images(manifest: pd.DataFrame, preprocessing: Preprocessing, cache_ro
     cache at `cache_root`; and report lines (rows without scores, images that could not be prepared)."""
     has_scores = manifest[list(SEVERITY_MAXIMA)].notna().all(axis=1)
     rows = manifest[has_scores].reset_index(drop=True)
-    report = prepare_with_lungs(rows, cache_root, preprocessing)
+    report = prepare(rows, cache_root, preprocessor(preprocessing, for_workers=True))
     usable = ~rows["sha256"].isin(report.failures["sha256"])
     rows = rows[usable].reset_index(drop=True)
     lines = [f"{int((~has_scores).sum())} row(s) without both scores left out"] if (~has_scores).any() else []

@@ -1,8 +1,8 @@
 """Lungs: the published outlines, the lung segmenter, and the masks that prepare, audit and explain use.
 
     >>> import covidxr
-    >>> mask = covidxr.segment_lungs(gray)                  # 255 on both lungs, 0 elsewhere, gray's size
-    >>> config, lungs = covidxr.lungs.lung_step(config)     # preprocessing `lungs: crop | mask`
+    >>> mask = covidxr.segment_lungs(gray)                      # 255 on both lungs, 0 elsewhere, gray's size
+    >>> steps = covidxr.lungs.preprocessor(settings)            # Preprocessor: settings + the lung masker they need
 
 This package imports neither torch nor segmentation-models-pytorch unless a segmenter has no matching
 ONNX file (`model.py` and `train.py` are the PyTorch side).
@@ -10,48 +10,42 @@ ONNX file (`model.py` and `train.py` are the PyTorch side).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
-from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing
+from covidxr.data.preprocess import LungModelRef, Preprocessing, Preprocessor
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungMask
 from covidxr.lungs.segment import LungSegmenter, segment_lungs, shipped_lung_model, shipped_segmenter
 from covidxr.progress import worker_count
 
-if TYPE_CHECKING:  # pandas and the pixel cache cost ~0.5 s to import: predict never needs them
-    import pandas as pd
-
-    from covidxr.data.cache import PrepareReport
-
-__all__ = ["LungMask", "LungSegmenter", "lung_step", "prepare_with_lungs", "segment_lungs", "shipped_lung_model",
+__all__ = ["LungMask", "LungSegmenter", "on_threads", "preprocessor", "segment_lungs", "shipped_lung_model",
            "shipped_segmenter"]
 
 
-def lung_step(config: Preprocessing) -> tuple[Preprocessing, LungMasker | None]:
-    """The preprocessing with its lung model named, and the lung masker it needs (None for lungs=none).
+def preprocessor(settings: Preprocessing, for_workers: bool = False) -> Preprocessor:
+    """The settings with their lung model named, and the lung masker they need (None for lungs=none). `for_workers`:
+    the masker runs in worker processes, one per core, so with more than one core each segmenter runs on one thread
+    (what `covidxr.data.cache.prepare` needs).
 
-    A preprocessing that names no lung model gets the shipped segmenter's (training does this once and
-    records it in model.json); one that names another segmenter than the shipped one is an error."""
-    if config.lungs == "none":
-        return config, None
+    Settings that name no lung model get the shipped segmenter's (training does this once and records it in
+    model.json); settings that name another segmenter than the shipped one are an error."""
+    if settings.lungs == "none":
+        return Preprocessor(settings)
     segmenter = shipped_segmenter()
-    if config.lung_model is None:
-        return config.model_copy(update={"lung_model": LungModelRef(**segmenter.identity())}), segmenter
-    if config.lung_model.weights_sha256 != segmenter.weights_sha256:
+    if settings.lung_model is None:
+        settings = settings.model_copy(update={"lung_model": LungModelRef(**segmenter.identity())})
+    elif settings.lung_model.weights_sha256 != segmenter.weights_sha256:
         raise CovidxrError(
-            f"this model's preprocessing used the lung segmenter {config.lung_model.name} (weights sha256 "
-            f"{config.lung_model.weights_sha256[:12]}...), but the installed one is {segmenter.name} "
+            f"this model's preprocessing used the lung segmenter {settings.lung_model.name} (weights sha256 "
+            f"{settings.lung_model.weights_sha256[:12]}...), but the installed one is {segmenter.name} "
             f"({segmenter.weights_sha256[:12]}...): install the covidxr version the model was trained with")
-    return config, segmenter
+    steps = Preprocessor(settings, segmenter)
+    return on_threads(steps, 1) if for_workers and worker_count() > 1 else steps
 
 
-def prepare_with_lungs(manifest: pd.DataFrame, root: str | Path, config: Preprocessing) -> PrepareReport:
-    """`covidxr.data.cache.prepare` with the lung masker the preprocessing needs (see `lung_step`); with one
-    worker process per core, each segmenter runs on one thread."""
-    from covidxr.data.cache import prepare  # lazy: predict, which imports this package, never prepares a cache
-
-    config, lungs = lung_step(config)
-    if lungs is not None and worker_count() > 1:
-        lungs = LungSegmenter(lungs.folder, threads=1)
-    return prepare(manifest, root, config, lungs)
+def on_threads(steps: Preprocessor, threads: int | None) -> Preprocessor:
+    """The same steps with their lung segmenter running on `threads` threads (1 in worker processes, one per
+    core); a masker that is no `LungSegmenter` is kept as it is."""
+    if not isinstance(steps.masker, LungSegmenter):
+        return steps
+    return replace(steps, masker=LungSegmenter(steps.masker.folder, threads))

@@ -19,40 +19,35 @@ class RunModel:
 
     rundir: RunDir
     model: Classifier
-    inference: InferenceContract
+    contract: InferenceContract
 
     @property
     def run(self) -> Path:
         return self.rundir.root
 
     @property
-    def contract(self) -> dict:
-        """model.json as written."""
-        return self.inference.content
-
-    @property
     def classes(self) -> list[str]:
-        return self.inference.classes
+        return self.contract.classes
 
     @property
     def positive_class(self) -> str:
-        return self.inference.positive_class
+        return self.contract.positive_class
 
     @property
     def positive_index(self) -> int:
-        return self.inference.positive_index
+        return self.contract.positive_index
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_recorded(self.inference.preprocessing)
+        return Preprocessing.from_recorded(self.contract.preprocessing)
 
     @property
     def temperature(self) -> float:
-        return self.inference.temperature
+        return self.contract.temperature
 
     @property
     def threshold(self) -> float:
-        return self.inference.threshold
+        return self.contract.threshold
 
     @property
     def output_folder(self) -> Path:

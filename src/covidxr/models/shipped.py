@@ -33,7 +33,7 @@ MAX_BYTES = 25 * 1024 * 1024
 def package_run(run: str | Path, target: Path | None = None) -> Path:
     """Copy a run into the package as the shipped model (float16 weights)."""
     source, shipped = RunDir(run), RunDir(target or shipped_dir())
-    contract = source.read_contract().content
+    contract = source.read_contract()
     card = source.read_card()
     missing = [key for key in ("evaluations", "audits") if key not in card]
     if missing:
@@ -51,8 +51,8 @@ def package_run(run: str | Path, target: Path | None = None) -> Path:
                            "shipped model; the shipped model was left as it was")
     shipped.onnx.unlink(missing_ok=True)
     os.replace(candidate, shipped.weights)
-    shipped.write_contract({**contract, "weights_sha256": file_sha256(shipped.weights), "weights_dtype": "float16",
-                            "shipped_from": source.root.name})
+    shipped.write_contract(contract.updated(weights_sha256=file_sha256(shipped.weights), weights_dtype="float16",
+                                            shipped_from=source.root.name))
     shipped.write_card(card)
     return shipped.root
 
@@ -65,34 +65,37 @@ CALIBRATION_KEYS = ("calibration", "operating_points", "default_operating_point"
 def package_calibration(run: str | Path, evaluation: str | Path, target: Path | None = None) -> Path:
     """Copy RUN's calibration keys into the shipped model.json and the test evaluation into its card."""
     source, shipped = RunDir(run), RunDir(target or shipped_dir())
-    contract, recalibrated = shipped.read_contract().content, source.read_contract().content
-    if recalibrated["weights_sha256"] != file_sha256(shipped.weights):
+    contract, recalibrated = shipped.read_contract(), source.read_contract()
+    if recalibrated.weights_sha256 != file_sha256(shipped.weights):
         raise CovidxrError(f"{source.root}: its weights are not the shipped model's; calibrate the shipped model")
     figures = read_json(evaluation)
-    if figures.get("split") != "test" or figures.get("n_images") != sum(contract["data"]["by_split"]["test"].values()):
+    test_images = sum((contract.data or {}).get("by_split", {}).get("test", {}).values())
+    if figures.get("split") != "test" or figures.get("n_images") != test_images:
         raise CovidxrError(f"{evaluation}: not an evaluation of the shipped model's test split")
-    fitted_on = {**recalibrated["calibration"]["fitted_on"], "data": "validation split (covidxr calibrate)"}
-    contract |= {key: recalibrated[key] for key in CALIBRATION_KEYS if key in recalibrated}
+    recalibration = (recalibrated.model_extra or {}).get("recalibration")
+    if not isinstance(recalibration, dict):
+        raise CovidxrError(f"{source.model_json}: records no recalibration; make it with `covidxr calibrate`")
+    changes = {key: value for key, value in recalibrated.content.items() if key in CALIBRATION_KEYS}
+    fitted_on = {**changes["calibration"].get("fitted_on", {}), "data": "validation split (covidxr calibrate)"}
     if (shipped.root / INPUT_CHECK).is_file():
-        contract["input_check"] = read_json(shipped.root / INPUT_CHECK)
-    contract["calibration"] = {**contract["calibration"], "fitted_on": fitted_on}
-    contract["calibration_figures_out_of_fold"] = recalibrated["recalibration"]["figures_out_of_fold"]
+        changes["input_check"] = read_json(shipped.root / INPUT_CHECK)
+    changes["calibration"] = {**changes["calibration"], "fitted_on": fitted_on}
+    contract = contract.updated(**changes, calibration_figures_out_of_fold=recalibration["figures_out_of_fold"])
     shipped.write_contract(contract)
+    points = contract.content["operating_points"]
     card = shipped.read_card()
     card["evaluations"]["internal-test"] = {**card["evaluations"].get("internal-test", {}),
                                             **{key: figures[key] for key in CARD_KEYS if key in figures}}
-    card["operating_point"] = {"threshold": contract["threshold"], "rule": contract["threshold_rule"],
-                               "name": contract["default_operating_point"], "fitted_on": fitted_on["data"]}
-    card["calibration"] = {"method": contract["calibration"]["method"], "fitted_on": fitted_on,
-                           "prevalence": contract["calibration"]["prevalence"],
-                           "compared": contract["calibration"]["compared"],
-                           "operating_points": contract["operating_points"],
-                           "default_operating_point": contract["default_operating_point"],
+    card["operating_point"] = {"threshold": contract.threshold, "rule": contract.threshold_rule,
+                               "name": contract.default_operating_point, "fitted_on": fitted_on["data"]}
+    card["calibration"] = {"method": contract.calibration.method, "fitted_on": fitted_on,
+                           "prevalence": contract.calibration.prevalence, "compared": contract.calibration.compared,
+                           "operating_points": points, "default_operating_point": contract.default_operating_point,
                            "why_this_default": why_default(figures["operating_points"],
-                                                           contract["default_operating_point"])}
-    if contract.get("input_check"):
-        check = contract["input_check"]
-        card["input_check"] = {"name": check["name"], "fitted_on": check["fitted_on"], "figures": check["figures"]}
+                                                           contract.default_operating_point)}
+    if contract.input_check:
+        check = contract.input_check
+        card["input_check"] = {"name": check.name, "fitted_on": check.fitted_on, "figures": check.figures}
     shipped.write_card(card)
     return shipped.root
 

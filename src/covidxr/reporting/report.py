@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covidxr.data.cache import prepare
 from covidxr.data.dataset import CachedImages
 from covidxr.data.manifest import load_dropped
 from covidxr.evaluation.audit import audit_file, audit_run, read_audit
@@ -30,7 +31,7 @@ from covidxr.evaluation.evaluate import (
 from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result, within_source_lines
 from covidxr.evaluation.plots import curves_file
 from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
-from covidxr.lungs import prepare_with_lungs, shipped_segmenter
+from covidxr.lungs import preprocessor, shipped_segmenter
 from covidxr.models.loading import RunModel, load_run
 from covidxr.reporting.templates import Table, render
 from covidxr.runs import AuditResult, EvaluationResult, default_cache_root
@@ -139,7 +140,7 @@ def grad_cam_galleries(run: RunModel, cache_root: Path, folder: Path) -> list[Ga
     manifest = pd.read_csv(run.rundir.manifest, dtype=str, keep_default_na=False)
     test = manifest[manifest["split"] == INTERNAL_SPLIT].reset_index(drop=True)
     rows, _, probabilities = model_probabilities(run, test, cache_root)
-    cache = prepare_with_lungs(rows, cache_root, run.preprocessing).cache
+    cache = prepare(rows, cache_root, preprocessor(run.preprocessing, for_workers=True)).cache
     positive = run.positive_index
     truth = rows["label"].map(run.classes.index).to_numpy()
     rng = np.random.default_rng(0)

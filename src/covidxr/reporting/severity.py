@@ -184,7 +184,7 @@ def run_study(data: Path, out: Path, folds: int = 5, repeats: int = 10, seed: in
     head = fit_head(next(r.features for r in studied if r.name == SHIPPED_RECIPE), images.targets, images.units,
                     chosen["figures"], feature=f"global averages of the outputs of stages {list(MID_STAGES)} of "
                     f"ImageNet {IMAGENET_BACKBONE} (grey input, weights rounded to float16), on the shipped "
-                    "classifier's lung-masked input", weights_sha256=shipped.inference.weights_sha256,
+                    "classifier's lung-masked input", weights_sha256=shipped.contract.weights_sha256,
                     preprocessing=images.preprocessing.key(), features_onnx=FEATURES_FILE,
                     features_sha256=file_sha256(features_path),
                     evaluation={**evaluation, "recipe": SHIPPED_RECIPE, "onnx_parity": difference},

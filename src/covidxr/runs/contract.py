@@ -8,7 +8,7 @@ Training writes them, every model-using stage reads them; `docs/reference.md` sh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -54,6 +54,11 @@ class ContractBase(WrittenFile):
     def content(self) -> dict[str, Any]:
         """The object as written to model.json (further keys included)."""
         return self.to_json()
+
+    def updated(self, **changes: Any) -> Self:
+        """This contract with `changes` (JSON values; a further key is kept as written), checked as a reader
+        would check it: a CovidxrError naming the first problem."""
+        return type(self).parse({**self.content, **changes}, f"model.json with new {', '.join(changes)}")
 
 
 

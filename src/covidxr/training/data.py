@@ -14,12 +14,12 @@ from torchvision.transforms import v2
 
 from covidxr.config import Harmonisation, TrainConfig
 from covidxr.data.build import build
-from covidxr.data.cache import PixelCache
+from covidxr.data.cache import PixelCache, prepare
 from covidxr.data.dataset import CachedImages, ShardRankSampler
 from covidxr.data.labels import CLASSES
 from covidxr.data.split import find_leaks
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.lungs import prepare_with_lungs
+from covidxr.lungs import preprocessor
 
 log = logging.getLogger("covidxr.train")
 
@@ -127,7 +127,7 @@ def augmentation(config: TrainConfig) -> v2.Transform:
 
 def ensure_cache(manifest: pd.DataFrame, cache_root, config: TrainConfig) -> PixelCache:
     """The recipe's pixel cache, preparing what it lacks; failures are not trained on, they stop the run."""
-    report = prepare_with_lungs(manifest, cache_root, config.preprocessing)
+    report = prepare(manifest, cache_root, preprocessor(config.preprocessing, for_workers=True))
     if len(report.failures):
         raise CovidxrError(f"{len(report.failures)} image(s) could not be prepared (see "
                            f"{report.cache.folder / 'failures.csv'}); fix or drop them from the manifest")

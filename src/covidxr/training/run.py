@@ -22,7 +22,7 @@ from covidxr.config import TrainConfig, validated
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
-from covidxr.lungs import lung_step
+from covidxr.lungs import preprocessor
 from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
 from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
@@ -152,7 +152,8 @@ def _prepare_run(config: TrainConfig, manifest_path: Path, run: RunDir,
     if is_main_process() and run.config.exists():
         raise UsageError("already holds a run; write to another folder, or resume this one", "out", run.root)
     manifest = select_rows(load_manifest(manifest_path), config)
-    config = config.model_copy(update={"preprocessing": lung_step(config.preprocessing)[0]})  # names the lung model
+    named = preprocessor(config.preprocessing).settings  # names the lung model
+    config = config.model_copy(update={"preprocessing": named})
     if is_main_process():
         run.root.mkdir(parents=True, exist_ok=True)
         run.config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

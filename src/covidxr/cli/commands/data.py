@@ -96,12 +96,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from covidxr.data import load_manifest
     from covidxr.data.preprocess import Preprocessing
     from covidxr.engines import engine
-    from covidxr.lungs import lung_step
+    from covidxr.lungs import preprocessor
 
     if (args.preview is None) != (args.preview_out is None):
         raise UsageError("--preview N and --preview-out FILE.png go together")
-    config, lungs = lung_step(with_overrides(Preprocessing(size=args.size), parse_overrides(args.set)))
-    report = engine(args.engine, args.ray_address).prepare(load_manifest(args.manifest), args.out, config, lungs)
+    steps = preprocessor(with_overrides(Preprocessing(size=args.size), parse_overrides(args.set)))
+    report = engine(args.engine, args.ray_address).prepare(load_manifest(args.manifest), args.out, steps)
     print_lines(report.lines())
     if args.preview:
         from covidxr.reporting.preview import contact_sheet
