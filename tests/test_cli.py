@@ -1,6 +1,7 @@
 """The command line end to end on synthetic layouts: outputs, printed reports and exit codes."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -136,3 +137,19 @@ def test_import_folders_through_the_cli_then_a_preview_with_nothing_prepared(tmp
     assert code == 1 and "failed   4 image(s)" in captured.out and "file changed since import" in captured.out
     assert "covidxr: error: nothing to preview: none of the manifest's 4 image(s) is prepared" in captured.err
     assert "Traceback" not in captured.err and not (tmp_path / "preview.png").exists()
+
+
+def test_the_progress_rate_is_the_count_over_the_time_since_the_start():
+    from rich.progress import Progress
+
+    from covidxr.progress import RateColumn
+
+    column = RateColumn("img")
+    progress = Progress(column, disable=True)
+    task = progress.add_task("preparing", total=5464)
+    assert column.render(progress.tasks[0]).plain == "- img/s"
+    time.sleep(0.2)
+    progress.update(task, advance=1)
+    progress.update(task, advance=5463)  # a whole shard of cached images at once
+    shown = column.render(progress.tasks[0]).plain
+    assert shown.endswith(" img/s") and 5464 / 5 < float(shown.split()[0].replace(",", "")) <= 5464 / 0.2

@@ -29,14 +29,17 @@ _PARALLEL_FROM = 64
 
 
 class RateColumn(ProgressColumn):
-    """Items per second."""
+    """Items per second since the task started: its completed count over its elapsed time. (rich's own
+    `task.speed` averages over a short window, which a bar advanced by thousands at once, such as a shard of
+    cached images, turns into millions per second.)"""
 
     def __init__(self, unit: str):
         super().__init__()
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f} {self.unit}/s" if task.speed else f"- {self.unit}/s")
+        rate = task.completed / task.elapsed if task.elapsed and task.elapsed > 0.05 else None
+        return Text(f"{rate:,.0f} {self.unit}/s" if rate else f"- {self.unit}/s")
 
 
 def progress_bar(unit: str = "img", disable: bool = False) -> Progress:
