@@ -108,7 +108,8 @@ fig, axes = plt.subplots(1, len(examples), figsize=(10, 5))
 for row, ax in zip(examples, axes):
     out = WORK / f"gradcam-{row['source']}.png"
     explained[row["source"]] = found = model.explain(row["path"], out)
-    print(f"{row['source']} ({row['label']}): P(covid) {found['probability']:.2f}, "
+    print(f"{row['source']} ({row['label']}): P(covid) {found['probability']:.2f} at prevalence "
+          f"{model.info['prevalence']:.3g} (operating point {model.info['operating_point']}), "
           f"{found['lung_heat_share']:.0%} of the heat inside the lungs; not for clinical use")
     ax.imshow(plt.imread(out))
     ax.axis("off")

@@ -133,12 +133,15 @@ print(f"wrote run-site (weights unchanged); 95% CIs: {recalibration['ci_method']
 # %%
 site_rows = pd.read_csv("site.csv", keep_default_na=False)
 runs = {"trained run": "run", "recalibrated": "run-site"}
-probabilities = {name: [p.probability for p in cx.load_model(run, input_check=False).predict_files(site_rows["path"],
-                                                                                                   workers=1)]
-                 for name, run in runs.items()}
+models = {name: cx.load_model(run, input_check=False) for name, run in runs.items()}
+probabilities = {name: [p.probability for p in model.predict_files(site_rows["path"], workers=1)]
+                 for name, model in models.items()}
 fig, ax = plt.subplots(figsize=(6, 3))
 for name, values in probabilities.items():
-    ax.hist(values, bins=20, range=(0, 1), alpha=0.5, label=f"{name} (mean {sum(values) / len(values):.2f})")
+    assumed = models[name].info["prevalence"]
+    ax.hist(values, bins=20, range=(0, 1), alpha=0.5,
+            label=f"{name} (mean {sum(values) / len(values):.2f}; prevalence "
+                  f"{'unknown' if assumed is None else f'{assumed:.3g}'}, {models[name].info['operating_point']})")
 ax.axvline((site_rows["label"] == "covid").mean(), color="k", ls="--", lw=1, label="share of COVID-19 at the site")
 ax.set_xlabel("P(covid)")
 ax.set_ylabel("site images")

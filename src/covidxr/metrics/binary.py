@@ -25,7 +25,8 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def auc_or_none(truth: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC as the Mann-Whitney U statistic over average ranks (ties count one half): the value of
-    scikit-learn's roc_auc_score, about 15x faster, which bootstrap CIs call thousands of times."""
+    scikit-learn's roc_auc_score (equal on ties too), which bootstrap CIs call thousands of times:
+    16.2x faster over 1,000 resamples of 823 rows (`benchmarks/bench_auc.py`)."""
     truth = np.asarray(truth, dtype=bool)
     positives = int(truth.sum())
     negatives = len(truth) - positives
