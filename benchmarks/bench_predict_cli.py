@@ -33,7 +33,7 @@ import numpy as np
 
 from _common import DATA, machine
 from covidxr.data.imageio import ImageReadError, read_grayscale
-from covidxr.predict import BATCH, load_model, prepare_file
+from covidxr.predict import BATCH, load_model, prepare_files
 from covidxr.progress import worker_count
 from covidxr.runs import shipped_run
 
@@ -156,7 +156,7 @@ def throughput(paths: list[Path]) -> dict:
     baseline = best_rate(lambda: decode_and_resize(paths, size), len(paths))
     ours = best_rate(lambda: predictor.predict_files(paths), len(paths))
     serial = best_rate(lambda: predictor.predict_files(paths, workers=1), len(paths))
-    prepared = [prepare_file(path, predictor.steps).pixels for path in paths[:BATCH * 2]]
+    prepared = [item.pixels for item in prepare_files(paths[:BATCH * 2], predictor.steps)]
     pixels = np.stack([p for p in prepared if p is not None])
 
     def networks() -> None:

@@ -24,7 +24,7 @@ from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing, Pre
 from covidxr.lungs import LungSegmenter, shipped_segmenter
 from covidxr.lungs.geometry import lung_mask_from_probability
 from covidxr.lungs.model import LungNet, export_onnx
-from covidxr.lungs.segment import onnx_session
+from covidxr.models.onnx_runtime import matching_session
 from covidxr.progress import worker_count
 
 OLD_SIZE, THREADS, RUNS, PREPARE_SIZE = 256, 2, 30, 256
@@ -40,6 +40,12 @@ def milliseconds_per_image(run, batch: np.ndarray) -> float:
         run(batch)
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times)) / len(batch)
+
+
+def onnx_session(path: Path, weights_sha256: str, threads: int):
+    """The forward pass of ONNX Runtime over `path` (as the segmenter's runtime opens it)."""
+    session = matching_session(path, weights_sha256, threads)
+    return lambda batch: session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
 def old_segmenter_session(folder: Path):

@@ -188,32 +188,33 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return expanded
 
 
-def prepare_file(path: str | Path, steps: ImageSteps) -> PreparedFile:
-    """Decode one file, check it and prepare it as the run's model expects; an unreadable file gets its reason."""
-    return prepare_files([path], steps)[0]
+def decoded_file(path: str | Path) -> tuple[str, np.ndarray | None, str]:
+    """(the path as given, its grey pixels or None, why it cannot be read)."""
+    try:
+        return os.fspath(path), read_grayscale(path), ""
+    except ImageReadError as error:
+        return os.fspath(path), None, error.problem
+
+
+def prepared_from(decoded: Sequence[tuple[str, np.ndarray | None, str]], steps: ImageSteps) -> list[PreparedFile]:
+    """Decoded files (see `decoded_file`) checked and prepared as the run's model expects, the readable ones
+    together (one batch through each network); an unreadable file gets its reason."""
+    readable = [index for index, (_, gray, _) in enumerate(decoded) if gray is not None]
+    prepared = [PreparedFile(name, error=error) for name, _, error in decoded]
+    done = steps.run_many([decoded[index][1] for index in readable], [decoded[index][0] for index in readable])
+    for index, item in zip(readable, done):
+        prepared[index] = item
+    return prepared
 
 
 def prepare_files(paths: Sequence[str | Path], steps: ImageSteps) -> list[PreparedFile]:
-    """`prepare_file` of each path, the readable ones checked and prepared together (one batch)."""
-    prepared: list[PreparedFile | None] = []
-    grays, names, slots = [], [], []
-    for path in paths:
-        try:
-            grays.append(read_grayscale(path))
-        except ImageReadError as error:
-            prepared.append(PreparedFile(os.fspath(path), error=error.problem))
-            continue
-        names.append(os.fspath(path))
-        slots.append(len(prepared))
-        prepared.append(None)
-    for slot, item in zip(slots, steps.run_many(grays, names)):
-        prepared[slot] = item
-    return prepared
+    """Each file decoded, checked and prepared (`prepared_from`)."""
+    return prepared_from([decoded_file(path) for path in paths], steps)
 
 
 def prepared_in_order(paths: Sequence[str | Path], steps: ImageSteps, workers: int | None = None
                       ) -> Iterator[PreparedFile]:
-    """`prepare_file` of every path, in input order, CHUNK files at a time. With many files, in `workers`
+    """`prepare_files` of every path, in input order, CHUNK files at a time. With many files, in `workers`
     processes (default: one per core, their networks on one thread each), with at most
     CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker submitted ahead of the consumer, so a folder of any size holds
     a bounded number of images in memory."""
@@ -400,15 +401,16 @@ class Predictor:
         """Predictions for files in input order, batched, with a progress bar; unreadable ones get status
         'error'. Many files are decoded and prepared in `workers` processes (default: one per core) while
         the model runs batches here."""
-        results, batch = [], []
+        results, batch, ready = [], [], 0
         with progress_bar(disable=len(paths) < PARALLEL_FROM) as bar:
             task = bar.add_task("predicting", total=len(paths))
             for prepared in prepared_in_order(paths, self.steps, workers):
                 batch.append(prepared)
-                if sum(item.pixels is not None for item in batch) == BATCH:
+                ready += prepared.pixels is not None
+                if ready == BATCH:
                     results += self.predict_prepared(batch)
                     bar.advance(task, len(batch))
-                    batch = []
+                    batch, ready = [], 0
             results += self.predict_prepared(batch)
             bar.advance(task, len(batch))
         return results

@@ -38,6 +38,6 @@ class LocalEngine:
 
     def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,
                   segmenter: LungSegmenter) -> OcclusionPass:
-        from covidxr.evaluation.audit import occlusion_on_cache
+        from covidxr.evaluation.audit import occlusion_on_cache  # lazy: audit loads torch and scikit-learn
 
         return occlusion_on_cache(run, rows, cache, segmenter)

@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 
 from covidxr.data.cache import PixelCache, prepare_decoded, read_checked, write_shard
-from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.engines.base import ModelRequest
 from covidxr.lungs import LungSegmenter, on_threads
 from covidxr.lungs.segment import BATCH as SEGMENT_BATCH
 from covidxr.lungs.segment import SegmentedFile, segment_decoded
 from covidxr.paths import user_cache
-from covidxr.predict import BATCH, PreparedFile
+from covidxr.predict import BATCH, decoded_file, prepared_from
 
 SHARD_BATCH = 128
 """Files per shard a `prepare` actor writes: a batch of decoded full-size images held at once (a 3000 x 2500
@@ -48,14 +47,6 @@ def file_identity(path: str | Path) -> list:
     except OSError:
         state = None
     return [os.fspath(path), os.path.abspath(path), state]
-
-
-def decoded_file(path: str | Path) -> tuple[str, np.ndarray | None, str]:
-    """(the path as given, its grey pixels or None, why it cannot be read)."""
-    try:
-        return os.fspath(path), read_grayscale(path), ""
-    except ImageReadError as error:
-        return os.fspath(path), None, error.problem
 
 
 @dataclass(frozen=True)
@@ -83,8 +74,7 @@ class PredictStage:
         predictor = self.request.load(threads)
 
         def predict(decoded: list[tuple[str, np.ndarray | None, str]]) -> list[dict]:
-            prepared = [PreparedFile(path, error=error) if gray is None else predictor.steps.run(gray, path)
-                        for path, gray, error in decoded]
+            prepared = prepared_from(decoded, predictor.steps)
             return [prediction.as_dict() for prediction in predictor.predict_prepared(prepared)]
         return predict
 

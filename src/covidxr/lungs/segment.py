@@ -24,7 +24,7 @@ from PIL import Image
 from covidxr.data.imageio import ImageReadError, read_grayscale, scale_to_uint8
 from covidxr.errors import UsageError
 from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_letterbox, outline_overlay, unletterbox
-from covidxr.models.onnx_runtime import ModelRuntime, matching_session
+from covidxr.models.onnx_runtime import ModelRuntime
 from covidxr.progress import progress_bar
 from covidxr.runs import LungModelContract, read_json, shipped_dir
 
@@ -50,14 +50,6 @@ def as_grayscale(array: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D grayscale array or an (H, W, 3|4) uint8 RGB(A) array, got shape "
                          f"{array.shape} dtype {array.dtype}")
     return array if array.dtype == np.uint8 else scale_to_uint8(array)
-
-
-def onnx_session(path: Path, weights_sha256: str, threads: int | None) -> Backend | None:
-    """The forward pass of ONNX Runtime over `path` when its metadata records `weights_sha256`, else None."""
-    session = matching_session(path, weights_sha256, threads)
-    if session is None:
-        return None
-    return lambda batch: session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
 def _torch_backend(path: Path) -> Backend:
