@@ -197,7 +197,11 @@ def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, 
                 for k in range(3)]
     assert not (held_out[0] & held_out[1]) and not (held_out[1] & held_out[2])
     assert set(result["mean"]) >= {"auc", "sensitivity"} and (tmp_path / "cv" / "fold-2" / "model.json").is_file()
-    assert "pooled out-of-fold AUC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pooled out-of-fold AUC" in printed
+    within = result["pooled_out_of_fold_within_source"]
+    assert all(f"within {source}, pooled out of fold" in printed for source in within)
+    assert within or "within-source skill cannot be measured" in printed
     assert main(["cv", "--config", "default", "--data", str(training_manifest), "-o", str(tmp_path / "x")]) == 2
 
 

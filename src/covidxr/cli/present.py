@@ -146,11 +146,13 @@ def audit_lines(result: dict) -> list[str]:
 
 
 def cross_validation_lines(result: dict, out: Path) -> list[str]:
-    from covidxr.evaluation.metrics import format_estimate, format_number
+    from covidxr.evaluation.metrics import format_estimate, format_number, pooled_within_source_lines
 
     lines = [f"fold {f['fold']}: {f['n_images']} images, AUC {format_number(f['auc'])}" for f in result["folds"]]
+    within = pooled_within_source_lines(result) or [
+        "no source holds both classes in the pooled out-of-fold rows: within-source skill cannot be measured"]
     return lines + [f"mean AUC {format_number(result['mean']['auc'])} (sd {format_number(result['sd']['auc'])}); "
-                    f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}",
+                    f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}", *within,
                     f"wrote {Path(out) / 'cv.json'} and one run per fold"]
 
 

@@ -193,7 +193,7 @@ def leave_one_site_out(embeddings: np.ndarray, rows: pd.DataFrame, truth: np.nda
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         model.fit(embeddings[others], truth[others])
         results[str(site)] = {"n_images": int(len(index)),
-                              "auc": float(roc_auc_score(truth[index], model.predict_proba(embeddings[index])[:, 1]))}
+                              "auc": auc_or_none(truth[index], model.predict_proba(embeddings[index])[:, 1])}
     if results:
         worst = min(results.values(), key=lambda r: r["auc"])["auc"]
         verdict = (f"Unseen sites: AUC from {worst:.2f} to {max(r['auc'] for r in results.values()):.2f} on "

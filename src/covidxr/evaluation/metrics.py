@@ -59,8 +59,14 @@ def within_source_lines(result: Figures, cv: dict | None = None) -> list[str]:
     lines = [f"within {source} ({figure(result, 'split')}): {figure(figures, 'n_images')} images, "
              f"{figure(figures, 'n_patients')} patients, AUC {format_estimate(figures, 'auc')}"
              for source, figures in figure(result, "within_source").items()]
-    for source, figures in ((cv or {}).get("pooled_out_of_fold_within_source") or {}).items():
-        lines.append(f"within {source}, pooled out of fold ({len(cv['folds'])}-fold cross-validation over "
-                     f"{cv.get('splits', 'train and val')} rows): {figures['n_images']} images, "
-                     f"{figures['n_patients']} patients, AUC {format_estimate(figures, 'auc')}")
+    lines += pooled_within_source_lines(cv or {})
     return lines or ["no source holds both classes here: within-source skill cannot be measured"]
+
+
+def pooled_within_source_lines(cv: dict) -> list[str]:
+    """From cross-validation results (cv.json): the pooled out-of-fold AUC within each source holding both
+    classes."""
+    return [f"within {source}, pooled out of fold ({len(cv['folds'])}-fold cross-validation over "
+            f"{cv.get('splits', 'train and val')} rows): {figures['n_images']} images, "
+            f"{figures['n_patients']} patients, AUC {format_estimate(figures, 'auc')}"
+            for source, figures in (cv.get("pooled_out_of_fold_within_source") or {}).items()]

@@ -14,7 +14,6 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -23,6 +22,7 @@ from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, save_manifest
 from covidxr.errors import UsageError
 from covidxr.lungs import preprocessor
+from covidxr.metrics import auc_or_none
 from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
 from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
@@ -203,7 +203,7 @@ def finish_run(model: Classifier, stage: StageResult, manifest: pd.DataFrame, co
     write_json(run.env, environment(config))
     probabilities = contract.scorer().probabilities(logits)
     positives = targets == positive
-    auc = float(roc_auc_score(positives, probabilities[:, positive])) if 0 < positives.sum() < len(positives) else None
+    auc = auc_or_none(positives, probabilities[:, positive])
     validation_figures = {"split": "val", "images": int(len(targets)), f"auc_{POSITIVE_CLASS}_vs_rest": auc,
                           "note": "validation figures chose the checkpoint, calibration and thresholds: optimistic"}
     run.write_card(model_card(config, contract.content, validation_figures))
