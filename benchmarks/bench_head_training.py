@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from _common import RECIPE, machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data import build, save_manifest
-from covidxr.models.classifier import build_classifier
+from covidxr.models.classifier import create_model
 from covidxr.training import run as run_module
 from covidxr.training.data import ensure_cache, split_datasets
 
@@ -53,7 +53,7 @@ def keras_way(config, manifest: pd.DataFrame, cache_root: Path) -> tuple[float, 
     datasets = split_datasets(manifest, ensure_cache(manifest, cache_root, config), config)
     for dataset in datasets.values():
         dataset.transform = None
-    model, _ = build_classifier(config.model, 2, SIZE)
+    model, _ = create_model(config.model, 2, SIZE)
     model.backbone.requires_grad_(False)
     model.backbone.eval()
     steps = EPOCHS * int(np.ceil(len(datasets["train"]) / config.optimisation.batch_size))

@@ -20,7 +20,7 @@ from covidxr.config import load_recipe
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.preprocess import preprocess
 from covidxr.export import write_onnx
-from covidxr.models.classifier import build_classifier
+from covidxr.models.classifier import create_model
 from covidxr.models.onnx_runtime import OnnxModel
 
 CALLS, BATCH = 200, 32
@@ -42,7 +42,7 @@ def main() -> None:
     cohen, _ = shared_manifests()
     images = np.stack([preprocess(read_grayscale(p), config.preprocessing)[0] for p in cohen["path"].head(BATCH)])
     pixels = images[:, None].astype(np.float32)
-    model, _ = build_classifier(config.model, 2, size)
+    model, _ = create_model(config.model, 2, size)
     model.eval()
     with tempfile.TemporaryDirectory() as folder:
         runtime = OnnxModel(write_onnx(model, size, Path(folder) / "model.onnx"))

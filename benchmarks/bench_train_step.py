@@ -14,7 +14,7 @@ import torch
 from _common import RECIPE, machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data import build
-from covidxr.models.classifier import build_classifier
+from covidxr.models.classifier import create_model
 from covidxr.training.data import ensure_cache, loader, split_datasets
 
 STEPS = 30
@@ -42,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         train_set = split_datasets(manifest, ensure_cache(manifest, Path(folder), config), config)["train"]
         batches = loader(train_set, config, True, config.seed)
-        model, _ = build_classifier(config.model, 2, config.preprocessing.size)
+        model, _ = create_model(config.model, 2, config.preprocessing.size)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         iterator = iter(batches)

@@ -400,10 +400,10 @@ def _random_classifier(name: str, head: str = "linear"):
     import torch
 
     from covidxr.config import ModelSpec
-    from covidxr.models.classifier import build_classifier
+    from covidxr.models.classifier import create_model
 
     torch.manual_seed(0)
-    model, _ = build_classifier(ModelSpec(name=name, head=head), num_classes=2, image_size=64)
+    model, _ = create_model(ModelSpec(name=name, head=head), num_classes=2, image_size=64)
     for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         norm.running_mean.uniform_(-0.2, 0.2)
         norm.running_var.uniform_(0.5, 2.0)

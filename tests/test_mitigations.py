@@ -84,9 +84,9 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
 def test_the_adversary_pushes_the_backbone_against_the_domain_loss():
     torch.manual_seed(0)
     from covidxr.config import ModelSpec
-    from covidxr.models.classifier import build_classifier
+    from covidxr.models.classifier import create_model
 
-    model, _ = build_classifier(ModelSpec(name="covidxr_cnn"), 2, 32)
+    model, _ = create_model(ModelSpec(name="covidxr_cnn"), 2, 32)
     head = DomainHead(model.head[-1].in_features, 2)
     module = LitClassifier(model, 2, 1e-3, 0.0, domain_head=head, adversarial_weight=1.0, adversarial_warmup=False)
     pixels, domains = torch.rand(8, 1, 32, 32) * 255, torch.tensor([0, 1] * 4)

@@ -11,7 +11,7 @@ from torch import nn
 
 from covidxr.config import ModelSpec, TrainConfig, parse_overrides, with_overrides
 from covidxr.errors import CovidxrError, UsageError
-from covidxr.models.classifier import build_classifier
+from covidxr.models.classifier import create_model
 from covidxr.models.heads import create_head, register_head
 from covidxr.models.weights import WeightsUnavailable, convert_checkpoint, imagenet_backbone, load_weights
 from covidxr.registry import BACKBONES as REGISTERED_BACKBONES
@@ -23,7 +23,7 @@ BACKBONES = ["resnet18", "resnet50", "vgg16", "vgg19", "densenet121", "mobilenet
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_every_listed_backbone_classifies_grey_pixels(name):
-    model, report = build_classifier(ModelSpec(name=name), num_classes=2, image_size=32)
+    model, report = create_model(ModelSpec(name=name), num_classes=2, image_size=32)
     model.eval()
     logits = model(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8))
     assert logits.shape == (2, 2) and report is None
@@ -31,7 +31,7 @@ def test_every_listed_backbone_classifies_grey_pixels(name):
 
 @pytest.mark.parametrize("name", ["resnet18", "covidxr_cnn"])
 def test_three_channel_input_and_three_classes(name):
-    model, _ = build_classifier(ModelSpec(name=name, in_chans=3), num_classes=3, image_size=32)
+    model, _ = create_model(ModelSpec(name=name, in_chans=3), num_classes=3, image_size=32)
     assert model.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
 
 
@@ -62,7 +62,7 @@ def test_a_new_head_is_one_decorated_function_and_a_recipe_can_name_it(monkeypat
         return nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
     spec = ModelSpec.model_validate({"name": "covidxr_cnn", "head": "max-pool"})
-    model, _ = build_classifier(spec, num_classes=2, image_size=32)
+    model, _ = create_model(spec, num_classes=2, image_size=32)
     assert isinstance(model.head[0], nn.AdaptiveMaxPool2d)
     pixels, labels = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -91,7 +91,7 @@ def test_an_unknown_head_in_a_recipe_lists_the_registered_ones():
 
 def test_unknown_model_and_head_are_usage_errors():
     with pytest.raises(UsageError, match="unknown model 'resnet9000'.*covidxr's own \\(covidxr_cnn\\)"):
-        build_classifier(ModelSpec(name="resnet9000"), 2, 32)
+        create_model(ModelSpec(name="resnet9000"), 2, 32)
     with pytest.raises(UsageError, match="^unknown head 'transformer'; registered: linear, pyimagesearch"):
         create_head("transformer", 8, 2, 2, 2)
     with pytest.raises(UsageError, match="^pretrained=True: covidxr_cnn has no pretrained weights; accepted: "):
@@ -99,9 +99,9 @@ def test_unknown_model_and_head_are_usage_errors():
 
 
 def test_a_whole_model_file_round_trips(tmp_path):
-    first, _ = build_classifier(ModelSpec(name="resnet18"), 2, 32)
+    first, _ = create_model(ModelSpec(name="resnet18"), 2, 32)
     save_file({k: v.contiguous() for k, v in first.state_dict().items()}, str(tmp_path / "m.safetensors"))
-    second, report = build_classifier(ModelSpec(name="resnet18", weights=tmp_path / "m.safetensors"), 2, 32)
+    second, report = create_model(ModelSpec(name="resnet18", weights=tmp_path / "m.safetensors"), 2, 32)
     probe = torch.randint(0, 256, (2, 1, 32, 32)).float()
     assert torch.allclose(first.eval()(probe), second.eval()(probe))
     assert not report.missing and not report.unexpected
@@ -110,7 +110,7 @@ def test_a_whole_model_file_round_trips(tmp_path):
 def test_backbone_weights_adapt_rgb_conv_and_skip_the_imagenet_classifier(tmp_path):
     imagenet_like = timm.create_model("resnet18", num_classes=1000, in_chans=3)
     save_file({k: v.contiguous() for k, v in imagenet_like.state_dict().items()}, str(tmp_path / "r18.safetensors"))
-    model, report = build_classifier(ModelSpec(name="resnet18", weights=tmp_path / "r18.safetensors"), 2, 32)
+    model, report = create_model(ModelSpec(name="resnet18", weights=tmp_path / "r18.safetensors"), 2, 32)
     assert report.adapted == ["conv1.weight"]
     assert set(report.unexpected) == {"fc.weight", "fc.bias"}
     expected = imagenet_like.state_dict()["conv1.weight"].sum(dim=1, keepdim=True)
@@ -119,7 +119,7 @@ def test_backbone_weights_adapt_rgb_conv_and_skip_the_imagenet_classifier(tmp_pa
 
 
 def test_weight_file_errors(tmp_path):
-    model, _ = build_classifier(ModelSpec(name="covidxr_cnn"), 2, 32)
+    model, _ = create_model(ModelSpec(name="covidxr_cnn"), 2, 32)
     with pytest.raises(UsageError, match="convert"):
         load_weights(model, tmp_path / "w.pth")
     with pytest.raises(UsageError, match="not found"):

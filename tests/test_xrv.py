@@ -9,7 +9,7 @@ from conftest import import_or_required_under_ci
 from covidxr.config import ModelSpec
 from covidxr.errors import UsageError
 from covidxr.models import xrv
-from covidxr.models.classifier import build_classifier, pretrained_provenance
+from covidxr.models.classifier import create_model, pretrained_provenance
 from covidxr.models.pretrained import WeightsConversionError
 from covidxr.models.weights import WeightsUnavailable
 
@@ -33,7 +33,7 @@ def test_xrv_densenet_from_its_cache_as_a_pickled_module(xrv_cache):
     torch.manual_seed(1)
     reference = xrv_package.models.DenseNet(weights=None)
     torch.save(reference, xrv_cache / _cache_name("densenet121-res224-all"))  # the package's own format
-    model, _ = build_classifier(ModelSpec(name="xrv-densenet121-res224-all"), 2, 64)
+    model, _ = create_model(ModelSpec(name="xrv-densenet121-res224-all"), 2, 64)
     assert torch.equal(model.backbone.features.denseblock3.denselayer5.conv1.weight,
                        reference.features.denseblock3.denselayer5.conv1.weight)
     reference.eval(), model.eval()
@@ -52,7 +52,7 @@ def test_xrv_resnet_from_a_state_dict_given_as_model_weights(tmp_path, xrv_cache
     reference.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     torch.save(reference.state_dict(), tmp_path / "resnet50.pt")
     spec = ModelSpec(name="xrv-resnet50-res512-all", weights=tmp_path / "resnet50.pt")
-    model, report = build_classifier(spec, 2, 64)
+    model, report = create_model(spec, 2, 64)
     assert report.loaded == len(model.backbone.state_dict())
     assert torch.equal(model.backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
     assert model.mean.flatten().tolist() == [0.5] and model.std.flatten().tolist() == [1 / 2048]
@@ -61,14 +61,14 @@ def test_xrv_resnet_from_a_state_dict_given_as_model_weights(tmp_path, xrv_cache
 
 def test_xrv_offline_and_uncached_says_what_to_do(xrv_cache):
     with pytest.raises(WeightsUnavailable) as error:
-        build_classifier(ModelSpec(name="xrv-densenet121-res224-all"), 2, 64)
+        create_model(ModelSpec(name="xrv-densenet121-res224-all"), 2, 64)
     message = str(error.value)
     assert _cache_name("densenet121-res224-all") in message and str(xrv_cache) in message
     assert "model.weights=FILE" in message and "efficientnet_lite0" in message
     with pytest.raises(UsageError, match="no weights 'densenet121-res224-everything'"):
-        build_classifier(ModelSpec(name="xrv-densenet121-res224-everything"), 2, 64)
+        create_model(ModelSpec(name="xrv-densenet121-res224-everything"), 2, 64)
     with pytest.raises(UsageError, match="densenet121, resnet50"):
-        build_classifier(ModelSpec(name="xrv-vit-res224-all"), 2, 64)
+        create_model(ModelSpec(name="xrv-vit-res224-all"), 2, 64)
 
 
 class Payload:
@@ -82,6 +82,6 @@ def test_xrv_files_naming_other_classes_are_refused(tmp_path, capsys):
         xrv.read_xrv_file(tmp_path / "evil.pt")
     assert "must never run" not in capsys.readouterr().out
     save_file({"features.conv0.weight": torch.zeros(64, 1, 7, 7)}, str(tmp_path / "partial.safetensors"))
-    model, report = build_classifier(ModelSpec(name="xrv-densenet121-res224-all",
-                                               weights=tmp_path / "partial.safetensors"), 2, 64)
+    model, report = create_model(ModelSpec(name="xrv-densenet121-res224-all",
+                                           weights=tmp_path / "partial.safetensors"), 2, 64)
     assert report.loaded == 1 and torch.count_nonzero(model.backbone.features.conv0.weight) == 0

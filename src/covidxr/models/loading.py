@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from covidxr.config import ModelSpec
 from covidxr.data.preprocess import Preprocessing
-from covidxr.models.classifier import Classifier, build_classifier
+from covidxr.models.classifier import Classifier, create_model
 from covidxr.runs import InferenceContract, RunDir
 
 
@@ -64,6 +64,6 @@ def load_run(run: str | Path) -> RunModel:
     kwargs = architecture["kwargs"]
     spec = ModelSpec(name=architecture["name"], head=kwargs["head"], in_chans=kwargs["in_chans"],
                      dropout=kwargs["dropout"])
-    model, _ = build_classifier(spec, kwargs["num_classes"], contract.image_size, load_initial_weights=False)
+    model, _ = create_model(spec, kwargs["num_classes"], contract.image_size, load_initial_weights=False)
     model.load_state_dict(load_file(str(rundir.weights)), strict=True)
     return RunModel(rundir, model.eval(), contract)

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES
 from covidxr.data.manifest import load_manifest
-from covidxr.models.classifier import build_classifier
+from covidxr.models.classifier import create_model
 from covidxr.runs import default_cache_root
 from covidxr.training.data import ensure_cache, loader, select_rows, split_datasets
 from covidxr.training.module import LitClassifier
@@ -21,7 +21,7 @@ def find_learning_rate(config: TrainConfig, manifest_path, out: Path, cache_root
     L.seed_everything(config.seed, workers=True, verbose=False)
     manifest = select_rows(load_manifest(manifest_path), config)
     datasets = split_datasets(manifest, ensure_cache(manifest, cache_root or default_cache_root(), config), config)
-    model, _ = build_classifier(config.model, len(CLASSES[config.task]), config.preprocessing.size)
+    model, _ = create_model(config.model, len(CLASSES[config.task]), config.preprocessing.size)
     module = LitClassifier(model, len(CLASSES[config.task]), config.optimisation.lr, config.optimisation.weight_decay)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, accelerator=config.trainer.accelerator,
                         devices=1, enable_model_summary=False, default_root_dir=Path(out).parent)

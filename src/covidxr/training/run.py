@@ -23,7 +23,7 @@ from covidxr.data.manifest import load_dropped, load_manifest, save_dropped, sav
 from covidxr.errors import UsageError
 from covidxr.lungs import preprocessor
 from covidxr.metrics import auc_or_none
-from covidxr.models.classifier import Classifier, build_classifier, pretrained_provenance
+from covidxr.models.classifier import Classifier, create_model, pretrained_provenance
 from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
 from covidxr.runs import RunDir, default_cache_root, read_json, write_json
@@ -170,7 +170,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache
     with tracked_run(run.root.name) as run_id:
         L.seed_everything(config.seed, workers=True, verbose=False)
         cache = ensure_cache(manifest, cache_root or default_cache_root(), config)
-        model, report = build_classifier(config.model, len(CLASSES[config.task]), config.preprocessing.size)
+        model, report = create_model(config.model, len(CLASSES[config.task]), config.preprocessing.size)
         if report is not None:
             for line in report.lines():
                 log.info("weights %s: %s", config.model.weights, line)
