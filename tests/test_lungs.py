@@ -258,10 +258,23 @@ def test_the_preprocessor_names_the_shipped_segmenter_and_refuses_another():
     assert named.masker is shipped_segmenter()
     assert named.settings.lung_model.weights_sha256 == named.masker.weights_sha256
     assert preprocessor(named.settings).settings == named.settings
-    assert preprocessor(named.settings, for_workers=True).settings == named.settings
+    single = named.on_threads(1)  # what a pool of worker processes runs, one per core
+    assert (single.settings, single.masker.folder, single.masker.threads) == (named.settings, named.masker.folder, 1)
+    assert Preprocessor(Preprocessing()).on_threads(1) == Preprocessor(Preprocessing())
     other = named.settings.model_copy(update={"lung_model": LungModelRef(name="old", weights_sha256="0" * 64)})
     with pytest.raises(CovidxrError, match="lung segmenter old"):
         preprocessor(other)
+
+
+def test_image_steps_on_one_thread_keep_their_check_and_settings():
+    from covidxr.inputcheck import shipped_input_check
+    from covidxr.predict import ImageSteps
+
+    steps = ImageSteps(preprocessor(Preprocessing(lungs="crop")), shipped_input_check())
+    single = steps.on_threads(1)  # what predict's worker processes run
+    assert single.preprocessor.settings == steps.preprocessor.settings and single.preprocessor.masker.threads == 1
+    assert single.checker.model == steps.checker.model and single.checker.segmenter.threads == 1
+    assert ImageSteps(Preprocessor(Preprocessing())).on_threads(1).checker is None
 
 
 # --- the segment command -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def parity_inputs(run: RunModel, count: int = 16) -> torch.Tensor:
     try:
         manifest = pd.read_csv(run.run / "manifest.csv", dtype=str, keep_default_na=False)
         rows = manifest[manifest["split"] == "test"].head(count).reset_index(drop=True)
-        report = prepare(rows, default_cache_root(), preprocessor(run.preprocessing, for_workers=True))
+        report = prepare(rows, default_cache_root(), preprocessor(run.preprocessing))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
         images = CachedImages(rows, report.cache, run.classes)
         if len(images):

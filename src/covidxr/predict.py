@@ -29,7 +29,7 @@ from covidxr.data.imageio import ImageReadError, read_grayscale
 from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
-from covidxr.lungs import LungSegmenter, on_threads, preprocessor
+from covidxr.lungs import preprocessor
 from covidxr.models.onnx_runtime import Forward, ModelRuntime, OnnxModel
 from covidxr.progress import progress_bar, worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
@@ -130,11 +130,10 @@ class ImageSteps:
             prepared[index].pixels = self.preprocessor.model_pixels(trimmed[index], masks[index])
         return prepared
 
-    def single_threaded(self) -> ImageSteps:
-        """These steps with segmenters that run on one thread (for worker processes, one per core)."""
-        checker = None if self.checker is None else \
-            InputChecker(self.checker.model, LungSegmenter(self.checker.segmenter.folder, threads=1))
-        return ImageSteps(on_threads(self.preprocessor, 1), checker)
+    def on_threads(self, threads: int | None) -> ImageSteps:
+        """These steps with their segmenters on `threads` threads (1 in worker processes, one per core)."""
+        return ImageSteps(self.preprocessor.on_threads(threads),
+                          None if self.checker is None else self.checker.on_threads(threads))
 
 
 def image_warnings(gray: np.ndarray) -> list[str]:
@@ -224,7 +223,7 @@ def prepared_in_order(paths: Sequence[str | Path], steps: ImageSteps, workers: i
         for chunk in chunks:
             yield from prepare_files(chunk, steps)
         return
-    steps = steps.single_threaded()
+    steps = steps.on_threads(1)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[list[PreparedFile]]] = deque()
         for chunk in chunks:

@@ -291,8 +291,11 @@ def _prepare_in_main(cache: PixelCache, files: list[tuple[str, str]], preprocess
 
 
 def prepare_here(cache: PixelCache, files: list[tuple[str, str]], preprocessor: Preprocessor) -> dict[str, str]:
-    """The local way to prepare (path, sha256) files into `cache`, on all cores: up to SHARD_FILES files are
-    appended to the main shard, more are written as shards by the workers; the problems by sha256."""
+    """The local way to prepare (path, sha256) files into `cache`, on all cores (one worker process per core, its
+    lung masker on one thread): up to SHARD_FILES files are appended to the main shard, more are written as shards
+    by the workers; the problems by sha256."""
+    if worker_count() > 1:
+        preprocessor = preprocessor.on_threads(1)
     if len(files) > SHARD_FILES:
         return _prepare_in_shards(cache, files, preprocessor)
     return _prepare_in_main(cache, files, preprocessor)

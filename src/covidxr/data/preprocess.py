@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -27,7 +27,8 @@ BorderKind = Literal["black", "white", "uniform"]
 ADDED_SETTINGS = ("equalize",)
 LungsMode = Literal["none", "crop", "mask"]
 LungMasker = Callable[[np.ndarray], np.ndarray]
-"""Decoded grayscale uint8 image -> bool lung mask of the same shape."""
+"""Decoded grayscale uint8 image -> bool lung mask of the same shape. A masker that runs a network (a
+`covidxr.lungs.LungSegmenter`) also has `on_threads(threads)`: the same masker on that many threads."""
 LUNG_FIELDS = ("lung_margin", "lung_fill", "lung_model")
 
 
@@ -251,3 +252,9 @@ class Preprocessor:
     def pixels(self, image: np.ndarray) -> tuple[np.ndarray, Cut]:
         """Decoded grayscale uint8 -> model pixels, and the border that was cut (see `preprocess`)."""
         return preprocess(image, self.settings, self.masker)
+
+    def on_threads(self, threads: int | None) -> Preprocessor:
+        """The same steps with their lung masker on `threads` threads (1 in worker processes, one per core: the
+        pool that starts them asks); a masker without threads of its own (no `on_threads`) is kept as it is."""
+        on_threads = getattr(self.masker, "on_threads", None)
+        return self if on_threads is None else replace(self, masker=on_threads(threads))

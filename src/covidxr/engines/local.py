@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 
 from covidxr.data.preprocess import Preprocessor
 from covidxr.engines.base import ModelRequest
-from covidxr.lungs import LungSegmenter, on_threads
+from covidxr.lungs import LungSegmenter
 from covidxr.lungs.segment import SegmentedFile, segment_files
 from covidxr.predict import Prediction, Predictor
-from covidxr.progress import worker_count
 
 if TYPE_CHECKING:  # PyTorch: only the audit's occlusion pass needs it; pandas (the pixel cache): only prepare
     import pandas as pd
@@ -32,8 +31,6 @@ class LocalEngine:
     def prepare(self, manifest: pd.DataFrame, root: Path, preprocessor: Preprocessor) -> PrepareReport:
         from covidxr.data.cache import prepare  # lazy: pandas costs predict ~0.3 s of start-up
 
-        if worker_count() > 1:
-            preprocessor = on_threads(preprocessor, 1)  # one worker process per core, one thread each
         return prepare(manifest, root, preprocessor)
 
     def occlusion(self, run: RunModel, rows: pd.DataFrame, cache: PixelCache,

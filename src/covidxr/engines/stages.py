@@ -20,7 +20,7 @@ import numpy as np
 from covidxr.data.cache import PixelCache, prepare_decoded, read_checked, write_shard
 from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.engines.base import ModelRequest
-from covidxr.lungs import LungSegmenter, on_threads
+from covidxr.lungs import LungSegmenter
 from covidxr.lungs.segment import BATCH as SEGMENT_BATCH
 from covidxr.lungs.segment import SegmentedFile, segment_decoded
 from covidxr.paths import user_cache
@@ -139,7 +139,7 @@ class PrepareStage:
         return (sha256, *read_checked(path, sha256))
 
     def open(self, threads: int) -> Callable[[list], list[dict]]:
-        preprocessor = on_threads(self.preprocessor, threads)
+        preprocessor = self.preprocessor.on_threads(threads)
 
         def prepare(decoded: list[tuple[str, np.ndarray | None, str]]) -> list[dict]:
             results = [prepare_decoded(image, problem, sha256, preprocessor) for sha256, image, problem in decoded]

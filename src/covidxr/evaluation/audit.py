@@ -238,8 +238,8 @@ def audit_run(run_dir: str | Path, data: str | Path | None = None, cache_root: s
     run = load_run(run_dir)
     rows, name, _ = evaluation_rows(run, Path(data) if data else None, None)
     root = Path(cache_root or default_cache_root())
-    report = (engine.prepare(rows, root, preprocessor(run.preprocessing)) if engine else
-              prepare(rows, root, preprocessor(run.preprocessing, for_workers=True)))
+    steps = preprocessor(run.preprocessing)
+    report = engine.prepare(rows, root, steps) if engine else prepare(rows, root, steps)
     rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)
     truth = (rows["label"] == run.positive_class).to_numpy()
     segmenter = shipped_segmenter()

@@ -115,7 +115,7 @@ def model_probabilities(
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows that could be prepared, their raw logits and their calibrated probabilities (at the prevalence the
     calibration was fitted at)."""
-    report = prepare(rows, cache_root, preprocessor(run.preprocessing, for_workers=True))
+    report = prepare(rows, cache_root, preprocessor(run.preprocessing))
     if len(report.failures):
         log.warning("%d image(s) could not be read and are not evaluated", len(report.failures))
         rows = rows[~rows["sha256"].isin(report.failures["sha256"])].reset_index(drop=True)

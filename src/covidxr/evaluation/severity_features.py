@@ -56,7 +56,7 @@ def scored_images(manifest: pd.DataFrame, preprocessing: Preprocessing, cache_ro
     cache at `cache_root`; and report lines (rows without scores, images that could not be prepared)."""
     has_scores = manifest[list(SEVERITY_MAXIMA)].notna().all(axis=1)
     rows = manifest[has_scores].reset_index(drop=True)
-    report = prepare(rows, cache_root, preprocessor(preprocessing, for_workers=True))
+    report = prepare(rows, cache_root, preprocessor(preprocessing))
     usable = ~rows["sha256"].isin(report.failures["sha256"])
     rows = rows[usable].reset_index(drop=True)
     lines = [f"{int((~has_scores).sum())} row(s) without both scores left out"] if (~has_scores).any() else []

@@ -61,6 +61,10 @@ class InputChecker:
         except ValueError as error:
             raise CovidxrError(f"{source}: invalid input_check ({error})") from None
 
+    def on_threads(self, threads: int | None) -> InputChecker:
+        """This check with its lung segmenter on `threads` threads (1 in worker processes, one per core)."""
+        return InputChecker(self.model, self.segmenter.on_threads(threads))
+
     def vector(self, features: ImageFeatures) -> np.ndarray:
         return feature_vectors(features.thumbnail, features.statistics, self._pca_mean, self._pca_components)[0]
 

@@ -10,22 +10,18 @@ ONNX file (`model.py` and `train.py` are the PyTorch side).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from covidxr.data.preprocess import LungModelRef, Preprocessing, Preprocessor
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungMask
 from covidxr.lungs.segment import LungSegmenter, segment_lungs, shipped_lung_model, shipped_segmenter
-from covidxr.progress import worker_count
 
-__all__ = ["LungMask", "LungSegmenter", "on_threads", "preprocessor", "segment_lungs", "shipped_lung_model",
-           "shipped_segmenter"]
+__all__ = ["LungMask", "LungSegmenter", "preprocessor", "segment_lungs", "shipped_lung_model", "shipped_segmenter"]
 
 
 def preprocessor(settings: Preprocessing, for_workers: bool = False) -> Preprocessor:
-    """The settings with their lung model named, and the lung masker they need (None for lungs=none). `for_workers`:
-    the masker runs in worker processes, one per core, so with more than one core each segmenter runs on one thread
-    (what `covidxr.data.cache.prepare` needs).
+    """The settings with their lung model named, and the lung masker they need (None for lungs=none). The pool
+    that runs it in worker processes takes its single-threaded copy (`Preprocessor.on_threads`); `for_workers` is
+    ignored, kept only while `covidxr.reporting.report` still passes it.
 
     Settings that name no lung model get the shipped segmenter's (training does this once and records it in
     model.json); settings that name another segmenter than the shipped one are an error."""
@@ -39,13 +35,4 @@ def preprocessor(settings: Preprocessing, for_workers: bool = False) -> Preproce
             f"this model's preprocessing used the lung segmenter {settings.lung_model.name} (weights sha256 "
             f"{settings.lung_model.weights_sha256[:12]}...), but the installed one is {segmenter.name} "
             f"({segmenter.weights_sha256[:12]}...): install the covidxr version the model was trained with")
-    steps = Preprocessor(settings, segmenter)
-    return on_threads(steps, 1) if for_workers and worker_count() > 1 else steps
-
-
-def on_threads(steps: Preprocessor, threads: int | None) -> Preprocessor:
-    """The same steps with their lung segmenter running on `threads` threads (1 in worker processes, one per
-    core); a masker that is no `LungSegmenter` is kept as it is."""
-    if not isinstance(steps.masker, LungSegmenter):
-        return steps
-    return replace(steps, masker=LungSegmenter(steps.masker.folder, threads))
+    return Preprocessor(settings, segmenter)

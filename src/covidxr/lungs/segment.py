@@ -96,6 +96,10 @@ class LungSegmenter:
         """What a classifier's model.json records of the segmenter its preprocessing used."""
         return self.contract.identity()
 
+    def on_threads(self, threads: int | None) -> LungSegmenter:
+        """This segmenter with its network on `threads` threads (1 in worker processes, one per core)."""
+        return LungSegmenter(self.folder, threads)
+
     def _runtime(self) -> ModelRuntime:
         """The folder's network (one per process and thread setting): ONNX Runtime when model.onnx records the
         weights hash of model.json, else PyTorch."""

@@ -127,7 +127,7 @@ def augmentation(config: TrainConfig) -> v2.Transform:
 
 def ensure_cache(manifest: pd.DataFrame, cache_root, config: TrainConfig) -> PixelCache:
     """The recipe's pixel cache, preparing what it lacks; failures are not trained on, they stop the run."""
-    report = prepare(manifest, cache_root, preprocessor(config.preprocessing, for_workers=True))
+    report = prepare(manifest, cache_root, preprocessor(config.preprocessing))
     if len(report.failures):
         raise CovidxrError(f"{len(report.failures)} image(s) could not be prepared (see "
                            f"{report.cache.folder / 'failures.csv'}); fix or drop them from the manifest")
