@@ -29,10 +29,10 @@ from pathlib import Path
 from _common import DATA, machine, shared_manifests
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.preprocess import Preprocessing, Preprocessor
-from covidxr.engines import ModelRequest, engine
+from covidxr.engines import engine
 from covidxr.engines.ray import RayEngine
+from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
-from covidxr.runs import shipped_run
 
 
 def timed(function) -> float:
@@ -41,7 +41,7 @@ def timed(function) -> float:
     return time.perf_counter() - start
 
 
-def ray_rate(request: ModelRequest, paths: list[Path], cpus: int) -> tuple[float, float]:
+def ray_rate(predictor: Predictor, paths: list[Path], cpus: int) -> tuple[float, float]:
     """(images/s steady state, seconds to start and stop Ray) of the Ray engine on `cpus` cores: Ray's processes
     are pinned to the first `cpus` cores (they inherit this process's affinity), not only told that many."""
     import logging
@@ -56,8 +56,7 @@ def ray_rate(request: ModelRequest, paths: list[Path], cpus: int) -> tuple[float
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         started = time.perf_counter() - start
         try:
-            predictor = request.load()
-            seconds = timed(lambda: RayEngine().predict(request, predictor, paths))
+            seconds = timed(lambda: RayEngine().predict(predictor, paths))
         finally:
             start = time.perf_counter()
             ray.shutdown()
@@ -126,15 +125,14 @@ def main() -> None:
     if not paths:
         raise SystemExit(f"no images in {folder}; set DATA=dir")
     cores = worker_count()
-    request = ModelRequest(shipped_run())
     print(f"machine: {machine()}; {len(paths)} RSNA normal images ({folder}), shipped model with its input check")
-    predictor = request.load()
+    predictor = load_model()
     predictor.predict_files(paths[:16])  # warm: the page cache and ONNX Runtime's first run
     local = len(paths) / timed(lambda: predictor.predict_files(paths))
     print(f"local engine, {cores} cores:               {local:7.1f} images/s")
-    one, _ = ray_rate(request, paths, 1)
+    one, _ = ray_rate(predictor, paths, 1)
     print(f"ray engine, 1 core (steady, pinned):     {one:7.1f} images/s per core")
-    on_ray, start_stop = ray_rate(request, paths, cores)
+    on_ray, start_stop = ray_rate(predictor, paths, cores)
     print(f"ray engine, {cores} cores (steady):            {on_ray:7.1f} images/s "
           f"({on_ray / cores:.1f} per core; scaling {on_ray / one / cores:.2f} of linear)")
     print(f"starting + stopping a local Ray:         {start_stop:7.1f} s per command")

@@ -242,18 +242,32 @@ def input_checker(contract: InferenceContract, source: Path) -> InputChecker | N
     return InputChecker.from_recorded(contract.input_check, source) if contract.input_check is not None else None
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a model was loaded with (`load_model`'s arguments), so that any process (a Ray actor on another node
+    too) loads the same model."""
+
+    run: Path
+    operating_point: str | None = None
+    prevalence: float | None = None
+    input_check: bool = True
+
+    def load(self, threads: int | None = None) -> Predictor:
+        return Predictor(self, threads)
+
+
 class Predictor:
     """A run's model ready to classify images (arrays or files): ONNX Runtime when `RUN/model.onnx`
     records the weights hash of model.json, else PyTorch (model.safetensors, checked against that hash
-    when it is loaded; with a matching model.onnx it is not read at all)."""
+    when it is loaded; with a matching model.onnx it is not read at all). `request`: what it was loaded with."""
 
-    def __init__(self, run: str | Path | RunDir, operating_point: str | None = None, prevalence: float | None = None,
-                 input_check: bool = True, threads: int | None = None):
-        self.rundir = run if isinstance(run, RunDir) else RunDir(run)
+    def __init__(self, request: ModelRequest, threads: int | None = None):
+        self.request = request
+        self.rundir = RunDir(request.run)
         self.contract = self.rundir.read_contract()
-        self.scorer = self.contract.scorer(operating_point, prevalence)
+        self.scorer = self.contract.scorer(request.operating_point, request.prevalence)
         steps = preprocessor(Preprocessing.from_recorded(self.contract.preprocessing))
-        checker = input_checker(self.contract, self.rundir.model_json) if input_check else None
+        checker = input_checker(self.contract, self.rundir.model_json) if request.input_check else None
         self.steps = ImageSteps(steps, checker)
         self.runtime = ModelRuntime(self.rundir.onnx, self.contract.weights_sha256, self._torch_forward, "pixels",
                                     threads, output_name="logits")
@@ -437,4 +451,5 @@ def load_model(run: str | Path | None = None, operating_point: str | None = None
     `operating_point` (default: the model's), with probabilities at a deployment `prevalence` (default: the one
     its calibration was fitted at), checking each input first unless `input_check` is False; `threads`: ONNX
     Runtime's intra-op threads (default: one per core)."""
-    return Predictor(run if run is not None else shipped_run(), operating_point, prevalence, input_check, threads)
+    return ModelRequest(Path(run if run is not None else shipped_run()), operating_point, prevalence,
+                        input_check).load(threads)

@@ -7,11 +7,11 @@ input order, so what a command prints, writes and exits with does not depend on 
 
 from __future__ import annotations
 
-from covidxr.engines.base import Engine, ModelRequest, Stage
+from covidxr.engines.base import Engine, Stage
 from covidxr.errors import UsageError
 
 ENGINES = ("local", "ray")
-__all__ = ["ENGINES", "Engine", "ModelRequest", "Stage", "engine"]
+__all__ = ["ENGINES", "Engine", "Stage", "engine"]
 
 
 def engine(name: str, address: str | None = None) -> Engine:

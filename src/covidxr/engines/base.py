@@ -1,14 +1,13 @@
-"""What an engine is given and answers: a model request any process can load, the per-row work of a command split
-in two halves (a `Stage`), and the engine's interface."""
+"""What an engine is given and answers: the per-row work of a command split in two halves (a `Stage`), and the
+engine's interface (a model comes as its `Predictor`, whose `request` any process can load)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from covidxr.predict import Prediction, Predictor, load_model
+from covidxr.predict import Prediction, Predictor
 
 if TYPE_CHECKING:  # the audit's types import PyTorch; predicting with ONNX Runtime never does
     import pandas as pd
@@ -19,19 +18,6 @@ if TYPE_CHECKING:  # the audit's types import PyTorch; predicting with ONNX Runt
     from covidxr.lungs import LungSegmenter
     from covidxr.lungs.segment import SegmentedFile
     from covidxr.models.loading import RunModel
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """What `load_model` needs, so that any process (a Ray actor on another node too) builds the same model."""
-
-    run: Path
-    operating_point: str | None = None
-    prevalence: float | None = None
-    input_check: bool = True
-
-    def load(self, threads: int | None = None) -> Predictor:
-        return load_model(self.run, self.operating_point, self.prevalence, self.input_check, threads)
 
 
 class Stage(Protocol):
@@ -58,8 +44,8 @@ class Stage(Protocol):
 
 
 class Engine(Protocol):
-    def predict(self, request: ModelRequest, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
-        """Predictions of `paths` in their order (`predictor`: the model `request` loads, already loaded here)."""
+    def predict(self, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
+        """Predictions of `paths` in their order by `predictor` (loaded here; elsewhere from its `request`)."""
         ...
 
     def segment(self, segmenter: LungSegmenter, paths: Sequence[Path], out: Path,

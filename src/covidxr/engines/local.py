@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covidxr.data.preprocess import Preprocessor
-from covidxr.engines.base import ModelRequest
 from covidxr.lungs import LungSegmenter
 from covidxr.lungs.segment import SegmentedFile, segment_files
 from covidxr.predict import Prediction, Predictor
@@ -21,7 +20,7 @@ if TYPE_CHECKING:  # PyTorch: only the audit's occlusion pass needs it; pandas (
 
 
 class LocalEngine:
-    def predict(self, request: ModelRequest, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
+    def predict(self, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
         return predictor.predict_files(paths)
 
     def segment(self, segmenter: LungSegmenter, paths: Sequence[Path], out: Path,

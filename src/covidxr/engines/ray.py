@@ -35,7 +35,7 @@ import pandas as pd
 
 from covidxr.data.cache import PixelCache, PrepareReport, prepare
 from covidxr.data.preprocess import Preprocessor
-from covidxr.engines.base import ModelRequest, Stage
+from covidxr.engines.base import Stage
 from covidxr.engines.stages import (
     OcclusionStage,
     PredictStage,
@@ -185,8 +185,8 @@ class RayEngine:
             _ray().shutdown()
             self.started = False
 
-    def predict(self, request: ModelRequest, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
-        request = replace(request, run=Path(request.run).resolve())  # actors may run elsewhere than this folder
+    def predict(self, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
+        request = replace(predictor.request, run=predictor.request.run.resolve())  # actors may run elsewhere
         folder = results_folder("predictions", predictor.rundir.model_json.read_text(), request.operating_point,
                                 request.prevalence, request.input_check)
         positive = predictor.contract.positive_class

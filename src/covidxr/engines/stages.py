@@ -19,12 +19,11 @@ import numpy as np
 
 from covidxr.data.cache import PixelCache, prepare_decoded, read_checked, write_shard
 from covidxr.data.preprocess import Preprocessing, Preprocessor
-from covidxr.engines.base import ModelRequest
 from covidxr.lungs import LungSegmenter
 from covidxr.lungs.segment import BATCH as SEGMENT_BATCH
 from covidxr.lungs.segment import SegmentedFile, segment_decoded
 from covidxr.paths import user_cache
-from covidxr.predict import BATCH, decoded_file, prepared_from
+from covidxr.predict import BATCH, ModelRequest, decoded_file, prepared_from
 
 SHARD_BATCH = 128
 """Files per shard a `prepare` actor writes: a batch of decoded full-size images held at once (a 3000 x 2500

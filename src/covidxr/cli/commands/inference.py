@@ -53,13 +53,13 @@ def _expanded_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from covidxr.engines import ModelRequest, engine
+    from covidxr.engines import engine
+    from covidxr.predict import load_model
 
     _check_outputs(args)
-    request = ModelRequest(require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
-    predictor = request.load()
+    predictor = load_model(require_run(args), args.operating_point, args.prevalence, not args.no_input_check)
     paths = _expanded_paths(args)
-    predictions = engine(args.engine, args.ray_address).predict(request, predictor, paths)
+    predictions = engine(args.engine, args.ray_address).predict(predictor, paths)
     if args.csv:
         write_predictions_csv(predictions, predictor.classes, args.csv)
     if args.json:
