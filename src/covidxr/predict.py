@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
 from covidxr.lungs import preprocessor
-from covidxr.models.onnx_runtime import Forward, ModelRuntime, OnnxModel
+from covidxr.models.onnx_runtime import ModelRuntime, OnnxModel
 from covidxr.progress import progress_bar, worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
 from covidxr.runs.severity import SeverityHead, read_severity_head, severity_features_file, severity_from_embedding
@@ -269,13 +270,12 @@ class Predictor:
         steps = preprocessor(Preprocessing.from_recorded(self.contract.preprocessing))
         checker = input_checker(self.contract, self.rundir.model_json) if request.input_check else None
         self.steps = ImageSteps(steps, checker)
-        self.runtime = ModelRuntime(self.rundir.onnx, self.contract.weights_sha256, self._torch_forward, "pixels",
-                                    threads, output_name="logits")
+        self.runtime: ModelRuntime[RunModel] = ModelRuntime(self.rundir.onnx, self.contract.weights_sha256,
+                                                            partial(load_torch_run, self.rundir), "pixels", threads,
+                                                            output_name="logits")
         self.onnx = OnnxModel(self.runtime.session) if self.runtime.session is not None else None
         self.severity_head, self.severity_net = severity_reader(self.rundir, self.contract, steps.settings, self.onnx,
                                                                 threads)
-        self._torch: RunModel | None = None
-        self._torch_lock = threading.Lock()
         self._cam_lock = threading.Lock()
 
     @property
@@ -293,24 +293,9 @@ class Predictor:
 
     @property
     def torch_run(self) -> RunModel:
-        """The run's PyTorch model, loaded on first use (importing PyTorch takes seconds and ~1 GB), after
-        checking that model.safetensors is the file model.json describes."""
-        with self._torch_lock:
-            if self._torch is None:
-                from covidxr.models.loading import load_run  # lazy: start-up speed of the ONNX path
-
-                self._torch = load_run(self.rundir.root)
-        return self._torch
-
-    def _torch_forward(self) -> Forward:
-        import torch  # lazy: only without a matching model.onnx
-
-        model = self.torch_run.model
-
-        def forward(pixels: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(pixels)).numpy()
-        return forward
+        """The run's PyTorch model, loaded on first use by the runtime (`load_torch_run`): once, whether its forward
+        pass or the model itself (to explain) is wanted first."""
+        return self.runtime.torch_forward()
 
     @property
     def info(self) -> dict:
@@ -427,6 +412,14 @@ class Predictor:
             results += self.predict_prepared(batch)
             bar.advance(task, len(batch))
         return results
+
+
+def load_torch_run(rundir: RunDir) -> RunModel:
+    """The run's PyTorch model (importing PyTorch takes seconds and ~1 GB: only without a matching model.onnx, or
+    to explain), after checking that model.safetensors is the file model.json describes."""
+    from covidxr.models.loading import load_run  # lazy: start-up speed of the ONNX path
+
+    return load_run(rundir.root)
 
 
 def severity_reader(rundir: RunDir, contract: InferenceContract, preprocessing: Preprocessing,

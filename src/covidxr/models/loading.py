@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import load_file
 
 from covidxr.config import ModelSpec
@@ -53,6 +55,12 @@ class RunModel:
     def output_folder(self) -> Path:
         """Where evaluations are written (see RunDir.evaluation)."""
         return self.rundir.evaluation
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Logits of float32 pixels (N, 1, size, size), as NumPy: the forward pass a `ModelRuntime` runs without a
+        matching model.onnx."""
+        with torch.no_grad():
+            return self.model(torch.from_numpy(pixels)).numpy()
 
 
 def load_run(run: str | Path) -> RunModel:

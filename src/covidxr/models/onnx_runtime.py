@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import onnxruntime
@@ -38,6 +39,8 @@ OUTPUTS = ["logits", "embedding"]
 exported before the embedding have `logits` only."""
 Forward = Callable[[np.ndarray], np.ndarray]
 """A network's forward pass on a float32 batch (its first output)."""
+TorchForward = TypeVar("TorchForward", bound=Forward)
+"""What a runtime's PyTorch loader gives: a forward pass, which may also be the loaded model (a `RunModel`)."""
 
 
 def cache_folder() -> Path:
@@ -152,25 +155,27 @@ def matching_session(path: Path, weights_sha256: str, threads: int | None = None
     return session
 
 
-class ModelRuntime:
+class ModelRuntime(Generic[TorchForward]):
     """A network's forward pass: ONNX Runtime over `onnx_path` when that file records `weights_sha256` (see
-    `matching_session`), else the PyTorch forward that `load_torch()` builds, on first use. `input_name` and
+    `matching_session`), else the PyTorch forward that `load_torch()` builds, on first use (`torch_forward`: also
+    where the PyTorch model is wanted for more than its forward, once, whichever asks first). `input_name` and
     `output_name`: the ONNX graph's input and the output returned (default: its first)."""
 
-    def __init__(self, onnx_path: Path, weights_sha256: str, load_torch: Callable[[], Forward], input_name: str,
+    def __init__(self, onnx_path: Path, weights_sha256: str, load_torch: Callable[[], TorchForward], input_name: str,
                  threads: int | None = None, output_name: str | None = None):
         self.session = matching_session(onnx_path, weights_sha256, threads)
         self.input_name = input_name
         self._outputs = None if output_name is None else [output_name]
         self._load_torch = load_torch
-        self._torch: Forward | None = None
+        self._torch: TorchForward | None = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return "onnxruntime" if self.session is not None else "pytorch"
 
-    def torch_forward(self) -> Forward:
+    def torch_forward(self) -> TorchForward:
+        """What `load_torch()` built, built now on first use (one thread builds it; the others wait)."""
         with self._lock:
             if self._torch is None:
                 self._torch = self._load_torch()
