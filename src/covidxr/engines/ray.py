@@ -187,8 +187,8 @@ class RayEngine:
 
     def predict(self, predictor: Predictor, paths: Sequence[Path]) -> list[Prediction]:
         request = replace(predictor.request, run=predictor.request.run.resolve())  # actors may run elsewhere
-        folder = results_folder("predictions", predictor.rundir.model_json.read_text(), request.operating_point,
-                                request.prevalence, request.input_check)
+        folder = results_folder("predictions", predictor.contract.content, request.operating_point, request.prevalence,
+                                request.input_check)
         positive = predictor.contract.positive_class
         return [Prediction.from_dict(row, positive) for row in self.run_stage(PredictStage(request, folder), paths)]
 
@@ -213,8 +213,7 @@ class RayEngine:
                   segmenter: LungSegmenter) -> OcclusionPass:
         from covidxr.evaluation.audit import OCCLUSION_KEYS, joined_pass
 
-        folder = results_folder("occlusion", run.rundir.model_json.read_text(), cache.config.key(),
-                                segmenter.weights_sha256)
+        folder = results_folder("occlusion", run.contract.content, cache.config.key(), segmenter.weights_sha256)
         stage = OcclusionStage(Path(run.run).resolve(), cache.folder.parent.resolve(), cache.config,
                                segmenter.folder.resolve(), folder)
         answers = self.run_stage(stage, list(rows["sha256"]))

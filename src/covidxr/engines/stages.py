@@ -32,7 +32,8 @@ OCCLUSION_BATCH = 64  # as the local audit's
 
 
 def results_folder(kind: str, *settings: Any) -> Path:
-    """$XDG_CACHE_HOME/covidxr/KIND/<hash of the settings>: where a stage keeps its answers."""
+    """$XDG_CACHE_HOME/covidxr/KIND/<hash of the settings>: where a stage keeps its answers. `settings`: JSON values
+    (a model's contract as loaded, e.g. `InferenceContract.content`: a recalibrated model.json is another key)."""
     digest = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:24]
     return user_cache(kind) / digest
 
