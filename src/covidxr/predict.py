@@ -14,7 +14,6 @@ Folders are decoded and prepared in worker processes while the model runs batche
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from covidxr.data.imageio import ImageReadError, read_grayscale
+from covidxr.data.imageio import Decoded, decoded_file, read_grayscale
 from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
@@ -188,15 +187,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return expanded
 
 
-def decoded_file(path: str | Path) -> tuple[str, np.ndarray | None, str]:
-    """(the path as given, its grey pixels or None, why it cannot be read)."""
-    try:
-        return os.fspath(path), read_grayscale(path), ""
-    except ImageReadError as error:
-        return os.fspath(path), None, error.problem
-
-
-def prepared_from(decoded: Sequence[tuple[str, np.ndarray | None, str]], steps: ImageSteps) -> list[PreparedFile]:
+def prepared_from(decoded: Sequence[Decoded], steps: ImageSteps) -> list[PreparedFile]:
     """Decoded files (see `decoded_file`) checked and prepared as the run's model expects, the readable ones
     together (one batch through each network); an unreadable file gets its reason."""
     readable = [index for index, (_, gray, _) in enumerate(decoded) if gray is not None]

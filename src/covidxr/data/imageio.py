@@ -124,6 +124,18 @@ def read_grayscale(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
         return decode_grayscale(handle, path, kind, max_pixels)
 
 
+Decoded = tuple[str, np.ndarray | None, str]
+"""A file as `decoded_file` reads it: (the path as given, its grey pixels or None, why it cannot be read)."""
+
+
+def decoded_file(path: str | Path) -> Decoded:
+    """`read_grayscale` of a file that may be unreadable: its pixels, or the reason (an error row's)."""
+    try:
+        return os.fspath(path), read_grayscale(path), ""
+    except ImageReadError as error:
+        return os.fspath(path), None, error.problem
+
+
 def decode_bytes(content: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """`read_grayscale` of a file's content held in memory (an upload); errors name `name`."""
     return decode_grayscale(io.BytesIO(content), name, format_of(content[:132], name), max_pixels)

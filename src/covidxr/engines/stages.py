@@ -1,6 +1,6 @@
 """The per-row work of each command as a `Stage` (engines.base): `decode` one item in a light task, then batches
 through what `open` builds once per process (an actor's model, ONNX Runtime session or segmenter). Each half calls
-the very functions the local engine runs (`read_grayscale`, `ImageSteps.run`, `Predictor.predict_prepared`,
+the very functions the local engine runs (`decoded_file`, `prepared_from`, `Predictor.predict_prepared`,
 `segment_decoded`, `read_checked`, `prepare_decoded`, `occlusion_batch`), so every row is the one the local engine
 makes, failures included. Picklable: Ray sends them to its tasks and actors, on any node.
 """
@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from covidxr.data.cache import PixelCache, prepare_decoded, read_checked, write_shard
+from covidxr.data.imageio import Decoded, decoded_file
 from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.lungs import LungSegmenter
 from covidxr.lungs.segment import BATCH as SEGMENT_BATCH
-from covidxr.lungs.segment import SegmentedFile, segment_decoded
+from covidxr.lungs.segment import segment_decoded
 from covidxr.paths import user_cache
-from covidxr.predict import BATCH, ModelRequest, decoded_file, prepared_from
+from covidxr.predict import BATCH, ModelRequest, prepared_from
 
 SHARD_BATCH = 128
 """Files per shard a `prepare` actor writes: a batch of decoded full-size images held at once (a 3000 x 2500
@@ -67,13 +68,13 @@ class PredictStage:
     def identity(self, path: Path) -> list:
         return file_identity(path)
 
-    def decode(self, path: Path) -> tuple[str, np.ndarray | None, str]:
+    def decode(self, path: Path) -> Decoded:
         return decoded_file(path)
 
     def open(self, threads: int) -> Callable[[list], list[dict]]:
         predictor = self.request.load(threads)
 
-        def predict(decoded: list[tuple[str, np.ndarray | None, str]]) -> list[dict]:
+        def predict(decoded: list[Decoded]) -> list[dict]:
             prepared = prepared_from(decoded, predictor.steps)
             return [prediction.as_dict() for prediction in predictor.predict_prepared(prepared)]
         return predict
@@ -99,17 +100,15 @@ class SegmentStage:
     def identity(self, item: tuple[Path, str]) -> list:
         return [file_identity(item[0]), item[1]]
 
-    def decode(self, item: tuple[Path, str]) -> tuple[tuple[str, np.ndarray | None, str], str]:
+    def decode(self, item: tuple[Path, str]) -> tuple[Decoded, str]:
         return decoded_file(item[0]), item[1]
 
     def open(self, threads: int) -> Callable[[list], list[dict]]:
         segmenter = LungSegmenter(self.segmenter, threads)
         segmenter.backend_name  # noqa: B018 -- opens the session here, once
 
-        def segment(decoded: list[tuple[tuple[str, np.ndarray | None, str], str]]) -> list[dict]:
-            return [asdict(SegmentedFile(str(Path(path)), "error", error) if gray is None else
-                           segment_decoded(path, gray, stem, self.out, self.overlay, segmenter))
-                    for (path, gray, error), stem in decoded]
+        def segment(decoded: list[tuple[Decoded, str]]) -> list[dict]:
+            return [asdict(segment_decoded(item, stem, self.out, self.overlay, segmenter)) for item, stem in decoded]
         return segment
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from covidxr.data.imageio import ImageReadError, read_grayscale, scale_to_uint8
+from covidxr.data.imageio import Decoded, decoded_file, scale_to_uint8
 from covidxr.errors import UsageError
 from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_letterbox, outline_overlay, unletterbox
 from covidxr.models.onnx_runtime import ModelRuntime
@@ -211,22 +211,19 @@ def segment_files(paths: Sequence[str | Path], out: str | Path, overlay: bool = 
     results = []
     with progress_bar() as bar:
         task = bar.add_task("segmenting lungs", total=len(paths))
-        for path, stem in zip(map(Path, paths), output_stems(paths)):
-            try:
-                gray = read_grayscale(path)
-            except ImageReadError as error:
-                results.append(SegmentedFile(str(path), "error", error.problem))
-            else:
-                results.append(segment_decoded(path, gray, stem, out, overlay, segmenter))
+        for path, stem in zip(paths, output_stems(paths)):
+            results.append(segment_decoded(decoded_file(path), stem, out, overlay, segmenter))
             bar.advance(task)
     return results
 
 
-def segment_decoded(path: str | Path, gray: np.ndarray, stem: str, out: Path, overlay: bool,
-                    segmenter: LungSegmenter) -> SegmentedFile:
-    """Segment one decoded file and write its mask (and overlay) as OUT/<stem>_lungs.png: the work of one row,
-    wherever it runs."""
-    path = Path(path)
+def segment_decoded(decoded: Decoded, stem: str, out: Path, overlay: bool, segmenter: LungSegmenter) -> SegmentedFile:
+    """The row of one decoded file (`decoded_file`), wherever it runs: an unreadable file's reason, else its lungs
+    segmented and the mask (and overlay) written as OUT/<stem>_lungs.png."""
+    name, gray, problem = decoded
+    path = Path(name)
+    if gray is None:
+        return SegmentedFile(str(path), "error", problem)
     lungs = segmenter.segment(gray)
     notes = list(lungs.warnings) + ([f"written as {stem}_lungs.png (another input has the same name)"]
                                     if stem != path.stem else [])
