@@ -101,6 +101,19 @@ def test_ppv_npv_at_another_prevalence():
     assert figures["npv_at_prevalence"] == pytest.approx(0.72 / (0.72 + 0.01))
 
 
+@pytest.mark.parametrize("value", ["1.5", "0", "abc"])
+def test_evaluate_refuses_a_prevalence_outside_0_1_as_predict_does(value, capsys):
+    from covidxr.errors import UsageError
+    from covidxr.evaluation.evaluate import evaluate_run
+
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--prevalence", value])
+    assert exited.value.code == 2 and f"'{value}': a share of positives strictly between 0 and 1" in \
+        capsys.readouterr().err
+    with pytest.raises(UsageError, match="strictly between 0 and 1"):  # the Python API, before any model loads
+        evaluate_run("no-such-run", prevalence=1.5)
+
+
 def test_source_only_baseline_and_within_source_on_a_two_source_table():
     rows = pd.DataFrame({"source": ["a"] * 60 + ["b"] * 140, "patient_id": [f"p{i}" for i in range(200)]})
     truth = np.array([True] * 50 + [False] * 10 + [False] * 140)

@@ -40,6 +40,7 @@ from covidxr.runs import (
     softmax_with_temperature,
     write_json,
 )
+from covidxr.runs.calibration import check_prevalence
 
 log = logging.getLogger("covidxr.evaluate")
 INTERNAL = "internal"
@@ -180,8 +181,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
                  prevalence: float | None = None, cache_root: str | Path | None = None,
                  resamples: int = 1000, seed: int = 0) -> EvaluationResult:
     """The contract's evaluation object; also written to RUN/evaluation/evaluate-<data>-<split>.json."""
-    if prevalence is not None and not 0 < prevalence < 1:
-        raise UsageError("must be between 0 and 1", "prevalence", prevalence)
+    check_prevalence(prevalence)
     bootstrap = PatientBootstrap(resamples, seed)
     run = load_run(run_dir)
     cache_root = Path(cache_root or default_cache_root())

@@ -83,7 +83,7 @@ COMMANDS = {
                         cmd_evaluate, [
                             RUN, data_option("another manifest (external validation)", required=False),
                             option("--split", default="test", help="split of the manifest to evaluate (default test)"),
-                            option("--prevalence", type=float, metavar="P",
+                            option("--prevalence", type=prevalence, metavar="P",
                                    help="also report PPV/NPV at this prevalence"),
                             CACHE, JSON, TRACKING]),
     "calibrate": Command(
