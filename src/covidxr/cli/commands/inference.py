@@ -44,7 +44,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _expanded_paths(args: argparse.Namespace) -> list[Path]:
-    from covidxr.predict import expand_paths
+    from covidxr.data.inputs import expand_paths
 
     paths = expand_paths(args.paths)
     if not paths:
