@@ -18,10 +18,9 @@ from covidxr.lungs.segment import LungSegmenter, segment_lungs, shipped_lung_mod
 __all__ = ["LungMask", "LungSegmenter", "preprocessor", "segment_lungs", "shipped_lung_model", "shipped_segmenter"]
 
 
-def preprocessor(settings: Preprocessing, for_workers: bool = False) -> Preprocessor:
+def preprocessor(settings: Preprocessing) -> Preprocessor:
     """The settings with their lung model named, and the lung masker they need (None for lungs=none). The pool
-    that runs it in worker processes takes its single-threaded copy (`Preprocessor.on_threads`); `for_workers` is
-    ignored, kept only while `covidxr.reporting.report` still passes it.
+    that runs it in worker processes takes its single-threaded copy (`Preprocessor.on_threads`).
 
     Settings that name no lung model get the shipped segmenter's (training does this once and records it in
     model.json); settings that name another segmenter than the shipped one are an error."""

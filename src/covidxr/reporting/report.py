@@ -140,7 +140,7 @@ def grad_cam_galleries(run: RunModel, cache_root: Path, folder: Path) -> list[Ga
     manifest = pd.read_csv(run.rundir.manifest, dtype=str, keep_default_na=False)
     test = manifest[manifest["split"] == INTERNAL_SPLIT].reset_index(drop=True)
     rows, _, probabilities = model_probabilities(run, test, cache_root)
-    cache = prepare(rows, cache_root, preprocessor(run.preprocessing, for_workers=True)).cache
+    cache = prepare(rows, cache_root, preprocessor(run.preprocessing)).cache
     positive = run.positive_index
     truth = rows["label"].map(run.classes.index).to_numpy()
     rng = np.random.default_rng(0)
