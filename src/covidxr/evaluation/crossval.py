@@ -24,7 +24,7 @@ from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import model_probabilities
 from covidxr.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
-from covidxr.runs import default_cache_root, read_json, write_json
+from covidxr.runs import CrossValidationResult, default_cache_root, read_json, write_json
 from covidxr.training.data import select_rows
 from covidxr.training.run import train
 from covidxr.training.tracking import log_result, tracked_run
@@ -67,9 +67,9 @@ def pooled_within_source(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> d
 
 def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Path, folds: int | None = None,
                    cache_root: str | Path | None = None, include_test: bool = False,
-                   bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
+                   bootstrap: PatientBootstrap = PatientBootstrap()) -> CrossValidationResult | None:
     """Train one run per fold in `out/fold-K/`; `include_test` folds over every row, test rows included (the
-    widest out-of-fold estimate, used by `covidxr compare`)."""
+    widest out-of-fold estimate, used by `covidxr compare`). None in DDP worker processes."""
     out = Path(out)
     rows = development_folds(select_rows(load_manifest(manifest_path), config), folds, config.seed, include_test)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
             save_manifest(manifest, out / f"fold-{fold}.csv")
             run = train(config, out / f"fold-{fold}.csv", out / f"fold-{fold}", cache_root=cache_root)
             if run is None:
-                return {}
+                return None
             model = load_run(run)
             held_out, _, probabilities = model_probabilities(model, manifest[manifest["split"] == "val"].reset_index(
                 drop=True), Path(cache_root or default_cache_root()))
@@ -96,7 +96,7 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
             pooled.append(held_out.assign(score=scores, truth=truth))
         everything = pd.concat(pooled, ignore_index=True)
         truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
-        result = {
+        result = CrossValidationResult.model_validate({
             "folds": per_fold,
             "splits": "train, val and test" if include_test else "train and val",
             "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
@@ -108,17 +108,17 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
             "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
             "ci_method": bootstrap.method,
             "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
-        }
-        write_json(out / "cv.json", result)
-        log_result(run_id, result, config.model_dump(mode="json"), out / "cv.json")
+        })
+        write_json(out / "cv.json", result.to_json())
+        log_result(run_id, result.to_json(), config.model_dump(mode="json"), out / "cv.json")
     return result
 
 
-def read_cv(folder: str | Path) -> dict | None:
+def read_cv(folder: str | Path) -> CrossValidationResult | None:
     """`folder/cv.json` (a run's evaluation folder holds it when cross-validation results were copied there, as
     `covidxr compare` does), or None."""
     path = Path(folder) / "cv.json"
-    return read_json(path) if path.is_file() else None
+    return CrossValidationResult.parse(read_json(path), path) if path.is_file() else None
 
 
 def _mean(values: list) -> float | None:
