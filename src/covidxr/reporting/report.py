@@ -116,7 +116,8 @@ class Report:
 
     @property
     def cv_folds(self) -> Table | None:
-        return Table.from_frame(pd.DataFrame(self.cv["folds"]).round(3)) if self.cv else None
+        return Table.from_frame(pd.DataFrame([fold.model_dump() for fold in self.cv.folds]).round(3)) \
+            if self.cv is not None else None
 
 
 def data_summary(run: RunModel) -> DataSummary:
