@@ -156,7 +156,8 @@ def cross_validation_lines(result: CrossValidationResult, out: Path) -> list[str
     within = pooled_within_source_lines(result) or [
         "no source holds both classes in the pooled out-of-fold rows: within-source skill cannot be measured"]
     return lines + [f"mean AUC {format_number(result.mean.auc)} (sd {format_number(result.sd.auc)}); "
-                    f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}", *within,
+                    f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}  vs  source-only "
+                    f"baseline AUC {format_estimate(result, 'source_only_auc')}", *within,
                     f"wrote {Path(out) / 'cv.json'} and one run per fold"]
 
 

@@ -4,9 +4,10 @@ The folds are the manifest's own (`fold` on train and val rows, from `data build
 here over train and val with the same grouping (patients and duplicate groups never straddle folds),
 stratified by source and label. Test rows stay out (`covidxr compare` folds over them too). Each fold
 trains a run in `DIR/fold-K/` with that fold as validation; the report gives each metric's mean and
-standard deviation over folds, the pooled out-of-fold AUC and, per source holding both classes, the
-pooled out-of-fold AUC within it, each with a patient-level bootstrap CI. Threshold metrics use a
-threshold fitted on the same held-out fold, so they are optimistic; the AUCs are threshold-free.
+standard deviation over folds, the pooled out-of-fold AUC beside the source-only baseline on the same rows and,
+per source holding both classes, the pooled out-of-fold AUC within it, each with a patient-level bootstrap CI.
+Threshold metrics use a threshold fitted on the same held-out fold, so they are optimistic; the AUCs are
+threshold-free.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from covidxr.config import TrainConfig
 from covidxr.data.manifest import load_manifest, save_manifest
 from covidxr.data.split import grouped_folds, split_units
 from covidxr.errors import UsageError
-from covidxr.evaluation.evaluate import model_probabilities
+from covidxr.evaluation.evaluate import model_probabilities, source_only
 from covidxr.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
 from covidxr.runs import CrossValidationResult, default_cache_root, read_json, write_json
@@ -65,6 +66,20 @@ def pooled_within_source(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> d
     return figures
 
 
+def pooled_figures(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> dict:
+    """Of every fold's held-out rows together (`truth`, `score`, `source`, `patient_id`): the pooled out-of-fold AUC,
+    the source-only baseline AUC on the same rows (each image scored by its source's share of positives: what origin
+    alone gives) and the pooled AUC within each source holding both classes, with patient-bootstrap CIs."""
+    truth, scores = pooled["truth"].to_numpy(), pooled["score"].to_numpy()
+    source_auc, source_auc_ci = source_only(pooled, truth, "source", bootstrap)
+    return {"pooled_out_of_fold_auc": auc_or_none(truth, scores),
+            "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+                                                             pooled["patient_id"])["auc"],
+            "source_only_auc": source_auc, "source_only_auc_ci": source_auc_ci,
+            "pooled_out_of_fold_within_source": pooled_within_source(pooled, bootstrap),
+            "n_images": int(len(pooled)), "n_patients": int(pooled["patient_id"].nunique())}
+
+
 def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Path, folds: int | None = None,
                    cache_root: str | Path | None = None, include_test: bool = False,
                    bootstrap: PatientBootstrap = PatientBootstrap()) -> CrossValidationResult | None:
@@ -94,18 +109,12 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
                              "n_patients": int(held_out["patient_id"].nunique()),
                              **{k: figures[k] for k in FOLD_METRICS}})
             pooled.append(held_out.assign(score=scores, truth=truth))
-        everything = pd.concat(pooled, ignore_index=True)
-        truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
         result = CrossValidationResult.model_validate({
             "folds": per_fold,
             "splits": "train, val and test" if include_test else "train and val",
             "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
             "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
-            "pooled_out_of_fold_auc": auc_or_none(truth, scores),
-            "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
-                                                             everything["patient_id"])["auc"],
-            "pooled_out_of_fold_within_source": pooled_within_source(everything, bootstrap),
-            "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
+            **pooled_figures(pd.concat(pooled, ignore_index=True), bootstrap),
             "ci_method": bootstrap.method,
             "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
         })

@@ -309,6 +309,10 @@ class CrossValidationResult(WrittenFile):
     sd: FoldSummary
     pooled_out_of_fold_auc: float | None
     pooled_out_of_fold_auc_ci: Interval
+    source_only_auc: float | None = Field(
+        None, description="AUC of each pooled row scored by its source's share of positives (what origin alone gives); "
+                          "absent in cv.json written before it was recorded")
+    source_only_auc_ci: Interval = None
     pooled_out_of_fold_within_source: dict[str, PooledSourceFigures] = Field(
         default_factory=dict, description="by source holding both classes")
     n_images: int
