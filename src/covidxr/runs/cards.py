@@ -109,22 +109,22 @@ class CardEvaluation(Figures):
     n_patients: int | None = None
     prevalence: float | None = None
     auc: float | None = None
-    auc_ci: Interval = None
     sensitivity: float | None = None
-    sensitivity_ci: Interval = None
     specificity: float | None = None
+    auc_ci: Interval = None
+    sensitivity_ci: Interval = None
     specificity_ci: Interval = None
-    source_only_auc: float | None = None
-    source_only_auc_ci: Interval = None
-    within_source: dict[str, SubgroupFigures] | None = None
+    operating_point: str | None = None
+    calibration: str | None = Field(None, description="the calibration method")
     ece: float | None = None
     ece_ci: Interval = None
     ece_before_calibration: float | None = None
     ece_before_calibration_ci: Interval = None
     brier: float | None = None
-    operating_point: str | None = None
+    within_source: dict[str, SubgroupFigures] | None = None
+    source_only_auc: float | None = None
+    source_only_auc_ci: Interval = None
     operating_points: dict[str, OperatingPointFigures] | None = None
-    calibration: str | None = Field(None, description="the calibration method")
 
     @classmethod
     def of(cls, result: EvaluationResult, keys: tuple[str, ...] = EVALUATION_KEYS) -> CardEvaluation:
