@@ -126,6 +126,26 @@ def test_source_only_baseline_and_within_source_on_a_two_source_table():
     assert set(groups) == {"a"} and groups["a"].n_images == 60
 
 
+def test_pooled_out_of_fold_figures_set_the_source_only_baseline_beside_the_model():
+    from covidxr.evaluation.crossval import pooled_figures
+
+    # source a: 50 of 60 positive, b: none; the model ranks perfectly only inside a
+    rows = pd.DataFrame({"source": ["a"] * 60 + ["b"] * 140, "patient_id": [f"p{i // 2}" for i in range(200)],
+                         "truth": [True] * 50 + [False] * 10 + [False] * 140,
+                         "score": np.r_[np.linspace(1, 0.5, 50), np.linspace(0.4, 0.3, 10), np.full(140, 0.45)]})
+    figures = pooled_figures(rows, PatientBootstrap(100))
+    baseline, interval = source_only(rows, rows["truth"].to_numpy(), "source", PatientBootstrap(100))
+    assert figures["source_only_auc"] == baseline and figures["source_only_auc_ci"] == interval
+    assert figures["source_only_auc"] == pytest.approx(roc_auc_score(rows["truth"], np.r_[np.full(60, 5 / 6),
+                                                                                          np.zeros(140)]))
+    assert figures["pooled_out_of_fold_auc"] == pytest.approx(roc_auc_score(rows["truth"], rows["score"]))
+    assert set(figures["pooled_out_of_fold_within_source"]) == {"a"}
+    assert figures["pooled_out_of_fold_within_source"]["a"]["auc"] == 1.0
+    assert (figures["n_images"], figures["n_patients"]) == (200, 100)
+    one_source = pooled_figures(rows.assign(source="a"), PatientBootstrap(100))
+    assert one_source["source_only_auc"] == 0.5  # one source: origin tells nothing
+
+
 def test_evaluate_writes_the_contract_json_and_extends_the_model_card(trained_run, capsys):
     run, cache = trained_run
     assert main(["evaluate", "--run", str(run), "--cache", str(cache), "--json", "--prevalence", "0.05"]) == 0
@@ -211,7 +231,8 @@ def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, 
     assert not (held_out[0] & held_out[1]) and not (held_out[1] & held_out[2])
     assert set(result["mean"]) >= {"auc", "sensitivity"} and (tmp_path / "cv" / "fold-2" / "model.json").is_file()
     printed = capsys.readouterr().out
-    assert "pooled out-of-fold AUC" in printed
+    assert "pooled out-of-fold AUC" in printed and result["format_version"] == 1
+    assert f"vs  source-only baseline AUC {result['source_only_auc']:.3f}" in printed
     within = result["pooled_out_of_fold_within_source"]
     assert all(f"within {source}, pooled out of fold" in printed for source in within)
     assert within or "within-source skill cannot be measured" in printed

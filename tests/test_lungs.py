@@ -326,6 +326,7 @@ def test_shared_annotations_and_the_shipped_segmenter_on_held_out_images():
 def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, cohen_dir, normals_csv):
     from covidxr.evaluation.lungs import evaluate_segmenter
     from covidxr.metrics import PatientBootstrap
+    from covidxr.runs import LungModelCard
 
     data = tmp_path / "data"
     data.mkdir()
@@ -349,14 +350,16 @@ def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, 
     held_out.assign(filename="img2.jpg", split="test")[["filename", "sha256", "patient_id", "split"]].to_csv(
         folder / "split.csv", index=False)
     result = evaluate_segmenter(data, tmp_path / "evaluation", folder, PatientBootstrap(resamples=50))
-    assert result["held_out"]["n_images"] == 1 and result["held_out"]["dice"] > 0.9
-    assert result["lungvae"]["non_covid"]["n_images"] == 1 and result["coco_boxes"]["n_images"] == 1
-    groups = {row["group"] for row in result["lung_share"]["by_group"]}
+    assert result.held_out.n_images == 1 and result.held_out.dice > 0.9
+    assert result.lungvae.non_covid.n_images == 1 and result.coco_boxes.n_images == 1
+    groups = {row.group for row in result.lung_share.by_group}
     assert "rsna / normal" in groups and "cohen / covid" in groups
     assert {p.name for p in (tmp_path / "evaluation").iterdir()} >= {
         "lungs-evaluation.json", "lungs-dice.png", "lungs-share.png", "contact-sheet.png", "held-out.csv"}
     card = json.loads((folder / "model_card.json").read_text())
-    assert card["evaluation"]["held_out"]["dice"] == result["held_out"]["dice"] and card["limitations"]
+    assert card["evaluation"]["held_out"]["dice"] == result.held_out.dice and card["limitations"]
+    assert LungModelCard.parse(card, "model_card.json").evaluation == result
+    assert json.loads((tmp_path / "evaluation" / "lungs-evaluation.json").read_text()) == card["evaluation"]
 
 
 def test_training_is_deterministic_and_continues_from_its_checkpoint(tmp_path, monkeypatch):

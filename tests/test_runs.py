@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,12 @@ from covidxr.errors import CovidxrError, UsageError
 from covidxr.runs import (
     FORMAT_VERSION,
     SCHEMAS,
+    AuditVerdicts,
+    CardEvaluation,
+    CrossValidationResult,
+    LungModelCard,
     LungModelContract,
+    ModelCard,
     RunDir,
     default_cache_root,
     file_sha256,
@@ -115,23 +121,30 @@ def test_an_unfinished_run_is_a_usage_error(tmp_path):
 
 def test_update_card_changes_one_entry_and_keeps_the_rest(tmp_path):
     run = finished_run(tmp_path / "run")
-    run.write_card({"intended_use": "teaching", "evaluations": {"internal-test": {"auc": 0.9}}})
-    assert run.update_card("evaluations", "other-all", {"auc": 0.7})
-    assert run.update_card("audits", "internal", {"occlusion": "fine"})
-    assert run.read_card() == {"intended_use": "teaching", "audits": {"internal": {"occlusion": "fine"}},
-                               "evaluations": {"internal-test": {"auc": 0.9}, "other-all": {"auc": 0.7}}}
-    assert not RunDir(tmp_path / "no-card").update_card("audits", "internal", {})
+    shutil.copy(shipped_dir() / "model_card.json", run.model_card)
+    before = run.read_card()
+    verdicts = AuditVerdicts(source_predictability="origin", occlusion="fine", leave_one_site_out="n/a")
+    assert run.update_card("evaluations", "other-all", CardEvaluation(auc=0.7, n_images=12))
+    assert run.update_card("audits", "external", verdicts)
+    written = json.loads(run.model_card.read_text())
+    assert list(written)[0] == "format_version" and written["format_version"] == 1
+    assert written["evaluations"] == {**before.to_json()["evaluations"], "other-all": {"n_images": 12, "auc": 0.7}}
+    assert written["audits"] == {**before.to_json()["audits"], "external": verdicts.model_dump()}
+    assert {k: v for k, v in written.items() if k not in ("evaluations", "audits")} == \
+        {k: v for k, v in before.to_json().items() if k not in ("evaluations", "audits")}
+    assert not RunDir(tmp_path / "no-card").update_card("audits", "internal", verdicts)
 
 
 def test_the_shipped_model_is_not_written_to_and_evaluates_into_the_working_folder(tmp_path, monkeypatch):
     shipped = tmp_path / "package" / "shipped"
-    finished_run(shipped).write_card({"intended_use": "teaching"})
+    finished_run(shipped)
+    shutil.copy(shipped_dir() / "model_card.json", shipped / "model_card.json")
     monkeypatch.setattr(rundir_module, "shipped_dir", lambda: shipped)
     monkeypatch.chdir(tmp_path)
     run = RunDir(shipped_run())
     assert run.is_shipped and run.evaluation == tmp_path / "evaluation-shipped-model"
-    assert not run.update_card("evaluations", "x-all", {"auc": 0.5})
-    assert run.read_card() == {"intended_use": "teaching"}
+    assert not run.update_card("evaluations", "x-all", CardEvaluation(auc=0.5))
+    assert run.model_card.read_bytes() == (shipped_dir() / "model_card.json").read_bytes()
     shutil.rmtree(shipped)
     with pytest.raises(UsageError, match="run: no model is shipped.*give a run directory"):
         shipped_run()
@@ -232,6 +245,67 @@ def test_an_updated_contract_keeps_the_rest_and_is_checked_as_a_reader_would():
     assert contract.threshold != 0.25  # the original is unchanged
     with pytest.raises(CovidxrError, match="model.json with new threshold: threshold 2 is not a probability"):
         contract.updated(threshold=2.0)
+
+
+WRITTEN_FILES = [  # (schema, file): the shipped cards as committed, the shipped card before calibrations were
+    # recorded (its operating point carries a temperature) and a cv.json of `covidxr compare` on the tests' data, all
+    # written before format_version existed
+    (ModelCard, shipped_dir() / "model_card.json"), (LungModelCard, shipped_dir() / "lungs" / "model_card.json"),
+    (ModelCard, Path(__file__).parent / "data" / "model-card-before-calibration.json"),
+    (CrossValidationResult, Path(__file__).parent / "data" / "cv-before-format-version.json"),
+]
+
+
+@pytest.mark.parametrize(("schema", "path"), WRITTEN_FILES,
+                         ids=[str(path.relative_to(path.parents[1])) for _, path in WRITTEN_FILES])
+def test_cards_and_cv_written_before_format_version_round_trip_through_their_schemas(schema, path):
+    content = json.loads(path.read_text())
+    assert "format_version" not in content
+    parsed = schema.parse(content, path)
+    assert parsed.format_version == 1  # a file without one reads as format 1
+    assert parsed.to_json() == {"format_version": 1, **content} and list(parsed.to_json())[0] == "format_version"
+    assert schema.parse(parsed.to_json(), path) == parsed
+    assert schema.parse(content, path).model_dump(mode="json", exclude_unset=True) == content
+
+
+def test_a_shipped_card_states_it_is_not_for_clinical_use():
+    for card in (RunDir(shipped_dir()).read_card(),
+                 LungModelCard.parse(json.loads((shipped_dir() / "lungs" / "model_card.json").read_text()), "lungs")):
+        assert card.not_for_clinical_use is True and "not for clinical use" in card.intended_use.lower()
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"evaluation": {}}, r"evaluation: Extra inputs are not permitted"),
+    ({"not_for_clinical_use": False}, r"not_for_clinical_use: Input should be True"),
+    ({"format_version": 2}, r"format_version: Input should be 1"),
+    ({"validation": {"split": "val", "images": "many", "auc_covid_vs_rest": 0.8, "note": ""}},
+     r"wrong type for validation.images \(str\)"),
+    ({"model": None}, r"wrong type for model \(NoneType\)"),
+])
+def test_a_malformed_model_card_names_the_file_and_the_bad_key(tmp_path, change, problem):
+    run = finished_run(tmp_path / "run")
+    write_json(run.model_card, {**json.loads((shipped_dir() / "model_card.json").read_text()), **change})
+    with pytest.raises(CovidxrError, match=rf"^{re.escape(str(run.model_card))}: {problem}"):
+        run.read_card()
+
+
+def test_a_card_without_a_section_names_it_and_a_malformed_cv_json_names_the_file_and_key(tmp_path):
+    from covidxr.evaluation.crossval import read_cv
+
+    card = json.loads((shipped_dir() / "lungs" / "model_card.json").read_text())
+    with pytest.raises(CovidxrError, match=r"^lungs/model_card.json: lacks evaluation \(LungModelCard needs"):
+        LungModelCard.parse({k: v for k, v in card.items() if k != "evaluation"}, "lungs/model_card.json")
+    cv = json.loads((Path(__file__).parent / "data" / "cv-before-format-version.json").read_text())
+    assert read_cv(tmp_path) is None
+    write_json(tmp_path / "cv.json", {**cv, "pooled_out_of_fold_auc": "high"})
+    with pytest.raises(CovidxrError, match=rf"^{re.escape(str(tmp_path / 'cv.json'))}: wrong type for "
+                                           r"pooled_out_of_fold_auc \(str\)"):
+        read_cv(tmp_path)
+    write_json(tmp_path / "cv.json", {**cv, "folds": [{**cv["folds"][0], "aucc": 1.0}]})
+    with pytest.raises(CovidxrError, match=r"cv.json: folds.0.aucc: Extra inputs are not permitted"):
+        read_cv(tmp_path)
+    write_json(tmp_path / "cv.json", cv)
+    assert read_cv(tmp_path).pooled_out_of_fold_within_source["site-a"].n_images == 48
 
 
 def test_the_json_schemas_in_the_docs_are_the_ones_the_code_checks():

@@ -92,12 +92,11 @@ def test_python_m_shipped_packages_an_evaluated_run_and_keeps_the_size_limit(tra
 
     import covidxr.runs
     from covidxr.models import shipped as shipped_module
-    from covidxr.runs import RunDir
+    from covidxr.runs import AuditVerdicts, CardEvaluation, RunDir
 
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run, ignore=shutil.ignore_patterns("checkpoints", "evaluation"))
-    card = RunDir(run).read_card()
-    RunDir(run).write_card({key: value for key, value in card.items() if key not in ("evaluations", "audits")})
+    RunDir(run).write_card(RunDir(run).read_card().updated(evaluations=None, audits=None))
     target = tmp_path / "shipped"
     monkeypatch.setattr(covidxr.runs, "shipped_dir", lambda: target)
 
@@ -112,13 +111,14 @@ def test_python_m_shipped_packages_an_evaluated_run_and_keeps_the_size_limit(tra
     assert python_m(str(run)) == 1
     assert "run `covidxr evaluate` and `covidxr audit` first" in capsys.readouterr().err and not target.exists()
 
-    RunDir(run).update_card("evaluations", "internal-test", {"auc": 0.9})
-    RunDir(run).update_card("audits", "internal", {"occlusion": "verdict"})
+    verdicts = AuditVerdicts(source_predictability="origin", occlusion="verdict", leave_one_site_out="sites")
+    RunDir(run).update_card("evaluations", "internal-test", CardEvaluation(auc=0.9))
+    RunDir(run).update_card("audits", "internal", verdicts)
     assert python_m(str(run)) == 0 and f"into {target}" in capsys.readouterr().out
     contract = json.loads((target / "model.json").read_text())
     assert contract["weights_dtype"] == "float16" and contract["shipped_from"] == "run"
     assert contract["weights_sha256"] == file_sha256(target / "model.safetensors")
-    assert json.loads((target / "model_card.json").read_text())["audits"] == {"internal": {"occlusion": "verdict"}}
+    assert json.loads((target / "model_card.json").read_text())["audits"] == {"internal": verdicts.model_dump()}
     assert covidxr.load_model(target).predict(lesion_image(3, covid=True, size=64))["label"] in {"covid", "non-covid"}
 
     shipped_bytes = (target / "model.safetensors").read_bytes()

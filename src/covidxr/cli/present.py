@@ -13,8 +13,12 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from covidxr.commandline import LiteralConsole, escape_controls_by_line
+
+if TYPE_CHECKING:
+    from covidxr.runs import CrossValidationResult
 
 stdout = LiteralConsole(soft_wrap=True)
 stderr = LiteralConsole(stderr=True, soft_wrap=True)
@@ -82,7 +86,7 @@ def overlap_lines(overlap: dict | None) -> list[str]:
             "figures below are optimistic — run `covidxr data check MANIFEST --against TRAIN` to list them"]
 
 
-def evaluation_lines(result: dict, cv: dict | None = None) -> list[str]:
+def evaluation_lines(result: dict, cv: CrossValidationResult | None = None) -> list[str]:
     """evaluate's summary: overlap, AUC against the source-only baseline, within-source figures, the threshold,
     calibration and the operating points."""
     from covidxr.evaluation.metrics import format_estimate, source_explains_result, within_source_lines
@@ -145,14 +149,15 @@ def audit_lines(result: dict) -> list[str]:
     ]
 
 
-def cross_validation_lines(result: dict, out: Path) -> list[str]:
+def cross_validation_lines(result: CrossValidationResult, out: Path) -> list[str]:
     from covidxr.evaluation.metrics import format_estimate, format_number, pooled_within_source_lines
 
-    lines = [f"fold {f['fold']}: {f['n_images']} images, AUC {format_number(f['auc'])}" for f in result["folds"]]
+    lines = [f"fold {f.fold}: {f.n_images} images, AUC {format_number(f.auc)}" for f in result.folds]
     within = pooled_within_source_lines(result) or [
         "no source holds both classes in the pooled out-of-fold rows: within-source skill cannot be measured"]
-    return lines + [f"mean AUC {format_number(result['mean']['auc'])} (sd {format_number(result['sd']['auc'])}); "
-                    f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}", *within,
+    return lines + [f"mean AUC {format_number(result.mean.auc)} (sd {format_number(result.sd.auc)}); "
+                    f"pooled out-of-fold AUC {format_estimate(result, 'pooled_out_of_fold_auc')}  vs  source-only "
+                    f"baseline AUC {format_estimate(result, 'source_only_auc')}", *within,
                     f"wrote {Path(out) / 'cv.json'} and one run per fold"]
 
 

@@ -36,7 +36,7 @@ from covidxr.evaluation.evaluate import evaluation_rows
 from covidxr.lungs import LungSegmenter, preprocessor, shipped_segmenter
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
-from covidxr.runs import AuditResult, default_cache_root, read_json, softmax_with_temperature, write_json
+from covidxr.runs import AuditResult, AuditVerdicts, default_cache_root, read_json, softmax_with_temperature, write_json
 
 log = logging.getLogger("covidxr.audit")
 MIN_SITE_PATIENTS = 5
@@ -264,5 +264,5 @@ def audit_run(run_dir: str | Path, data: str | Path | None = None, cache_root: s
     folder = run.output_folder
     folder.mkdir(parents=True, exist_ok=True)
     write_json(audit_file(folder, name), result.to_json())
-    run.rundir.update_card("audits", name, result.verdicts())
+    run.rundir.update_card("audits", name, AuditVerdicts.of(result))
     return result

@@ -115,14 +115,16 @@ def _out_of_fold_figures(config: TrainConfig, split: Path, folder: Path, run: Pa
                          cache_root: Path | None, bootstrap: PatientBootstrap) -> dict | None:
     started = time.perf_counter()
     result = cross_validate(config, split, folder, folds, cache_root, include_test=True, bootstrap=bootstrap)
-    if not result:
+    if result is None:
         return None
     shutil.copy(folder / "cv.json", RunDir(run).evaluation / "cv.json")
-    figures = result["pooled_out_of_fold_within_source"].get(within, {}) if within else {}
-    return {"oof_within_source_auc": figures.get("auc"), "oof_within_source_auc_ci": figures.get("auc_ci"),
-            "oof_source": within, "oof_images": figures.get("n_images"), "oof_patients": figures.get("n_patients"),
-            "oof_folds": folds, "oof_auc": result["pooled_out_of_fold_auc"],
-            "oof_auc_ci": result["pooled_out_of_fold_auc_ci"], "cv_seconds": round(time.perf_counter() - started, 1)}
+    figures = result.pooled_out_of_fold_within_source.get(within) if within else None
+    return {"oof_within_source_auc": figures.auc if figures else None,
+            "oof_within_source_auc_ci": figures.auc_ci if figures else None, "oof_source": within,
+            "oof_images": figures.n_images if figures else None,
+            "oof_patients": figures.n_patients if figures else None, "oof_folds": folds,
+            "oof_auc": result.pooled_out_of_fold_auc, "oof_auc_ci": result.pooled_out_of_fold_auc_ci,
+            "cv_seconds": round(time.perf_counter() - started, 1)}
 
 
 def compare_recipe(name: str, config: TrainConfig, split: Path, folder: Path, folds: int, within: str | None,

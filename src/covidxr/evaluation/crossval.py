@@ -4,9 +4,10 @@ The folds are the manifest's own (`fold` on train and val rows, from `data build
 here over train and val with the same grouping (patients and duplicate groups never straddle folds),
 stratified by source and label. Test rows stay out (`covidxr compare` folds over them too). Each fold
 trains a run in `DIR/fold-K/` with that fold as validation; the report gives each metric's mean and
-standard deviation over folds, the pooled out-of-fold AUC and, per source holding both classes, the
-pooled out-of-fold AUC within it, each with a patient-level bootstrap CI. Threshold metrics use a
-threshold fitted on the same held-out fold, so they are optimistic; the AUCs are threshold-free.
+standard deviation over folds, the pooled out-of-fold AUC beside the source-only baseline on the same rows and,
+per source holding both classes, the pooled out-of-fold AUC within it, each with a patient-level bootstrap CI.
+Threshold metrics use a threshold fitted on the same held-out fold, so they are optimistic; the AUCs are
+threshold-free.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from covidxr.config import TrainConfig
 from covidxr.data.manifest import load_manifest, save_manifest
 from covidxr.data.split import grouped_folds, split_units
 from covidxr.errors import UsageError
-from covidxr.evaluation.evaluate import model_probabilities
+from covidxr.evaluation.evaluate import model_probabilities, source_only
 from covidxr.metrics import PatientBootstrap, auc_or_none, binary_metrics
 from covidxr.models.loading import load_run
-from covidxr.runs import default_cache_root, read_json, write_json
+from covidxr.runs import CrossValidationResult, default_cache_root, read_json, write_json
 from covidxr.training.data import select_rows
 from covidxr.training.run import train
 from covidxr.training.tracking import log_result, tracked_run
@@ -65,11 +66,25 @@ def pooled_within_source(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> d
     return figures
 
 
+def pooled_figures(pooled: pd.DataFrame, bootstrap: PatientBootstrap) -> dict:
+    """Of every fold's held-out rows together (`truth`, `score`, `source`, `patient_id`): the pooled out-of-fold AUC,
+    the source-only baseline AUC on the same rows (each image scored by its source's share of positives: what origin
+    alone gives) and the pooled AUC within each source holding both classes, with patient-bootstrap CIs."""
+    truth, scores = pooled["truth"].to_numpy(), pooled["score"].to_numpy()
+    source_auc, source_auc_ci = source_only(pooled, truth, "source", bootstrap)
+    return {"pooled_out_of_fold_auc": auc_or_none(truth, scores),
+            "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
+                                                             pooled["patient_id"])["auc"],
+            "source_only_auc": source_auc, "source_only_auc_ci": source_auc_ci,
+            "pooled_out_of_fold_within_source": pooled_within_source(pooled, bootstrap),
+            "n_images": int(len(pooled)), "n_patients": int(pooled["patient_id"].nunique())}
+
+
 def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Path, folds: int | None = None,
                    cache_root: str | Path | None = None, include_test: bool = False,
-                   bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
+                   bootstrap: PatientBootstrap = PatientBootstrap()) -> CrossValidationResult | None:
     """Train one run per fold in `out/fold-K/`; `include_test` folds over every row, test rows included (the
-    widest out-of-fold estimate, used by `covidxr compare`)."""
+    widest out-of-fold estimate, used by `covidxr compare`). None in DDP worker processes."""
     out = Path(out)
     rows = development_folds(select_rows(load_manifest(manifest_path), config), folds, config.seed, include_test)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +98,7 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
             save_manifest(manifest, out / f"fold-{fold}.csv")
             run = train(config, out / f"fold-{fold}.csv", out / f"fold-{fold}", cache_root=cache_root)
             if run is None:
-                return {}
+                return None
             model = load_run(run)
             held_out, _, probabilities = model_probabilities(model, manifest[manifest["split"] == "val"].reset_index(
                 drop=True), Path(cache_root or default_cache_root()))
@@ -94,31 +109,25 @@ def cross_validate(config: TrainConfig, manifest_path: str | Path, out: str | Pa
                              "n_patients": int(held_out["patient_id"].nunique()),
                              **{k: figures[k] for k in FOLD_METRICS}})
             pooled.append(held_out.assign(score=scores, truth=truth))
-        everything = pd.concat(pooled, ignore_index=True)
-        truth, scores = everything["truth"].to_numpy(), everything["score"].to_numpy()
-        result = {
+        result = CrossValidationResult.model_validate({
             "folds": per_fold,
             "splits": "train, val and test" if include_test else "train and val",
             "mean": {k: _mean([f[k] for f in per_fold]) for k in FOLD_METRICS},
             "sd": {k: _sd([f[k] for f in per_fold]) for k in FOLD_METRICS},
-            "pooled_out_of_fold_auc": auc_or_none(truth, scores),
-            "pooled_out_of_fold_auc_ci": bootstrap.intervals(lambda r: {"auc": auc_or_none(truth[r], scores[r])},
-                                                             everything["patient_id"])["auc"],
-            "pooled_out_of_fold_within_source": pooled_within_source(everything, bootstrap),
-            "n_images": int(len(everything)), "n_patients": int(everything["patient_id"].nunique()),
+            **pooled_figures(pd.concat(pooled, ignore_index=True), bootstrap),
             "ci_method": bootstrap.method,
             "note": "threshold metrics use a threshold fitted on the same held-out fold (optimistic); AUCs do not",
-        }
-        write_json(out / "cv.json", result)
-        log_result(run_id, result, config.model_dump(mode="json"), out / "cv.json")
+        })
+        write_json(out / "cv.json", result.to_json())
+        log_result(run_id, result.to_json(), config.model_dump(mode="json"), out / "cv.json")
     return result
 
 
-def read_cv(folder: str | Path) -> dict | None:
+def read_cv(folder: str | Path) -> CrossValidationResult | None:
     """`folder/cv.json` (a run's evaluation folder holds it when cross-validation results were copied there, as
     `covidxr compare` does), or None."""
     path = Path(folder) / "cv.json"
-    return read_json(path) if path.is_file() else None
+    return CrossValidationResult.parse(read_json(path), path) if path.is_file() else None
 
 
 def _mean(values: list) -> float | None:

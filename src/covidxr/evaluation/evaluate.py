@@ -31,6 +31,7 @@ from covidxr.metrics import (
 from covidxr.models.inference import predict_logits
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import (
+    CardEvaluation,
     EvaluationResult,
     OperatingPointFigures,
     SubgroupFigures,
@@ -248,4 +249,4 @@ def _save(run: RunModel, result: EvaluationResult, rows: pd.DataFrame, truth: np
     write_json(evaluation_file(folder, result.data, result.split), result.to_json())
     evaluation_plots(truth, scores, rows["patient_id"], result, evaluation_stem(folder, result.data, result.split),
                      bootstrap)
-    run.rundir.update_card("evaluations", f"{result.data}-{result.split}", result.card_entry())
+    run.rundir.update_card("evaluations", f"{result.data}-{result.split}", CardEvaluation.of(result))

@@ -37,7 +37,7 @@ from covidxr.lungs.annotations import annotation_table
 from covidxr.lungs.geometry import dice_and_iou, outline_overlay
 from covidxr.metrics import PatientBootstrap
 from covidxr.progress import progress_bar, stderr
-from covidxr.runs import NOT_FOR_CLINICAL_USE, LungModelContract, read_json, write_json
+from covidxr.runs import NOT_FOR_CLINICAL_USE, LungEvaluation, LungModelCard, LungModelContract, read_json, write_json
 
 COHEN = "covid-chestxray-dataset"
 V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
@@ -170,7 +170,7 @@ def contact_sheet(segmenter: LungSegmenter, shares: pd.DataFrame, out: Path, see
 
 
 def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Path | None = None,
-                       bootstrap: PatientBootstrap = PatientBootstrap()) -> dict:
+                       bootstrap: PatientBootstrap = PatientBootstrap()) -> LungEvaluation:
     data_root, out = Path(data_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     segmenter = LungSegmenter(folder)
@@ -196,7 +196,7 @@ def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Pat
     both = annotations.of("v7").drop_duplicates("sha256").merge(
         annotations.of("lungvae").drop_duplicates("sha256")[["sha256", "mask"]], on="sha256", suffixes=("", "_vae"))
     outline_agreement = [dice_and_iou(row.mask, row.mask_vae)[0] for row in both.itertuples()]
-    result = {
+    result = LungEvaluation.model_validate({
         "model": segmenter.identity(), "intended_use": NOT_FOR_CLINICAL_USE, "ci_method": bootstrap.method,
         "held_out": {"data": "V7 Labs hand-drawn outlines of the segmenter's test patients (COVID-19 images)",
                      **held_out.summary(bootstrap)},
@@ -213,8 +213,8 @@ def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Pat
                        **boxes.summary(bootstrap, ("box_iou",))},
         "lung_share": {"data": f"Cohen frontal images and {min(RSNA_SAMPLE, len(rsna))} RSNA normals (seeded sample)",
                        "by_group": table.reset_index().to_dict(orient="records"), "verdict": share_verdict(table)},
-    }
-    write_json(out / "lungs-evaluation.json", result)
+    })
+    write_json(out / "lungs-evaluation.json", result.to_json())
     held_out.rows.drop(columns=["path"]).to_csv(out / "held-out.csv", index=False)
     plot_figures(held_out, shares, out)
     contact_sheet(segmenter, shares, out)
@@ -222,27 +222,27 @@ def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Pat
     return result
 
 
-def write_card(folder: Path, result: dict) -> None:
+def write_card(folder: Path, result: LungEvaluation) -> None:
     """The segmenter's model_card.json: what it is, its figures with provenance, its limits."""
     path = folder / "model.json"
     contract = LungModelContract.parse(read_json(path), f"{path} (a lung segmenter's model.json)")
-    held = result["held_out"]
-    card = {
-        "model": contract.name, "intended_use": NOT_FOR_CLINICAL_USE, "not_for_clinical_use": True,
-        "what": "Lung masks of frontal chest radiographs (both lungs, the lung behind the heart included), for "
-                "cropping or masking before classification and for the shortcut audit and Grad-CAM heat share.",
-        "architecture": contract.architecture, "pretrained": contract.pretrained, "training_data": contract.data,
-        "evaluation": result,
-        "limitations": [
+    held = result.held_out
+    card = LungModelCard(
+        model=contract.name, intended_use=NOT_FOR_CLINICAL_USE, not_for_clinical_use=True,
+        what="Lung masks of frontal chest radiographs (both lungs, the lung behind the heart included), for "
+             "cropping or masking before classification and for the shortcut audit and Grad-CAM heat share.",
+        architecture=contract.architecture, pretrained=contract.pretrained, training_data=contract.data,
+        evaluation=result,
+        limitations=[
             "Trained on hand-drawn outlines of COVID-19 images only (the only ones published): other findings and "
             "other sources are checked indirectly (lungVAE masks, COCO boxes, lung shares, contact sheet).",
-            result["lung_share"]["verdict"],
+            result.lung_share.verdict,
             "A mask with no lung, one lung or an implausible share is replaced by a fixed rectangle (counted as "
             "fallbacks above).",
-            f"Held-out figures: {held['n_images']} images of {held['n_patients']} patients; small, wide intervals.",
+            f"Held-out figures: {held.n_images} images of {held.n_patients} patients; small, wide intervals.",
         ],
-    }
-    write_json(folder / "model_card.json", card)
+    )
+    write_json(folder / "model_card.json", card.to_json())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,11 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         out_option(), option("--model", type=Path, help="segmenter folder (default: the shipped one)")])
     args = parser.parse_args(argv)
     result = evaluate_segmenter(args.data, args.out, args.model)
-    held = result["held_out"]
-    dice_low, dice_high = held["dice_ci"] or (float("nan"), float("nan"))
-    iou_low, iou_high = held["iou_ci"] or (float("nan"), float("nan"))
-    stderr.print(f"held-out Dice {held['dice']:.3f} [{dice_low:.3f}, {dice_high:.3f}], IoU {held['iou']:.3f} "
-                 f"[{iou_low:.3f}, {iou_high:.3f}] (95% CIs; {held['n_images']} images, {held['n_patients']} "
+    held = result.held_out
+    dice_low, dice_high = held.dice_ci or (float("nan"), float("nan"))
+    iou_low, iou_high = held.iou_ci or (float("nan"), float("nan"))
+    stderr.print(f"held-out Dice {held.dice:.3f} [{dice_low:.3f}, {dice_high:.3f}], IoU {held.iou:.3f} "
+                 f"[{iou_low:.3f}, {iou_high:.3f}] (95% CIs; {held.n_images} images, {held.n_patients} "
                  f"patients); wrote {args.out}")
 
 

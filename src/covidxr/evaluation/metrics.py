@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from covidxr.runs import CrossValidationResult
+
 SOURCE_MARGIN = 0.05
 Figures = BaseModel | Mapping[str, Any]
 
@@ -52,21 +54,20 @@ def format_estimate(figures: Figures, key: str) -> str:
     return format_interval(figure(figures, key), figure(figures, f"{key}_ci"))
 
 
-def within_source_lines(result: Figures, cv: dict | None = None) -> list[str]:
+def within_source_lines(result: Figures, cv: CrossValidationResult | None = None) -> list[str]:
     """The figures that measure the disease rather than the origin: AUC within each source holding both classes
     (from an evaluation `result`) and, from cross-validation results `cv` (cv.json), the pooled out-of-fold AUC
     within each such source."""
     lines = [f"within {source} ({figure(result, 'split')}): {figure(figures, 'n_images')} images, "
              f"{figure(figures, 'n_patients')} patients, AUC {format_estimate(figures, 'auc')}"
              for source, figures in figure(result, "within_source").items()]
-    lines += pooled_within_source_lines(cv or {})
+    lines += pooled_within_source_lines(cv) if cv is not None else []
     return lines or ["no source holds both classes here: within-source skill cannot be measured"]
 
 
-def pooled_within_source_lines(cv: dict) -> list[str]:
+def pooled_within_source_lines(cv: CrossValidationResult) -> list[str]:
     """From cross-validation results (cv.json): the pooled out-of-fold AUC within each source holding both
     classes."""
-    return [f"within {source}, pooled out of fold ({len(cv['folds'])}-fold cross-validation over "
-            f"{cv.get('splits', 'train and val')} rows): {figures['n_images']} images, "
-            f"{figures['n_patients']} patients, AUC {format_estimate(figures, 'auc')}"
-            for source, figures in (cv.get("pooled_out_of_fold_within_source") or {}).items()]
+    return [f"within {source}, pooled out of fold ({len(cv.folds)}-fold cross-validation over {cv.splits} rows): "
+            f"{figures.n_images} images, {figures.n_patients} patients, AUC {format_estimate(figures, 'auc')}"
+            for source, figures in cv.pooled_out_of_fold_within_source.items()]

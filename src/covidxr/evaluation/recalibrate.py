@@ -24,14 +24,7 @@ from covidxr.errors import UsageError
 from covidxr.evaluation.evaluate import evaluation_rows, model_probabilities
 from covidxr.metrics import PatientBootstrap, expected_calibration_error, metrics_with_intervals
 from covidxr.models.loading import load_run
-from covidxr.runs import (
-    InferenceContract,
-    RunDir,
-    default_cache_root,
-    read_json,
-    shift_prevalence,
-    write_json,
-)
+from covidxr.runs import InferenceContract, Recalibration, RunDir, default_cache_root, shift_prevalence
 from covidxr.runs.calibration import check_prevalence
 from covidxr.training.calibration import POINT_RULES, calibration_contract, fit_calibration, operating_threshold
 
@@ -138,7 +131,5 @@ def _write_run(source: RunDir, out: Path, contract: InferenceContract, recalibra
     target = RunDir(out)
     target.write_contract(contract)
     if target.model_card.is_file():
-        card = read_json(target.model_card)
-        card["recalibration"] = recalibration
-        card.pop("evaluations", None)
-        write_json(target.model_card, card)
+        target.write_card(target.read_card().updated(recalibration=Recalibration.model_validate(recalibration),
+                                                     evaluations=None))

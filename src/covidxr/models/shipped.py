@@ -21,7 +21,16 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from covidxr.errors import CovidxrError
-from covidxr.runs import RunDir, file_sha256, read_json, shipped_dir
+from covidxr.runs import (
+    CardCalibration,
+    CardEvaluation,
+    CardInputCheck,
+    CardOperatingPoint,
+    RunDir,
+    file_sha256,
+    read_json,
+    shipped_dir,
+)
 
 CARD_KEYS = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci", "specificity",
              "specificity_ci", "ece", "ece_ci", "ece_before_calibration", "ece_before_calibration_ci", "brier",
@@ -35,7 +44,7 @@ def package_run(run: str | Path, target: Path | None = None) -> Path:
     source, shipped = RunDir(run), RunDir(target or shipped_dir())
     contract = source.read_contract()
     card = source.read_card()
-    missing = [key for key in ("evaluations", "audits") if key not in card]
+    missing = [key for key in ("evaluations", "audits") if getattr(card, key) is None]
     if missing:
         raise CovidxrError(f"{source.root}: run `covidxr evaluate` and `covidxr audit` first (model card lacks "
                            f"{missing})")
@@ -82,21 +91,24 @@ def package_calibration(run: str | Path, evaluation: str | Path, target: Path | 
     changes["calibration"] = {**changes["calibration"], "fitted_on": fitted_on}
     contract = contract.updated(**changes, calibration_figures_out_of_fold=recalibration["figures_out_of_fold"])
     shipped.write_contract(contract)
-    points = contract.content["operating_points"]
     card = shipped.read_card()
-    card["evaluations"]["internal-test"] = {**card["evaluations"].get("internal-test", {}),
-                                            **{key: figures[key] for key in CARD_KEYS if key in figures}}
-    card["operating_point"] = {"threshold": contract.threshold, "rule": contract.threshold_rule,
-                               "name": contract.default_operating_point, "fitted_on": fitted_on["data"]}
-    card["calibration"] = {"method": contract.calibration.method, "fitted_on": fitted_on,
-                           "prevalence": contract.calibration.prevalence, "compared": contract.calibration.compared,
-                           "operating_points": points, "default_operating_point": contract.default_operating_point,
-                           "why_this_default": why_default(figures["operating_points"],
-                                                           contract.default_operating_point)}
+    tested = CardEvaluation.model_validate({key: figures[key] for key in CARD_KEYS if key in figures})
+    evaluations = card.evaluations or {}
+    sections = {
+        "evaluations": {**evaluations,
+                        "internal-test": evaluations.get("internal-test", CardEvaluation()).merged(tested)},
+        "operating_point": CardOperatingPoint(threshold=contract.threshold, rule=contract.threshold_rule,
+                                              name=contract.default_operating_point, fitted_on=fitted_on["data"]),
+        "calibration": CardCalibration(
+            method=contract.calibration.method, fitted_on=fitted_on, prevalence=contract.calibration.prevalence,
+            compared=contract.calibration.compared, operating_points=contract.content["operating_points"],
+            default_operating_point=contract.default_operating_point,
+            why_this_default=why_default(figures["operating_points"], contract.default_operating_point))}
     if contract.input_check:
         check = contract.input_check
-        card["input_check"] = {"name": check.name, "fitted_on": check.fitted_on, "figures": check.figures}
-    shipped.write_card(card)
+        sections["input_check"] = CardInputCheck.model_validate({"name": check.name, "fitted_on": check.fitted_on,
+                                                                "figures": check.figures})
+    shipped.write_card(card.updated(**sections))
     return shipped.root
 
 

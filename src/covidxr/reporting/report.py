@@ -34,7 +34,7 @@ from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
 from covidxr.lungs import preprocessor, shipped_segmenter
 from covidxr.models.loading import RunModel, load_run
 from covidxr.reporting.templates import Table, render
-from covidxr.runs import AuditResult, EvaluationResult, default_cache_root
+from covidxr.runs import AuditResult, CrossValidationResult, EvaluationResult, ModelCard, default_cache_root
 
 GALLERY_PER_CLASS, TOP_LOSSES = 4, 6
 INTERNAL_SPLIT = "test"
@@ -72,7 +72,7 @@ class Report:
     evaluation: EvaluationResult
     audit: AuditResult
     external: list[EvaluationResult]
-    cv: dict | None
+    cv: CrossValidationResult | None
     data: DataSummary
     training_curves: Path | None
     evaluation_curves: Path
@@ -116,7 +116,8 @@ class Report:
 
     @property
     def cv_folds(self) -> Table | None:
-        return Table.from_frame(pd.DataFrame(self.cv["folds"]).round(3)) if self.cv else None
+        return Table.from_frame(pd.DataFrame([fold.model_dump() for fold in self.cv.folds]).round(3)) \
+            if self.cv is not None else None
 
 
 def data_summary(run: RunModel) -> DataSummary:
@@ -164,20 +165,19 @@ def grad_cam_galleries(run: RunModel, cache_root: Path, folder: Path) -> list[Ga
     return galleries
 
 
-def card_rows(card: dict) -> list[tuple[str, str]]:
+def card_rows(card: ModelCard) -> list[tuple[str, str]]:
     """The model card's entries a reader needs, as (name, text)."""
-    data = card.get("training_data", {})
-    model = card["model"]
+    data, model = card.training_data, card.model
     return [
-        ("Intended use", card.get("intended_use", "")),
-        ("Source of data", ", ".join(f"{k} ({v} images)" for k, v in data.get("sources", {}).items())),
-        ("Participants", f"{data.get('images')} images of {data.get('patients')} patients; split by patient"),
+        ("Intended use", card.intended_use),
+        ("Source of data", ", ".join(f"{k} ({v} images)" for k, v in data.sources.items())),
+        ("Participants", f"{data.images} images of {data.patients} patients; split by patient"),
         ("Outcome", "label from the published finding (label table in docs/reference.md)"),
-        ("Model", f"{model['architecture']} with head {model['head']}, pretrained: {model['pretrained']}, "
-                  f"transfer: {model['transfer']}"),
-        ("Operating point", json.dumps(card.get("operating_point", {}))),
-        ("Licences of the training data", ", ".join(f"{k}: {v}" for k, v in card.get("licences", {}).items())),
-        ("Limitations", " ".join(card.get("limitations", []))),
+        ("Model", f"{model.architecture} with head {model.head}, pretrained: {model.pretrained}, "
+                  f"transfer: {model.transfer}"),
+        ("Operating point", json.dumps(card.operating_point.model_dump(mode="json", exclude_unset=True))),
+        ("Licences of the training data", ", ".join(f"{k}: {v}" for k, v in card.licences.items())),
+        ("Limitations", " ".join(card.limitations)),
     ]
 
 

@@ -198,7 +198,7 @@ def run_study(data: Path, out: Path, folds: int = 5, repeats: int = 10, seed: in
     write_severity_head(RunDir(features_path.parent), head)
     if ship:
         shipped_card = RunDir(shipped_dir())
-        shipped_card.write_card({**shipped_card.read_card(), "severity": card_section(head, results)})
+        shipped_card.write_card(shipped_card.read_card().updated(severity=card_section(head, results)))
     print("\n".join(table_lines(results) + [f"95% CIs: {bootstrap.method}",
                                             f"wrote {out / 'severity-study.json'}, {plot}, {cam}",
                                             f"wrote {features_path.parent / 'severity.json'} and {features_path} "

@@ -16,6 +16,19 @@ from covidxr.runs.calibration import (
     shift_prevalence,
     sigmoid,
 )
+from covidxr.runs.cards import (
+    AuditVerdicts,
+    CardCalibration,
+    CardEvaluation,
+    CardInputCheck,
+    CardOperatingPoint,
+    CardSeverity,
+    CardValidation,
+    LungEvaluation,
+    LungModelCard,
+    ModelCard,
+    Recalibration,
+)
 from covidxr.runs.contract import (
     FORMAT_VERSION,
     LUNG_FORMAT_VERSION,
@@ -28,6 +41,7 @@ from covidxr.runs.inference import predicted_classes, softmax_with_temperature
 from covidxr.runs.results import (
     AuditResult,
     CompareEntry,
+    CrossValidationResult,
     EvaluationResult,
     OperatingPointFigures,
     SubgroupFigures,
@@ -47,14 +61,17 @@ from covidxr.runs.rundir import (
 
 SCHEMAS: dict[str, type[WrittenFile]] = {
     "model": InferenceContract, "lung-model": LungModelContract, "evaluation": EvaluationResult,
-    "audit": AuditResult, "compare-entry": CompareEntry,
+    "audit": AuditResult, "compare-entry": CompareEntry, "cv": CrossValidationResult, "model-card": ModelCard,
+    "lung-model-card": LungModelCard,
 }
 """Each file's schema by the name of its JSON Schema in docs/schemas/ (`NAME.json`)."""
 
 __all__ = [
     "FORMAT_VERSION", "LUNG_FORMAT_VERSION", "NOT_FOR_CLINICAL_USE", "OPERATING_POINT_NAMES", "SCHEMAS", "AuditResult",
-    "Calibration", "CompareEntry", "ContractBase", "EvaluationResult", "FittedOn", "InferenceContract",
-    "LungModelContract", "OperatingPoint", "OperatingPointFigures", "RunDir", "Scorer", "SubgroupFigures",
+    "AuditVerdicts", "Calibration", "CardCalibration", "CardEvaluation", "CardInputCheck", "CardOperatingPoint",
+    "CardSeverity", "CardValidation", "CompareEntry", "ContractBase", "CrossValidationResult", "EvaluationResult",
+    "FittedOn", "InferenceContract", "LungEvaluation", "LungModelCard", "LungModelContract", "ModelCard",
+    "OperatingPoint", "OperatingPointFigures", "Recalibration", "RunDir", "Scorer", "SubgroupFigures",
     "WrittenFile", "migrate_contract", "default_cache_root", "file_sha256", "is_shipped", "log_odds",
     "predicted_classes", "read_json", "shift_prevalence", "shipped_dir", "shipped_run", "sigmoid",
     "softmax_with_temperature", "write_json",

@@ -160,15 +160,6 @@ class EvaluationResult(WrittenFile):
     per_class: dict[str, ClassFigures] | None = Field(None, description="more than two classes only")
     macro: dict[str, float | None] | None = Field(None, description="more than two classes only")
 
-    def card_entry(self) -> dict[str, Any]:
-        """What the model card keeps of an evaluation."""
-        return self.model_dump(mode="json", include=set(CARD_KEYS))
-
-
-CARD_KEYS = ("n_images", "n_patients", "prevalence", "auc", "auc_ci", "sensitivity", "sensitivity_ci", "specificity",
-             "specificity_ci", "source_only_auc", "source_only_auc_ci", "within_source", "ece", "ece_ci",
-             "ece_before_calibration", "operating_point", "operating_points")
-
 
 class SourcePredictability(Figures):
     source_auc: float | None = Field(description="out-of-fold AUC of predicting the source from the embeddings")
@@ -274,3 +265,57 @@ class CompareEntry(WrittenFile):
     train_seconds: float
     ci_method: str
 
+
+
+class FoldFigures(Figures):
+    """One fold's held-out figures; threshold figures at a threshold fitted on that fold (optimistic)."""
+
+    fold: int
+    n_images: int
+    n_patients: int
+    auc: float | None
+    accuracy: float | None
+    sensitivity: float | None
+    specificity: float | None
+    f1: float | None
+
+
+class FoldSummary(Figures):
+    """The mean or standard deviation of each fold figure over folds (null where a fold lacks it)."""
+
+    auc: float | None
+    accuracy: float | None
+    sensitivity: float | None
+    specificity: float | None
+    f1: float | None
+
+
+class PooledSourceFigures(Figures):
+    n_images: int
+    n_patients: int
+    auc: float | None
+    auc_ci: Interval
+
+
+class CrossValidationResult(WrittenFile):
+    """`covidxr cv`'s result (`DIR/cv.json`): each fold's figures, their mean and sd, and the pooled out-of-fold AUC
+    overall and within each source holding both classes, with patient-bootstrap 95% intervals. A cv.json without
+    `format_version` (written before it existed) reads as format 1."""
+
+    format_version: Literal[1] = RESULT_FORMAT_VERSION
+    folds: list[FoldFigures]
+    splits: str = Field("train and val", description="the rows folded over")
+    mean: FoldSummary
+    sd: FoldSummary
+    pooled_out_of_fold_auc: float | None
+    pooled_out_of_fold_auc_ci: Interval
+    source_only_auc: float | None = Field(
+        None, description="AUC of each pooled row scored by its source's share of positives (what origin alone gives); "
+                          "absent in cv.json written before it was recorded")
+    source_only_auc_ci: Interval = None
+    pooled_out_of_fold_within_source: dict[str, PooledSourceFigures] = Field(
+        default_factory=dict, description="by source holding both classes")
+    n_images: int
+    n_patients: int
+    ci_method: str
+    note: str

@@ -1,6 +1,6 @@
 """The run directory, in one place: its paths, reading and writing `model.json` (the inference contract, whose
-schema is `covidxr.runs.contract`) and `model_card.json`, the shipped model's location and where evaluations
-are written.
+schema is `covidxr.runs.contract`) and `model_card.json` (`covidxr.runs.cards`), the shipped model's location and
+where evaluations are written.
 
 Training writes a run through `RunDir`; evaluation, explain, predict, export and serving only read it.
 This module imports nothing heavier than pydantic and NumPy, so the lean inference path can use it.
@@ -13,10 +13,13 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel
 
 from covidxr.errors import CovidxrError, UsageError
 from covidxr.paths import user_cache
+from covidxr.runs.cards import ModelCard
 from covidxr.runs.contract import InferenceContract
 
 NOT_FOR_CLINICAL_USE = "Research and teaching only. Not for clinical use: not a medical device, not validated."
@@ -149,18 +152,17 @@ class RunDir:
             raise CovidxrError(f"{self.weights}: its sha256 differs from model.json's weights_sha256; the run was "
                                "altered")
 
-    def read_card(self) -> dict:
-        return read_json(self.model_card)
+    def read_card(self) -> ModelCard:
+        return ModelCard.parse(read_json(self.model_card), self.model_card)
 
-    def write_card(self, card: dict) -> None:
-        write_json(self.model_card, card)
+    def write_card(self, card: ModelCard) -> None:
+        write_json(self.model_card, card.to_json())
 
-    def update_card(self, section: str, name: str, value: Any) -> bool:
-        """Set `card[section][name] = value` in model_card.json (read, modify, write). Skipped, returning
-        False, for the shipped model or a run without a card."""
+    def update_card(self, section: Literal["evaluations", "audits"], name: str, value: BaseModel) -> bool:
+        """Set the card's `section[name]` to `value` (a `CardEvaluation` or `AuditVerdicts`) in model_card.json
+        (read, modify, write). Skipped, returning False, for the shipped model or a run without a card."""
         if self.is_shipped or not self.model_card.is_file():
             return False
         card = self.read_card()
-        card.setdefault(section, {})[name] = value
-        self.write_card(card)
+        self.write_card(card.updated(**{section: {**(getattr(card, section) or {}), name: value}}))
         return True

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from covidxr.errors import CovidxrError
+from covidxr.runs.cards import CardSeverity
 from covidxr.runs.rundir import NOT_FOR_CLINICAL_USE, RunDir, file_sha256, read_json, write_json
 
 SEVERITY_FILE = "severity.json"
@@ -146,17 +147,18 @@ def write_severity_head(rundir: RunDir, head: SeverityHead) -> None:
     write_json(rundir.root / SEVERITY_FILE, head.model_dump(mode="json"))
 
 
-def card_section(head: SeverityHead, compared: list[dict]) -> dict:
+def card_section(head: SeverityHead, compared: list[dict]) -> CardSeverity:
     """The model card's `severity`: what is predicted, its cross-validated error with CIs, every recipe of the study
     that chose it (`compared`, the baselines among them: the training mean and the lung share alone), and
     provenance."""
-    return {"scores": {"extent": "geographic extent, 0-8", "opacity": "opacity, 0-6"},
-            "feature": head.feature,
-            **{name: {"mae": score.mae, "mae_ci": list(score.mae_ci), "pearson_r": score.pearson_r,
-                      "pearson_r_ci": list(score.pearson_r_ci) if score.pearson_r_ci else None}
-               for name, score in (("extent", head.extent), ("opacity", head.opacity))},
-            "evaluation": head.evaluation, "provenance": head.provenance,
-            "compared": [{"recipe": entry["recipe"], "baseline": entry["baseline"], **entry["figures"]}
-                         for entry in compared],
-            "note": "given for accepted frontal images whatever their label; fitted on COVID-19 images of one "
-                    "collection only. " + NOT_FOR_CLINICAL_USE}
+    return CardSeverity.model_validate({
+        "scores": {"extent": "geographic extent, 0-8", "opacity": "opacity, 0-6"},
+        "feature": head.feature,
+        **{name: {"mae": score.mae, "mae_ci": list(score.mae_ci), "pearson_r": score.pearson_r,
+                  "pearson_r_ci": list(score.pearson_r_ci) if score.pearson_r_ci else None}
+           for name, score in (("extent", head.extent), ("opacity", head.opacity))},
+        "evaluation": head.evaluation, "provenance": head.provenance,
+        "compared": [{"recipe": entry["recipe"], "baseline": entry["baseline"], **entry["figures"]}
+                     for entry in compared],
+        "note": "given for accepted frontal images whatever their label; fitted on COVID-19 images of one "
+                "collection only. " + NOT_FOR_CLINICAL_USE})

@@ -23,7 +23,7 @@ import pydicom
 from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from pydicom import Dataset
 from starlette.exceptions import HTTPException
 
@@ -41,7 +41,7 @@ from covidxr.data.privacy import describe_error
 from covidxr.inputcheck import InputCheckResult
 from covidxr.predict import Predictor, load_model
 from covidxr.progress import worker_count
-from covidxr.runs import NOT_FOR_CLINICAL_USE
+from covidxr.runs import ModelCard
 from covidxr.serving.guard import (
     PixelBudget,
     add_offline_docs,
@@ -93,20 +93,6 @@ class PredictionAnswer(BaseModel):
     warnings: list[str] = Field(description="what is evident from the pixels (low resolution, inverted grey)")
     severity: Severity | None = Field(None, description="for models with a severity head and accepted inputs: "
                                                         "predicted extent (0-8) and opacity (0-6) scores")
-
-
-class ModelCard(BaseModel):
-    """The run's model_card.json (the shipped model's for `serve` without --run); further keys as written."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: dict = Field(description="architecture, classes, pretrained weights, transfer mode")
-    not_for_clinical_use: bool | None = None
-    intended_use: str | None = Field(None, examples=[NOT_FOR_CLINICAL_USE])
-    operating_point: dict | None = Field(None, description="threshold, its rule, temperature, fitted on")
-    evaluations: dict | None = Field(None, description="figures from `covidxr evaluate`, with 95% CIs")
-    audits: dict | None = Field(None, description="verdicts from `covidxr audit`")
-    limitations: list[str] | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -263,8 +249,12 @@ def create_app(run: str | Path | None = None, operating_point: str | None = None
         return Health(status="ok")
 
     @app.get("/v1/model", response_model=ModelCard, response_model_exclude_unset=True)
-    def model_card() -> dict:
-        return predictor.rundir.read_card() if predictor.rundir.model_card.is_file() else {"model": predictor.info}
+    def model_card() -> ModelCard | JSONResponse:
+        """The run's model_card.json (the shipped model's for `serve` without --run), as written; a run without
+        one answers `{"model": ...}`, the loaded model's description."""
+        if predictor.rundir.model_card.is_file():
+            return predictor.rundir.read_card()
+        return JSONResponse({"model": predictor.info})
 
     @app.post("/v1/predict", response_model=PredictionAnswer, responses=UPLOAD_ERRORS, max_body_size=limit)
     def predict(file: UploadFile = File(...), _: None = Depends(one_file)) -> dict:

@@ -26,7 +26,7 @@ from covidxr.metrics import auc_or_none
 from covidxr.models.classifier import Classifier, create_model, pretrained_provenance
 from covidxr.models.heads import DomainHead
 from covidxr.models.inference import predict_logits
-from covidxr.runs import RunDir, default_cache_root, read_json, write_json
+from covidxr.runs import CardValidation, RunDir, default_cache_root, write_json
 from covidxr.training.calibration import calibration_contract
 from covidxr.training.callbacks import EpochCsv
 from covidxr.training.data import by_cache_shard, class_weights, ensure_cache, loader, select_rows, split_datasets
@@ -183,9 +183,10 @@ def train(config: TrainConfig, manifest_path: str | Path, out: str | Path, cache
             offset = int(pd.read_csv(run.metrics)["epoch"].max()) + 1 if run.metrics.is_file() else 0
         finish_run(model, result, manifest, config, run)
         card = run.read_card()
-        final = {"validation": card["validation"], "operating_points": read_json(run.model_json)["operating_points"]}
+        final = {"validation": card.validation.model_dump(mode="json", exclude_unset=True),
+                 "operating_points": run.read_contract().content["operating_points"]}
         log_result(run_id, final, config.model_dump(mode="json"), run.root)
-        register_model(run_id, card)
+        register_model(run_id, card.to_json())
     return run.root
 
 
@@ -204,8 +205,9 @@ def finish_run(model: Classifier, stage: StageResult, manifest: pd.DataFrame, co
     probabilities = contract.scorer().probabilities(logits)
     positives = targets == positive
     auc = auc_or_none(positives, probabilities[:, positive])
-    validation_figures = {"split": "val", "images": int(len(targets)), f"auc_{POSITIVE_CLASS}_vs_rest": auc,
-                          "note": "validation figures chose the checkpoint, calibration and thresholds: optimistic"}
+    validation_figures = CardValidation(
+        split="val", images=int(len(targets)), auc_covid_vs_rest=auc,
+        note="validation figures chose the checkpoint, calibration and thresholds: optimistic")
     run.write_card(model_card(config, contract.content, validation_figures))
     if run.metrics.is_file():
         plot_curves(run.metrics, run.curves)

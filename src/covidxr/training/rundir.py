@@ -20,7 +20,8 @@ from covidxr.config import TrainConfig
 from covidxr.data.labels import CLASSES, POSITIVE_CLASS
 from covidxr.inputcheck import shipped_input_check
 from covidxr.models.classifier import input_normalisation, pretrained_provenance
-from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, file_sha256
+from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, ModelCard, OperatingPoint, file_sha256
+from covidxr.runs.cards import CardCalibration, CardModel, CardOperatingPoint, CardValidation, TrainingData
 
 
 def data_provenance(manifest: pd.DataFrame) -> dict:
@@ -113,42 +114,40 @@ def environment(config: TrainConfig) -> dict:
     }
 
 
-def model_card(config: TrainConfig, contract: InferenceContract | dict, validation: dict) -> dict:
+def model_card(config: TrainConfig, contract: InferenceContract | dict, validation: CardValidation) -> ModelCard:
     """model_card.json of a run whose model.json is `contract` (checked here when given as written)."""
     contract = InferenceContract.model_validate(contract)
     note = (contract.model_extra or {}).get("transfer_note")
-    return {
-        "model": {"architecture": config.model.name, "head": config.model.head, "classes": contract.classes,
-                  "pretrained": describe_pretrained(contract.pretrained), "transfer": config.transfer.mode,
-                  **({"transfer_note": note} if note else {})},
-        "intended_use": "Research on and teaching of chest X-ray classifiers and their shortcuts. "
-                        + NOT_FOR_CLINICAL_USE,
-        "not_for_clinical_use": True,
-        "training_data": contract.data,
-        "licences": contract.data["licences"],
-        "operating_point": {"threshold": contract.threshold, "rule": contract.threshold_rule,
-                            "name": contract.default_operating_point, "fitted_on": "validation split"},
-        "calibration": calibration_summary(contract),
-        "validation": validation,
-        "limitations": [
+    return ModelCard(
+        model=CardModel(architecture=config.model.name, head=config.model.head, classes=contract.classes,
+                        pretrained=describe_pretrained(contract.pretrained), transfer=config.transfer.mode,
+                        **({"transfer_note": note} if note else {})),
+        intended_use="Research on and teaching of chest X-ray classifiers and their shortcuts. " + NOT_FOR_CLINICAL_USE,
+        not_for_clinical_use=True,
+        training_data=TrainingData.model_validate(contract.data),
+        licences=contract.data["licences"],
+        operating_point=CardOperatingPoint(threshold=contract.threshold, rule=contract.threshold_rule,
+                                           name=contract.default_operating_point, fitted_on="validation split"),
+        calibration=calibration_summary(contract),
+        validation=validation,
+        limitations=[
             "Positives and negatives may come from different sources; high scores can measure the source, not "
             "the disease. See `covidxr evaluate` (within-source metrics, source-only baseline) and `covidxr audit`.",
             "Validation figures are from the split used to choose the checkpoint, threshold and temperature; "
             "they are optimistic. Use the test split or external data for estimates.",
             "Data licences include non-commercial and no-derivatives terms where listed above.",
         ],
-    }
+    )
 
 
-def calibration_summary(contract: InferenceContract) -> dict:
+def calibration_summary(contract: InferenceContract) -> CardCalibration:
     """The model card's view of model.json's calibration and operating points."""
     calibration = contract.calibration
-    return {"method": calibration.method,
-            "fitted_on": calibration.fitted_on.model_dump(mode="json") if calibration.fitted_on else None,
-            "prevalence": calibration.prevalence, "compared": calibration.compared,
-            "operating_points": {name: point.model_dump(mode="json")
-                                 for name, point in contract.operating_points.items()},
-            "default_operating_point": contract.default_operating_point}
+    return CardCalibration(method=calibration.method, fitted_on=calibration.fitted_on,
+                           prevalence=calibration.prevalence, compared=calibration.compared,
+                           operating_points={name: OperatingPoint.model_validate(point.model_dump())  # every field
+                                             for name, point in contract.operating_points.items()},
+                           default_operating_point=contract.default_operating_point)
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:
