@@ -10,6 +10,8 @@ With the shipped model (its model.onnx: the lean ONNX Runtime path), in one run:
    ONNX Runtime runs batches here) vs single-process decode + resize of the same files; goal >= 1.0x.
    Also shown: one process, and the classifier alone on prepared pixels.
 For context, one cold predict through PyTorch (the same model without model.onnx). Last line: the ratios.
+Every child process may write and read compiled bytecode, as an installed package has it (pip compiles it at
+install time): with PYTHONDONTWRITEBYTECODE set, each cold start would compile covidxr's sources again.
 
     python bench_predict_cli.py [--files N]     # the tree on PYTHONPATH (or the installed covidxr)
 """
@@ -38,6 +40,7 @@ from covidxr.progress import worker_count
 from covidxr.runs import shipped_run
 
 COLD_RUNS = 5
+CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 STEPS = """
 import time, sys, json
 start = time.perf_counter(); marks = {}
@@ -63,12 +66,13 @@ print(json.dumps(times))
 
 def wall(command: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or CHILD_ENV)
     return time.perf_counter() - start
 
 
 def steps_ms(image: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", STEPS, image], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", STEPS, image], check=True, capture_output=True, text=True,
+                          env=CHILD_ENV)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -136,7 +140,7 @@ def cold_start(image: str) -> dict:
         floors.append(wall(floor_command))
         predicts.append(wall(predict_command))
         with tempfile.TemporaryDirectory() as cache:
-            empties.append(wall(predict_command, {**os.environ, "XDG_CACHE_HOME": cache}))
+            empties.append(wall(predict_command, {**CHILD_ENV, "XDG_CACHE_HOME": cache}))
         steps.append(steps_ms(image))
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as scratch:
@@ -181,7 +185,8 @@ def main() -> None:
     cold = cold_start(image)
     rates = throughput(paths)
     starts = session_starts()
-    print(f"machine: {machine()}; load average at the start {load:.1f}; shipped model ({rates['architecture']}, "
+    print(f"machine: {machine()}; load average at the start {load:.1f}; bytecode cached in the children; "
+          f"shipped model ({rates['architecture']}, "
           f"{rates['size']} px, runtime {rates['runtime']})")
     print(f"| cold start, median of {COLD_RUNS} alternating runs | wall |")
     print("|---|---:|")

@@ -58,6 +58,8 @@ def grey_statistics(gray: np.ndarray, thumbnail: np.ndarray) -> list[float]:
 
 
 def lung_statistics(probability: np.ndarray, lungs: LungMask, threshold: float) -> list[float]:
+    """The shape of the lungs in the segmenter's map at its own resolution (shares and positions relative to the
+    map, so its size does not matter), and whether the mask fell back to the rectangle."""
     raw, regions = largest_regions(probability >= threshold)
     share = float(raw.mean())
     height, width = probability.shape
@@ -86,7 +88,7 @@ def image_features_many(grays: Sequence[np.ndarray], segmenter: LungSegmenter) -
     smalls = [working_copy(gray) for gray in grays]
     threshold = segmenter.contract.threshold
     found = []
-    for gray, small, (probability, lungs) in zip(grays, smalls, segmenter.probabilities_and_masks(smalls)):
+    for gray, small, (probability, lungs) in zip(grays, smalls, segmenter.own_maps_and_masks(smalls)):
         thumbnail = standardised_thumbnail(small)
         statistics = grey_statistics(small, thumbnail) + lung_statistics(probability, lungs, threshold)
         found.append(ImageFeatures(thumbnail, np.asarray(statistics), lungs, int(min(gray.shape))))

@@ -50,10 +50,14 @@ def letterbox(image: np.ndarray, size: int = SEGMENTER_SIZE,
     return square, Letterbox(height, width, top, left, inner_height, inner_width)
 
 
+def letterbox_inner(square: np.ndarray, box: Letterbox) -> np.ndarray:
+    """The part of a letterboxed map that covers the image, at the square's resolution."""
+    return square[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width]
+
+
 def unletterbox(square: np.ndarray, box: Letterbox) -> np.ndarray:
     """The part of a letterboxed float map that covers the image, resized back to the image's size."""
-    inner = square[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width]
-    return cv2.resize(np.ascontiguousarray(inner, dtype=np.float32), (box.width, box.height),
+    return cv2.resize(np.ascontiguousarray(letterbox_inner(square, box), dtype=np.float32), (box.width, box.height),
                       interpolation=cv2.INTER_LINEAR)
 
 
@@ -110,7 +114,7 @@ def lung_mask_from_letterbox(square: np.ndarray, box: Letterbox, threshold: floa
     chosen (two largest regions, holes filled) at the map's resolution, then the map restricted to them
     scaled bilinearly (as uint8) to the image and thresholded, so the edge is as smooth as scaling the
     whole float map would make it, at one byte a pixel."""
-    inner = square[box.top:box.top + box.inner_height, box.left:box.left + box.inner_width]
+    inner = letterbox_inner(square, box)
     kept, lungs = largest_regions(inner >= threshold)
     level = int(np.clip(np.ceil(threshold * 255), 1, 255))
     values = np.round(np.clip(inner, 0, 1) * 255).astype(np.uint8)

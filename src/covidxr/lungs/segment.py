@@ -23,7 +23,14 @@ from PIL import Image
 
 from covidxr.data.imageio import Decoded, decoded_file, scale_to_uint8
 from covidxr.errors import UsageError
-from covidxr.lungs.geometry import LungMask, letterbox, lung_mask_from_letterbox, outline_overlay, unletterbox
+from covidxr.lungs.geometry import (
+    LungMask,
+    letterbox,
+    letterbox_inner,
+    lung_mask_from_letterbox,
+    outline_overlay,
+    unletterbox,
+)
 from covidxr.models.onnx_runtime import ModelRuntime
 from covidxr.progress import progress_bar
 from covidxr.runs import LungModelContract, read_json, shipped_dir
@@ -139,12 +146,13 @@ class LungSegmenter:
         return [lung_mask_from_letterbox(square, box, threshold)
                 for square, box in self._letterboxed(images, batch_size)]
 
-    def probabilities_and_masks(self, images: Sequence[np.ndarray],
-                                batch_size: int = BATCH) -> list[tuple[np.ndarray, LungMask]]:
-        """Each image's probability map at its own size and its checked lung mask (the mask `segment_many` gives),
-        from one run of the network: for callers that read the map and reuse the mask."""
+    def own_maps_and_masks(self, images: Sequence[np.ndarray],
+                           batch_size: int = BATCH) -> list[tuple[np.ndarray, LungMask]]:
+        """Each image's probability map at the segmenter's own resolution (the letterbox's part that covers the
+        image: long side `size`) and its checked lung mask at the image's size (the mask `segment_many` gives),
+        from one run of the network: for callers that read the map's shape and reuse the mask."""
         threshold = self.contract.threshold
-        return [(unletterbox(square, box), lung_mask_from_letterbox(square, box, threshold))
+        return [(letterbox_inner(square, box), lung_mask_from_letterbox(square, box, threshold))
                 for square, box in self._letterboxed(images, batch_size)]
 
     def segment(self, gray: np.ndarray) -> LungMask:
