@@ -354,6 +354,9 @@ def test_segmenter_evaluation_writes_figures_card_and_the_share_table(tmp_path, 
     assert result.lungvae.non_covid.n_images == 1 and result.coco_boxes.n_images == 1
     groups = {row.group for row in result.lung_share.by_group}
     assert "rsna / normal" in groups and "cohen / covid" in groups
+    speed = result.speed
+    assert speed.n_images == 1 and speed.input_size == LungSegmenter(folder).size and "CPU cores" in speed.machine
+    assert min(speed.network_ms_batch_1, speed.network_ms_batch_16, speed.segment_ms) > 0
     assert {p.name for p in (tmp_path / "evaluation").iterdir()} >= {
         "lungs-evaluation.json", "lungs-dice.png", "lungs-share.png", "contact-sheet.png", "held-out.csv"}
     card = json.loads((folder / "model_card.json").read_text())

@@ -19,6 +19,9 @@ The results go to OUT/lungs-evaluation.json, the figures beside it, and the mode
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,16 +37,18 @@ from covidxr.data.sources.cohen import import_cohen
 from covidxr.data.sources.csvtable import import_csv
 from covidxr.lungs import LungSegmenter
 from covidxr.lungs.annotations import annotation_table
-from covidxr.lungs.geometry import dice_and_iou, outline_overlay
+from covidxr.lungs.geometry import dice_and_iou, letterbox, outline_overlay
 from covidxr.metrics import PatientBootstrap
 from covidxr.progress import progress_bar, stderr
 from covidxr.runs import NOT_FOR_CLINICAL_USE, LungEvaluation, LungModelCard, LungModelContract, read_json, write_json
+from covidxr.runs.cards import SegmenterSpeed
 
 COHEN = "covid-chestxray-dataset"
 V7_ZIP = "v7labs-covid-19-xray-dataset/annotations/covid-only.zip"
 RSNA_TABLE, RSNA_IMAGES = "rsna-normal-224/normal_xray_dataset.csv", "rsna-normal-224/normal_dataset"
 RSNA_SAMPLE = 1000
 SHEET_PER_GROUP = 8
+TIMED_RUNS = 20
 SHARE_DIFFERENCE = 0.05
 """Median lung shares of two groups further apart than this are reported as a possible shortcut."""
 
@@ -169,6 +174,35 @@ def contact_sheet(segmenter: LungSegmenter, shares: pd.DataFrame, out: Path, see
     return out / "contact-sheet.png"
 
 
+def median_ms(run, per: int = 1) -> float:
+    """Median wall-clock milliseconds of `run()` over TIMED_RUNS runs (after two unmeasured ones), per item."""
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(TIMED_RUNS):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times)) / per
+
+
+def segmenter_speed(segmenter: LungSegmenter, grays: list[np.ndarray]) -> SegmenterSpeed:
+    """Milliseconds per image of the network alone (batch of 1 and 16 letterboxed images) and of `segment()` of
+    each image at its own size, on this machine."""
+    from onnxruntime import __version__ as onnxruntime_version  # lazy: only where the speed is measured
+
+    squares = np.stack([letterbox(gray, segmenter.size)[0] for gray in (grays * 16)[:16]])
+    return SegmenterSpeed(
+        machine=f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+                f"onnxruntime {onnxruntime_version}",
+        backend=segmenter.backend_name, threads=segmenter.threads or os.cpu_count() or 1,
+        input_size=segmenter.size,
+        network_ms_batch_1=median_ms(lambda: segmenter.letterboxed_probabilities(squares[:1])),
+        network_ms_batch_16=median_ms(lambda: segmenter.letterboxed_probabilities(squares), len(squares)),
+        segment_ms=median_ms(lambda: [segmenter.segment(gray) for gray in grays], len(grays)),
+        n_images=len(grays))
+
+
 def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Path | None = None,
                        bootstrap: PatientBootstrap = PatientBootstrap()) -> LungEvaluation:
     data_root, out = Path(data_root), Path(out)
@@ -213,6 +247,7 @@ def evaluate_segmenter(data_root: str | Path, out: str | Path, folder: str | Pat
                        **boxes.summary(bootstrap, ("box_iou",))},
         "lung_share": {"data": f"Cohen frontal images and {min(RSNA_SAMPLE, len(rsna))} RSNA normals (seeded sample)",
                        "by_group": table.reset_index().to_dict(orient="records"), "verdict": share_verdict(table)},
+        "speed": segmenter_speed(segmenter, [read_grayscale(path) for path in held_out.rows["path"]]),
     })
     write_json(out / "lungs-evaluation.json", result.to_json())
     held_out.rows.drop(columns=["path"]).to_csv(out / "held-out.csv", index=False)
@@ -257,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     iou_low, iou_high = held.iou_ci or (float("nan"), float("nan"))
     stderr.print(f"held-out Dice {held.dice:.3f} [{dice_low:.3f}, {dice_high:.3f}], IoU {held.iou:.3f} "
                  f"[{iou_low:.3f}, {iou_high:.3f}] (95% CIs; {held.n_images} images, {held.n_patients} "
-                 f"patients); wrote {args.out}")
+                 f"patients); network {result.speed.network_ms_batch_1:.2f} ms per image alone, "
+                 f"{result.speed.segment_ms:.2f} ms per segment() ({result.speed.machine}); wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -326,6 +326,20 @@ class LungShares(Figures):
     verdict: str
 
 
+class SegmenterSpeed(Figures):
+    """What the segmenter costs per image on the machine that evaluated it (wall-clock medians)."""
+
+    machine: str = Field(description="CPU cores and model, ONNX Runtime version")
+    backend: str = Field(description="what ran the network (ONNX Runtime, else PyTorch)")
+    threads: int = Field(description="the network's intra-op threads")
+    input_size: int
+    network_ms_batch_1: float = Field(description="the network alone, one letterboxed image per run")
+    network_ms_batch_16: float = Field(description="the network alone, per image in batches of 16")
+    segment_ms: float = Field(description="`segment()` of each held-out image at its own size: letterbox, network "
+                                          "and the checked mask at the image's size")
+    n_images: int = Field(description="held-out images timed")
+
+
 class LungEvaluation(Figures):
     """The lung segmenter's evaluation (`lungs-evaluation.json`, and the card's `evaluation`)."""
 
@@ -336,6 +350,7 @@ class LungEvaluation(Figures):
     lungvae: LungVaeFigures
     coco_boxes: MaskFigures
     lung_share: LungShares
+    speed: SegmenterSpeed | None = Field(None, description="absent in evaluations from before it was measured")
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
