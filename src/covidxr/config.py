@@ -101,7 +101,7 @@ def _coerce_nested(model_type: type[BaseModel], values: dict) -> dict:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(defer_build=True, extra="forbid", protected_namespaces=())
 
 
 class DataSelection(_Strict):

@@ -35,7 +35,7 @@ LUNG_FIELDS = ("lung_margin", "lung_fill", "lung_model")
 class LungModelRef(BaseModel):
     """The lung segmenter a preprocessing used: its name and the sha256 of its weights."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     name: str
     weights_sha256: str
@@ -44,7 +44,7 @@ class LungModelRef(BaseModel):
 class Preprocessing(BaseModel):
     """How a decoded grayscale uint8 image becomes a `size` x `size` uint8 image."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     size: int = Field(256, ge=16, le=4096, description="output side in pixels")
     borders: tuple[BorderKind, ...] = Field(("black",), description="edge rows/columns to strip")

@@ -29,7 +29,7 @@ OPERATING_POINT_NAMES = ("balanced", "high-sensitivity", "high-specificity")
 class FittedOn(BaseModel):
     """The labelled rows a calibration or its operating points were fitted on."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     data: str = Field(description="which data: 'validation split' or the manifest's name")
     images: int
@@ -43,7 +43,7 @@ class Calibration(BaseModel):
     an intercept on the positive class's log-odds (`platt`), or a monotone step function (`isotonic`, knots
     `isotonic_x` -> `isotonic_y`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     method: CalibrationMethod
     temperature: float = Field(1.0, gt=0)
@@ -79,7 +79,7 @@ class OperatingPoint(BaseModel):
     """A threshold on P(positive) at the calibration's prevalence, with the sensitivity and specificity it had where
     it was chosen and their 95% intervals."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     threshold: float = Field(ge=0, le=1)
     rule: str

@@ -26,7 +26,7 @@ class ContractBase(WrittenFile):
     """What a classifier's and a lung segmenter's `model.json` share: how the network is built, the threshold its
     output is cut at and the hash of the weights it describes."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(defer_build=True, extra="allow", strict=True)
 
     architecture: dict[str, Any] = Field(description="how the network is built: `name` and its settings")
     threshold: float = Field(description="the cut on the output probability")

@@ -33,7 +33,7 @@ REASON_WORDS: dict[str, str] = {
 class InputCheckResult(BaseModel):
     """`input_check` of a prediction."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     status: Status
     reason: Reason | None = None
@@ -57,7 +57,7 @@ class InputCheckModel(BaseModel):
     """Fitted parameters: the feature layout, the thumbnail PCA, the standardisation, the classifier, the
     novelty statistics and the thresholds; with what it was fitted on and how it scored on held-out images."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
     features: list[str]

@@ -23,7 +23,7 @@ Interval = list[float] | None
 class WrittenFile(BaseModel):
     """A JSON object a stage writes: its `format_version` first, then the keys it was given."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": getattr(self, "format_version"), **self.model_dump(mode="json", exclude_unset=True)}
@@ -56,7 +56,7 @@ def problem_in_words(schema: type[BaseModel], error: ValidationError) -> str:
 class Figures(BaseModel):
     """Part of a result: its keys as given, nothing else."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 class SubgroupFigures(Figures):

@@ -35,7 +35,7 @@ log = logging.getLogger("covidxr.severity")
 class SeverityScore(BaseModel):
     """One score's linear map `clip(embedding @ coefficients + intercept, 0, maximum)` and its figures."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     maximum: float = Field(gt=0, description="the score's top (extent 8, opacity 6); predictions are clipped to it")
     coefficients: list[float] = Field(description="one per embedding value")
@@ -51,7 +51,7 @@ class SeverityHead(BaseModel):
     """What `severity.json` holds (docs/severity.md lists its fields; `SeverityHead.model_json_schema()` is its
     JSON Schema)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     format_version: Literal[1] = 1
     feature: str = Field(description="what the coefficients multiply")
