@@ -215,6 +215,34 @@ def test_audit_does_not_flag_a_model_that_looks_at_the_lungs(tmp_path, training_
     assert result["leave_one_site_out"]["verdict"]
 
 
+def test_the_audit_hides_all_a_lung_masked_model_sees_and_says_it_is_by_construction():
+    from covidxr.evaluation.audit import lungs_of_prepared, occlusion_results
+    from covidxr.metrics import PatientBootstrap
+
+    prepared = np.zeros((64, 64), np.uint8)
+    prepared[8:56, 6:28] = 120
+    prepared[8:56, 36:58] = 140
+    prepared[30, 10] = 0  # a black pixel inside a lung stays lung
+
+    class NoSegmenter:
+        def segment_many(self, images):
+            raise AssertionError("a lung-masked image is not segmented again")
+
+    lungs = lungs_of_prepared([prepared], "mask", NoSegmenter())[0]
+    expected = np.zeros((64, 64), bool)
+    expected[8:56, 6:28] = expected[8:56, 36:58] = True
+    assert lungs.lungs == 2 and np.array_equal(lungs.mask, expected)
+    truth = np.array([0, 1] * 20, bool)
+    scores = truth + np.linspace(0, 0.5, 40)
+    hidden = np.full(40, 0.3)
+    patients = pd.Series(range(40))
+    masked = occlusion_results(truth, scores, hidden, scores, hidden, patients, PatientBootstrap(resamples=20),
+                               only_lungs_shown=True)
+    assert not masked["shortcut_suspected"] and "by construction" in masked["verdict"]
+    plain = occlusion_results(truth, scores, hidden, scores, hidden, patients, PatientBootstrap(resamples=20))
+    assert "by construction" not in plain["verdict"]
+
+
 def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, capsys):
     from covidxr.data import load_manifest
 

@@ -4,8 +4,10 @@
    5-fold) predicts `source` and `site`. A high AUC means the images carry their origin.
 2. Occlusion: the model re-evaluated with the lungs hidden (replaced by mean grey), with only the lungs
    kept, and with only an outer border band kept. The lungs are each image's mask from the lung segmenter
-   (`covidxr.lungs`; the fixed rectangle of `covidxr.data.regions` where no plausible mask is found).
-   If the classes stay separable with the lungs hidden, the model uses shortcuts.
+   (`covidxr.lungs`; the fixed rectangle of `covidxr.data.regions` where no plausible mask is found); for a
+   model whose preprocessing already blacked out all but the lungs (`lungs: mask`), the region it kept: a
+   segmenter redrawing lungs on an image that is only lungs left most of them visible. If the classes stay
+   separable with the lungs hidden, the model uses shortcuts.
 3. Leave-one-site-out on the embeddings: a classifier fitted on the other sites, tested on each site
    that holds both classes; labels that come from a single site cannot be left out, and it says so.
 Each result has a one-line verdict; the source and occlusion AUCs have patient-bootstrap CIs.
@@ -34,6 +36,7 @@ from covidxr.data.preprocess import Preprocessor
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
 from covidxr.lungs import LungSegmenter, preprocessor, shipped_segmenter
+from covidxr.lungs.geometry import LungMask, largest_regions
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import AuditResult, AuditVerdicts, default_cache_root, read_json, softmax_with_temperature, write_json
@@ -59,14 +62,23 @@ class OcclusionPass:
 OCCLUSION_KEYS = ("scores", "lungs_hidden", "lungs_only", "borders_only", "embeddings", "lung_shares", "fallback")
 
 
+def lungs_of_prepared(images: list[np.ndarray], lungs_setting: str, segmenter: LungSegmenter) -> list[LungMask]:
+    """The lungs of prepared images (uint8): where preprocessing blacked out all but the lungs (`lungs: mask`),
+    the region it kept (its two largest regions of non-black pixels, holes filled); else the segmenter's checked
+    mask of each image."""
+    if lungs_setting != "mask":
+        return segmenter.segment_many(images)
+    return [LungMask(*largest_regions(image > 0)) for image in images]
+
+
 @torch.no_grad()
 def occlusion_batch(run: RunModel, pixels: torch.Tensor, segmenter: LungSegmenter) -> dict[str, np.ndarray]:
     """The occlusion pass of (N, 1, size, size) prepared pixels, one value (embedding) per image under each of
     OCCLUSION_KEYS: the work of a batch, wherever it runs. The lungs are each image's mask from the lung segmenter
     (the fixed rectangle where it finds none plausible), the border the outer band of `covidxr.data.regions`."""
     positive = run.positive_index
+    masks = lungs_of_prepared(list(pixels[:, 0].numpy().astype(np.uint8)), run.preprocessing.lungs, segmenter)
     pixels = pixels.float()
-    masks = segmenter.segment_many(list(pixels[:, 0].numpy().astype(np.uint8)))
     lungs = torch.from_numpy(np.stack([m.mask for m in masks]))[:, None]
     mean_grey = pixels.mean(dim=(2, 3), keepdim=True)
     borders = torch.from_numpy(border_mask(pixels.shape[-1]))
@@ -147,8 +159,9 @@ def _surviving_share(auc: float | None, occluded: float | None) -> float | None:
 
 
 def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients: pd.Series,
-                      bootstrap: PatientBootstrap) -> dict:
-    """AUC of the whole image and of each occluded variant, each with its patient-bootstrap CI, and a verdict."""
+                      bootstrap: PatientBootstrap, only_lungs_shown: bool = False) -> dict:
+    """AUC of the whole image and of each occluded variant, each with its patient-bootstrap CI, and a verdict.
+    `only_lungs_shown`: the model's preprocessing shows it nothing but the lungs (`lungs: mask`)."""
     variants = {"auc": scores, "lungs_hidden": hidden, "lungs_only": lungs_only, "borders_only": borders_only}
     intervals = bootstrap.intervals(lambda r: {k: auc_or_none(truth[r], v[r]) for k, v in variants.items()},
                                     patients)
@@ -167,6 +180,10 @@ def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients:
         results["verdict"] = (f"The model still separates the classes with the lungs hidden (AUC "
                               f"{results['lungs_hidden']['auc']:.2f}, {kept:.0%} of its skill kept): it uses "
                               "shortcuts outside the lungs, such as markers, text or borders.")
+    elif only_lungs_shown:
+        results["verdict"] = ("With the lungs hidden the model has nothing left to see: by construction, its "
+                              "preprocessing (lungs: mask) blacks out all but the lungs. Within the lungs it may "
+                              "still read their shape or framing, which this test cannot tell from disease.")
     else:
         results["verdict"] = ("With the lungs hidden the model loses most of its skill: it relies on the lung "
                               "field (this does not prove it relies on the disease).")
@@ -253,9 +270,12 @@ def audit_run(run_dir: str | Path, data: str | Path | None = None, cache_root: s
         "source_predictability": {"source_auc": source_auc, "source_auc_ci": source_auc_ci, "site_auc": site_auc,
                                   "verdict": source_verdict(source_auc, site_auc)},
         "occlusion": occlusion_results(truth, passed.scores, passed.lungs_hidden, passed.lungs_only,
-                                       passed.borders_only, rows["patient_id"], bootstrap),
+                                       passed.borders_only, rows["patient_id"], bootstrap,
+                                       only_lungs_shown=run.preprocessing.lungs == "mask"),
         "leave_one_site_out": leave_one_site_out(embeddings, rows, truth, run.positive_class),
-        "lungs": {"masks": f"per image, from the lung segmenter {segmenter.name} (weights sha256 "
+        "lungs": {"masks": "per image, the region its preprocessing kept (lungs: mask)"
+                           if run.preprocessing.lungs == "mask" else
+                           f"per image, from the lung segmenter {segmenter.name} (weights sha256 "
                            f"{segmenter.weights_sha256[:12]}...) on the prepared pixels",
                   "fallback_rectangle": {"images": passed.fallbacks, "rows": LUNG_ROWS, "columns": LUNG_COLUMNS},
                   "mean_lung_share": float(passed.lung_shares.mean()) if len(rows) else None,
