@@ -83,8 +83,9 @@ demo: data
 # image of both sources (its validation and test patients left out) and the training outlines, then evaluated
 # into $(LUNG_STUDENT)/evaluation, which writes its card. Seeded; an interrupted training continues from its
 # last epoch when started again (delete the folder to start afresh).
-# The shipped classifier names the segmenter its preprocessing used: after replacing it, retrain or re-check
-# the classifier and record the new segmenter in its model.json and model.onnx (benchmarks/README.md).
+# The shipped classifier, its input check and its severity head read the segmenter's masks: after replacing it,
+# refit and retrain them in this order: `make input-check default-model severity-model shipped-calibration`
+# (the last records the refitted input check in the new model's model.json and card).
 LUNG_STUDENT := out/lung-student
 lung-teacher: data
 	@test -f "$(V7)" || { echo "missing $(V7): put the V7 Labs annotations (covid-only.zip) there"; exit 1; }
@@ -125,8 +126,9 @@ input-check: data
 	$(BIN)/python -m covidxr.inputcheck.fit --data "$(DATA)" --manifest $(SHIP)/binary.csv -o out/input-check \
 		--ship src/covidxr/shipped/input_check.json
 
-# Give the shipped model (trained before `train` fitted calibrations) what `train` now records: calibration and
-# operating points refitted on its own validation split, its input check, and its test-split figures in the card.
+# Give the shipped model its calibration and operating points refitted on its own validation split (`covidxr
+# calibrate`), the input check fitted by `make input-check` (recorded in model.json and the card), and its
+# test-split figures in the card: after `make default-model`, or after refitting the input check.
 shipped-calibration: data
 	$(call build_dataset,$(SHIP))
 	rm -rf $(SHIP)/calibrated

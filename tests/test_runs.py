@@ -204,12 +204,15 @@ def test_predictions_follow_the_positive_class_model_json_names(trained_run, tmp
 
 def test_a_model_json_of_the_previous_format_loads_and_predicts(tmp_path):
     """tests/data/model-format-1.json is the shipped model.json as written before calibrations were recorded
-    (git a99759f): format 1, with the same weights as today's shipped model."""
+    (git a99759f): format 1; its weights and lung segmenter are replaced by today's shipped ones."""
     import covidxr
     from conftest import lesion_image
 
     old = json.loads((Path(__file__).parent / "data" / "model-format-1.json").read_text())
     assert old["format_version"] == 1 and "calibration" not in old and "operating_points" not in old
+    today = RunDir(shipped_dir()).read_contract()
+    old = {**old, "weights_sha256": today.weights_sha256,
+           "preprocessing": {**old["preprocessing"], "lung_model": today.preprocessing["lung_model"]}}
     run = RunDir(shutil.copytree(shipped_dir(), tmp_path / "old", ignore=shutil.ignore_patterns("lungs", "severity*")))
     write_json(run.model_json, old)
     contract = run.read_contract()
@@ -247,10 +250,11 @@ def test_an_updated_contract_keeps_the_rest_and_is_checked_as_a_reader_would():
         contract.updated(threshold=2.0)
 
 
-WRITTEN_FILES = [  # (schema, file): the shipped cards as committed, the shipped card before calibrations were
-    # recorded (its operating point carries a temperature) and a cv.json of `covidxr compare` on the tests' data, all
-    # written before format_version existed
-    (ModelCard, shipped_dir() / "model_card.json"), (LungModelCard, shipped_dir() / "lungs" / "model_card.json"),
+WRITTEN_FILES = [  # (schema, file): the shipped cards as committed before format_version existed (git c9a5b4a), the
+    # shipped card before calibrations were recorded (its operating point carries a temperature) and a cv.json of
+    # `covidxr compare` on the tests' data, all written before format_version existed
+    (ModelCard, Path(__file__).parent / "data" / "model-card-before-format-version.json"),
+    (LungModelCard, Path(__file__).parent / "data" / "lung-model-card-before-format-version.json"),
     (ModelCard, Path(__file__).parent / "data" / "model-card-before-calibration.json"),
     (CrossValidationResult, Path(__file__).parent / "data" / "cv-before-format-version.json"),
 ]

@@ -141,12 +141,16 @@ def test_shipped_lung_segmenter_is_small_consistent_and_evaluated():
     folder = shipped_lung_model()
     contract = json.loads((folder / "model.json").read_text())
     assert contract["weights_sha256"] == file_sha256(folder / "model.safetensors")
-    assert contract["weights_dtype"] == "float16" and contract["pretrained"]["source"] == "imagenet"
+    assert contract["weights_dtype"] == "float16" and contract["input"]["size"] == 128
+    teacher = contract["data"]["pseudo_labels"]["teacher"]  # distilled from a named teacher
+    assert teacher["name"] != contract["name"] and len(teacher["weights_sha256"]) == 64
     assert (folder / "model.safetensors").stat().st_size <= 10 * 1024 * 1024
     assert shipped_segmenter().backend_name == "onnxruntime"  # the ONNX file records the same weights hash
     assert sum(path.stat().st_size for path in shipped_dir().rglob("*") if path.is_file()) < 60 * 1024 * 1024
-    held_out = json.loads((folder / "model_card.json").read_text())["evaluation"]["held_out"]
+    evaluation = json.loads((folder / "model_card.json").read_text())["evaluation"]
+    held_out, speed = evaluation["held_out"], evaluation["speed"]
     assert held_out["dice_ci"][0] <= held_out["dice"] <= held_out["dice_ci"][1] and held_out["n_patients"] >= 20
+    assert speed["input_size"] == 128 and speed["network_ms_batch_1"] > 0 and speed["n_images"] == held_out["n_images"]
 
 
 def test_segment_lungs_returns_a_mask_at_the_input_size():
