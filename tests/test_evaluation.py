@@ -215,8 +215,9 @@ def test_audit_does_not_flag_a_model_that_looks_at_the_lungs(tmp_path, training_
     assert result["leave_one_site_out"]["verdict"]
 
 
-def test_the_audit_hides_all_a_lung_masked_model_sees_and_says_it_is_by_construction():
-    from covidxr.evaluation.audit import lungs_of_prepared, occlusion_results
+def test_the_audit_hides_all_a_lung_masked_model_sees_and_names_the_silhouette():
+    from covidxr.evaluation.audit import occlusion_results
+    from covidxr.lungs import lungs_of_prepared
     from covidxr.metrics import PatientBootstrap
 
     prepared = np.zeros((64, 64), np.uint8)
@@ -224,11 +225,12 @@ def test_the_audit_hides_all_a_lung_masked_model_sees_and_says_it_is_by_construc
     prepared[8:56, 36:58] = 140
     prepared[30, 10] = 0  # a black pixel inside a lung stays lung
 
-    class NoSegmenter:
+    class Segmenter:
         def segment_many(self, images):
-            raise AssertionError("a lung-masked image is not segmented again")
+            return ["segmented"] * len(images)
 
-    lungs = lungs_of_prepared([prepared], "mask", NoSegmenter())[0]
+    assert lungs_of_prepared([prepared], "crop", Segmenter()) == ["segmented"]  # unmasked: the segmenter's
+    lungs = lungs_of_prepared([prepared], "mask", Segmenter())[0]
     expected = np.zeros((64, 64), bool)
     expected[8:56, 6:28] = expected[8:56, 36:58] = True
     assert lungs.lungs == 2 and np.array_equal(lungs.mask, expected)
@@ -236,11 +238,13 @@ def test_the_audit_hides_all_a_lung_masked_model_sees_and_says_it_is_by_construc
     scores = truth + np.linspace(0, 0.5, 40)
     hidden = np.full(40, 0.3)
     patients = pd.Series(range(40))
-    masked = occlusion_results(truth, scores, hidden, scores, hidden, patients, PatientBootstrap(resamples=20),
-                               only_lungs_shown=True)
-    assert not masked["shortcut_suspected"] and "by construction" in masked["verdict"]
-    plain = occlusion_results(truth, scores, hidden, scores, hidden, patients, PatientBootstrap(resamples=20))
-    assert "by construction" not in plain["verdict"]
+    bootstrap = PatientBootstrap(resamples=20)
+    masked = occlusion_results(truth, scores, hidden, scores, hidden, patients, bootstrap, only_lungs_shown=True)
+    assert not masked["shortcut_suspected"] and "silhouette" in masked["verdict"]
+    read_shape = occlusion_results(truth, scores, scores, scores, hidden, patients, bootstrap, only_lungs_shown=True)
+    assert read_shape["shortcut_suspected"] and "mask's shape" in read_shape["verdict"]
+    plain = occlusion_results(truth, scores, hidden, scores, hidden, patients, bootstrap)
+    assert "silhouette" not in plain["verdict"]
 
 
 def test_cross_validation_holds_out_each_fold_once(tmp_path, training_manifest, capsys):

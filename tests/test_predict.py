@@ -114,6 +114,18 @@ def test_explain_command_and_api(trained_run, folder, tmp_path, capsys):
     assert main(["explain", str(folder / "notes.txt"), "--run", str(run), "-o", str(tmp_path / "x.png")]) == 3
 
 
+def test_explaining_a_lung_masked_model_outlines_the_lungs_it_was_shown():
+    """The shipped model masks to the lungs: its explanation's lungs are the region the model saw, not a second
+    segmentation of an image that is only lungs."""
+    from covidxr.lungs.geometry import largest_regions
+
+    model = covidxr.load_model(input_check=False)
+    assert model.preprocessing.lungs == "mask"
+    result = model.explain(lesion_image(2, covid=True, size=256))
+    shown, _ = largest_regions(result["pixels"] > 0)
+    assert np.array_equal(result["lungs"].mask, shown) and not result["lungs"].fallback
+
+
 def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_run, folder, tmp_path):
     import shutil
 

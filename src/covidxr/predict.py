@@ -29,7 +29,7 @@ from covidxr.data.imageio import Decoded, decoded_file, read_grayscale
 from covidxr.data.preprocess import Preprocessing, Preprocessor
 from covidxr.errors import UsageError
 from covidxr.inputcheck import SKIPPED, InputChecker, InputCheckResult, shipped_input_check
-from covidxr.lungs import preprocessor
+from covidxr.lungs import lungs_of_prepared, preprocessor
 from covidxr.models.onnx_runtime import ModelRuntime, OnnxModel
 from covidxr.progress import progress_bar, worker_count
 from covidxr.runs import NOT_FOR_CLINICAL_USE, InferenceContract, RunDir, shipped_run
@@ -320,7 +320,6 @@ class Predictor:
         `input_check` and nothing else (no file). Grad-CAM comes from model.onnx when it has the maps (no PyTorch
         then), else from the PyTorch model."""
         from covidxr.explain.cam import heatmaps, lung_heat_share, onnx_gradcam, save_overlay
-        from covidxr.lungs import shipped_segmenter
 
         positive = self.contract.positive_index
         gray = item if isinstance(item, np.ndarray) else read_grayscale(item)
@@ -337,7 +336,7 @@ class Predictor:
             with self._cam_lock:
                 maps = heatmaps(self.torch_run.model, torch.from_numpy(pixels)[None, None].float(), positive, method)
         heatmap = maps[0]
-        lungs = shipped_segmenter().segment(pixels)
+        lungs = lungs_of_prepared([pixels], self.preprocessing.lungs)[0]
         share = lung_heat_share(heatmap, lungs.mask)
         if out is not None:
             name = "image" if isinstance(item, np.ndarray) else Path(item).name[:40]

@@ -5,8 +5,8 @@
 2. Occlusion: the model re-evaluated with the lungs hidden (replaced by mean grey), with only the lungs
    kept, and with only an outer border band kept. The lungs are each image's mask from the lung segmenter
    (`covidxr.lungs`; the fixed rectangle of `covidxr.data.regions` where no plausible mask is found); for a
-   model whose preprocessing already blacked out all but the lungs (`lungs: mask`), the region it kept: a
-   segmenter redrawing lungs on an image that is only lungs left most of them visible. If the classes stay
+   model whose preprocessing already blacked out all but the lungs (`lungs: mask`), the region it kept
+   (`covidxr.lungs.lungs_of_prepared`), so hiding them leaves the mask's grey silhouette. If the classes stay
    separable with the lungs hidden, the model uses shortcuts.
 3. Leave-one-site-out on the embeddings: a classifier fitted on the other sites, tested on each site
    that holds both classes; labels that come from a single site cannot be left out, and it says so.
@@ -35,8 +35,7 @@ from covidxr.data.dataset import CachedImages
 from covidxr.data.preprocess import Preprocessor
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.lungs import LungSegmenter, preprocessor, shipped_segmenter
-from covidxr.lungs.geometry import LungMask, largest_regions
+from covidxr.lungs import LungSegmenter, lungs_of_prepared, preprocessor, shipped_segmenter
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import AuditResult, AuditVerdicts, default_cache_root, read_json, softmax_with_temperature, write_json
@@ -60,15 +59,6 @@ class OcclusionPass:
 
 
 OCCLUSION_KEYS = ("scores", "lungs_hidden", "lungs_only", "borders_only", "embeddings", "lung_shares", "fallback")
-
-
-def lungs_of_prepared(images: list[np.ndarray], lungs_setting: str, segmenter: LungSegmenter) -> list[LungMask]:
-    """The lungs of prepared images (uint8): where preprocessing blacked out all but the lungs (`lungs: mask`),
-    the region it kept (its two largest regions of non-black pixels, holes filled); else the segmenter's checked
-    mask of each image."""
-    if lungs_setting != "mask":
-        return segmenter.segment_many(images)
-    return [LungMask(*largest_regions(image > 0)) for image in images]
 
 
 @torch.no_grad()
@@ -176,14 +166,19 @@ def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients:
     results["shortcut_suspected"] = bool(flagged)
     if auc is None:
         results["verdict"] = "Cannot judge: the data holds a single class."
+    elif flagged and only_lungs_shown:
+        results["verdict"] = (f"The model still separates the classes with the lungs hidden (AUC "
+                              f"{results['lungs_hidden']['auc']:.2f}, {kept:.0%} of its skill kept): shown only "
+                              "the lungs (lungs: mask), it then sees the grey silhouette of its lung mask, so it "
+                              "reads the mask's shape and size: a shortcut.")
     elif flagged:
         results["verdict"] = (f"The model still separates the classes with the lungs hidden (AUC "
                               f"{results['lungs_hidden']['auc']:.2f}, {kept:.0%} of its skill kept): it uses "
                               "shortcuts outside the lungs, such as markers, text or borders.")
     elif only_lungs_shown:
-        results["verdict"] = ("With the lungs hidden the model has nothing left to see: by construction, its "
-                              "preprocessing (lungs: mask) blacks out all but the lungs. Within the lungs it may "
-                              "still read their shape or framing, which this test cannot tell from disease.")
+        results["verdict"] = ("With the lungs hidden the model loses most of its skill: the grey silhouette of its "
+                              "lung mask, all it then sees (lungs: mask), does not give the label (this does not "
+                              "prove it relies on the disease).")
     else:
         results["verdict"] = ("With the lungs hidden the model loses most of its skill: it relies on the lung "
                               "field (this does not prove it relies on the disease).")

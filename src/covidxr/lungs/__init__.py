@@ -13,9 +13,16 @@ from __future__ import annotations
 from covidxr.data.preprocess import LungModelRef, Preprocessing, Preprocessor
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungMask
-from covidxr.lungs.segment import LungSegmenter, segment_lungs, shipped_lung_model, shipped_segmenter
+from covidxr.lungs.segment import (
+    LungSegmenter,
+    lungs_of_prepared,
+    segment_lungs,
+    shipped_lung_model,
+    shipped_segmenter,
+)
 
-__all__ = ["LungMask", "LungSegmenter", "preprocessor", "segment_lungs", "shipped_lung_model", "shipped_segmenter"]
+__all__ = ["LungMask", "LungSegmenter", "lungs_of_prepared", "preprocessor", "segment_lungs", "shipped_lung_model",
+           "shipped_segmenter"]
 
 
 def preprocessor(settings: Preprocessing) -> Preprocessor:

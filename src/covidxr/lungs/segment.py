@@ -25,6 +25,7 @@ from covidxr.data.imageio import Decoded, decoded_file, scale_to_uint8
 from covidxr.errors import UsageError
 from covidxr.lungs.geometry import (
     LungMask,
+    largest_regions,
     letterbox,
     letterbox_inner,
     lung_mask_from_letterbox,
@@ -171,6 +172,17 @@ class LungSegmenter:
 @lru_cache(maxsize=1)
 def shipped_segmenter() -> LungSegmenter:
     return LungSegmenter()
+
+
+def lungs_of_prepared(images: Sequence[np.ndarray], lungs_setting: str,
+                      segmenter: LungSegmenter | None = None) -> list[LungMask]:
+    """The lungs of images as a model's preprocessing prepared them (2-D uint8): where it blacked out all but the
+    lungs (`lungs: mask`), the region it kept (its two largest regions of non-black pixels, holes filled: a
+    segmenter run again on an image that is only lungs redraws them, and left about 70% of them out); else
+    `segmenter`'s (default: the shipped one) checked mask of each image."""
+    if lungs_setting == "mask":
+        return [LungMask(*largest_regions(np.asarray(image) > 0)) for image in images]
+    return (segmenter or shipped_segmenter()).segment_many(list(images))
 
 
 def segment_lungs(image: np.ndarray) -> np.ndarray:

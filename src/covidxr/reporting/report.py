@@ -31,7 +31,7 @@ from covidxr.evaluation.evaluate import (
 from covidxr.evaluation.metrics import format_estimate, format_number, source_explains_result, within_source_lines
 from covidxr.evaluation.plots import curves_file
 from covidxr.explain.cam import gallery, heatmaps, lung_heat_share, top_losses
-from covidxr.lungs import preprocessor, shipped_segmenter
+from covidxr.lungs import lungs_of_prepared, preprocessor
 from covidxr.models.loading import RunModel, load_run
 from covidxr.reporting.templates import Table, render
 from covidxr.runs import AuditResult, CrossValidationResult, EvaluationResult, ModelCard, default_cache_root
@@ -156,7 +156,7 @@ def grad_cam_galleries(run: RunModel, cache_root: Path, folder: Path) -> list[Ga
         images = CachedImages(rows.iloc[indices], cache, run.classes)
         pixels = torch.stack([images[i][0] for i in range(len(images))])
         maps = heatmaps(run.model, pixels.float(), positive)
-        lungs = shipped_segmenter().segment_many(list(pixels[:, 0].numpy()))
+        lungs = lungs_of_prepared(list(pixels[:, 0].numpy().astype(np.uint8)), run.preprocessing.lungs)
         shares = [lung_heat_share(m, mask.mask) for m, mask in zip(maps, lungs)]
         titles = [f"true {rows['label'].iloc[i]}, P({run.positive_class}) {probabilities[i, positive]:.2f}\n"
                   f"heat in lungs {s:.0%}" for i, s in zip(indices, shares)]
