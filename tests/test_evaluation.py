@@ -216,6 +216,7 @@ def test_audit_does_not_flag_a_model_that_looks_at_the_lungs(tmp_path, training_
 
 
 def test_the_audit_hides_all_a_lung_masked_model_sees_and_names_the_silhouette():
+    from covidxr.data.preprocess import Preprocessing
     from covidxr.evaluation.audit import occlusion_results
     from covidxr.lungs import lungs_of_prepared
     from covidxr.metrics import PatientBootstrap
@@ -223,14 +224,17 @@ def test_the_audit_hides_all_a_lung_masked_model_sees_and_names_the_silhouette()
     prepared = np.zeros((64, 64), np.uint8)
     prepared[8:56, 6:28] = 120
     prepared[8:56, 36:58] = 140
-    prepared[30, 10] = 0  # a black pixel inside a lung stays lung
+    prepared[30, 10] = 1  # a black pixel inside a lung stays lung
 
     class Segmenter:
         def segment_many(self, images):
             return ["segmented"] * len(images)
 
-    assert lungs_of_prepared([prepared], "crop", Segmenter()) == ["segmented"]  # unmasked: the segmenter's
-    lungs = lungs_of_prepared([prepared], "mask", Segmenter())[0]
+    masked = Preprocessing(lungs="mask")
+    assert lungs_of_prepared([prepared], Preprocessing(lungs="crop"), Segmenter()) == ["segmented"]
+    assert lungs_of_prepared([prepared], masked.model_copy(update={"lung_fill": 128}), Segmenter()) == ["segmented"]
+    prepared[prepared == 0] = 3  # the contrast step after masking turns the black fill into 2-3
+    lungs = lungs_of_prepared([prepared], masked, Segmenter())[0]
     expected = np.zeros((64, 64), bool)
     expected[8:56, 6:28] = expected[8:56, 36:58] = True
     assert lungs.lungs == 2 and np.array_equal(lungs.mask, expected)

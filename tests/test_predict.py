@@ -118,12 +118,14 @@ def test_explaining_a_lung_masked_model_outlines_the_lungs_it_was_shown():
     """The shipped model masks to the lungs: its explanation's lungs are the region the model saw, not a second
     segmentation of an image that is only lungs."""
     from covidxr.lungs.geometry import largest_regions
+    from covidxr.lungs.segment import DARK_FILL
 
     model = covidxr.load_model(input_check=False)
     assert model.preprocessing.lungs == "mask"
     result = model.explain(lesion_image(2, covid=True, size=256))
-    shown, _ = largest_regions(result["pixels"] > 0)
+    shown, _ = largest_regions(result["pixels"] > DARK_FILL)
     assert np.array_equal(result["lungs"].mask, shown) and not result["lungs"].fallback
+    assert 0.05 < result["lungs"].mask.mean() < 0.95  # the lungs, not the whole square
 
 
 def test_a_lung_cropping_run_is_applied_alike_by_eager_onnx_and_serve(trained_run, folder, tmp_path):

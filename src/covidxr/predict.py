@@ -336,7 +336,7 @@ class Predictor:
             with self._cam_lock:
                 maps = heatmaps(self.torch_run.model, torch.from_numpy(pixels)[None, None].float(), positive, method)
         heatmap = maps[0]
-        lungs = lungs_of_prepared([pixels], self.preprocessing.lungs)[0]
+        lungs = lungs_of_prepared([pixels], self.preprocessing)[0]
         share = lung_heat_share(heatmap, lungs.mask)
         if out is not None:
             name = "image" if isinstance(item, np.ndarray) else Path(item).name[:40]

@@ -67,7 +67,7 @@ def occlusion_batch(run: RunModel, pixels: torch.Tensor, segmenter: LungSegmente
     OCCLUSION_KEYS: the work of a batch, wherever it runs. The lungs are each image's mask from the lung segmenter
     (the fixed rectangle where it finds none plausible), the border the outer band of `covidxr.data.regions`."""
     positive = run.positive_index
-    masks = lungs_of_prepared(list(pixels[:, 0].numpy().astype(np.uint8)), run.preprocessing.lungs, segmenter)
+    masks = lungs_of_prepared(list(pixels[:, 0].numpy().astype(np.uint8)), run.preprocessing, segmenter)
     pixels = pixels.float()
     lungs = torch.from_numpy(np.stack([m.mask for m in masks]))[:, None]
     mean_grey = pixels.mean(dim=(2, 3), keepdim=True)
@@ -176,9 +176,11 @@ def occlusion_results(truth, scores, hidden, lungs_only, borders_only, patients:
                               f"{results['lungs_hidden']['auc']:.2f}, {kept:.0%} of its skill kept): it uses "
                               "shortcuts outside the lungs, such as markers, text or borders.")
     elif only_lungs_shown:
-        results["verdict"] = ("With the lungs hidden the model loses most of its skill: the grey silhouette of its "
-                              "lung mask, all it then sees (lungs: mask), does not give the label (this does not "
-                              "prove it relies on the disease).")
+        hidden_auc = results["lungs_hidden"]["auc"]
+        results["verdict"] = (f"With the lungs hidden the model loses most of its skill (AUC {hidden_auc:.2f}"
+                              + (f", {kept:.0%} of it kept" if kept is not None else "") + "): the grey silhouette "
+                              "of its lung mask, all it then sees (lungs: mask), carries little of the label (this "
+                              "does not prove it relies on the disease).")
     else:
         results["verdict"] = ("With the lungs hidden the model loses most of its skill: it relies on the lung "
                               "field (this does not prove it relies on the disease).")

@@ -156,7 +156,7 @@ def grad_cam_galleries(run: RunModel, cache_root: Path, folder: Path) -> list[Ga
         images = CachedImages(rows.iloc[indices], cache, run.classes)
         pixels = torch.stack([images[i][0] for i in range(len(images))])
         maps = heatmaps(run.model, pixels.float(), positive)
-        lungs = lungs_of_prepared(list(pixels[:, 0].numpy().astype(np.uint8)), run.preprocessing.lungs)
+        lungs = lungs_of_prepared(list(pixels[:, 0].numpy().astype(np.uint8)), run.preprocessing)
         shares = [lung_heat_share(m, mask.mask) for m, mask in zip(maps, lungs)]
         titles = [f"true {rows['label'].iloc[i]}, P({run.positive_class}) {probabilities[i, positive]:.2f}\n"
                   f"heat in lungs {s:.0%}" for i, s in zip(indices, shares)]
