@@ -21,6 +21,7 @@ import pandas as pd
 from _common import machine, shared_manifests
 from covidxr.data.cache import prepare
 from covidxr.data.preprocess import LungMasker, LungModelRef, Preprocessing, Preprocessor
+from covidxr.evaluation.lungs import median_ms
 from covidxr.lungs import LungSegmenter, shipped_segmenter
 from covidxr.lungs.geometry import lung_mask_from_probability
 from covidxr.lungs.model import LungNet, export_onnx
@@ -32,14 +33,7 @@ OLD_SHA256 = "old-segmenter"
 
 
 def milliseconds_per_image(run, batch: np.ndarray) -> float:
-    for _ in range(3):
-        run(batch)
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times)) / len(batch)
+    return median_ms(lambda: run(batch), len(batch), RUNS)
 
 
 def onnx_session(path: Path, weights_sha256: str, threads: int):

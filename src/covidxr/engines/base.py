@@ -28,13 +28,13 @@ class Stage(Protocol):
     the parts done."""
 
     batch: int
+    results: Path | None
+    """Where answers are kept part by part (None: not kept)."""
 
     @property
     def holds_model(self) -> bool:
         """Whether `open` opens a model (run in actors); else the whole stage runs in tasks."""
         ...
-
-    def results(self) -> Path | None: ...
 
     def identity(self, item: Any) -> Any: ...
 

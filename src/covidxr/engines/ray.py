@@ -164,7 +164,7 @@ class RayEngine:
         """The stage's answer for each item, in order: parts kept from an earlier run are read, the others run on
         Ray (started or joined on first need, left when the process ends)."""
         parts = [list(items[start:start + PART]) for start in range(0, len(items), PART)]
-        folder = stage.results()
+        folder = stage.results
         files = [folder / part_name(stage, part) for part in parts] if folder else []
         todo = [k for k in range(len(parts)) if not files or not files[k].is_file()]
         answers: dict[int, list[str]] = {}

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -55,15 +55,9 @@ class PredictStage:
     """`predict`: files decode in tasks; the model (its ONNX Runtime sessions) checks, prepares and predicts."""
 
     request: ModelRequest
-    folder: Path
+    results: Path
     batch: int = BATCH
-
-    @property
-    def holds_model(self) -> bool:
-        return True
-
-    def results(self) -> Path | None:
-        return self.folder
+    holds_model: ClassVar[bool] = True
 
     def identity(self, path: Path) -> list:
         return file_identity(path)
@@ -87,15 +81,9 @@ class SegmentStage:
     segmenter: Path
     out: Path
     overlay: bool
-    folder: Path
+    results: Path
     batch: int = SEGMENT_BATCH
-
-    @property
-    def holds_model(self) -> bool:
-        return True
-
-    def results(self) -> Path | None:
-        return self.folder
+    holds_model: ClassVar[bool] = True
 
     def identity(self, item: tuple[Path, str]) -> list:
         return [file_identity(item[0]), item[1]]
@@ -123,12 +111,11 @@ class PrepareStage:
     preprocessor: Preprocessor
     batch: int = SHARD_BATCH
 
+    results: ClassVar[None] = None  # the cache itself tells a rerun what is done
+
     @property
     def holds_model(self) -> bool:
         return self.preprocessor.masker is not None  # else preprocessing is all: tasks do it
-
-    def results(self) -> Path | None:
-        return None
 
     def identity(self, item: tuple[str, str]) -> list:
         return list(item)
@@ -156,15 +143,9 @@ class OcclusionStage:
     cache_root: Path
     config: Preprocessing
     segmenter: Path
-    folder: Path
+    results: Path
     batch: int = OCCLUSION_BATCH
-
-    @property
-    def holds_model(self) -> bool:
-        return True
-
-    def results(self) -> Path | None:
-        return self.folder
+    holds_model: ClassVar[bool] = True
 
     def identity(self, sha256: str) -> str:
         return sha256

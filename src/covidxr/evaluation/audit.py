@@ -35,7 +35,7 @@ from covidxr.data.dataset import CachedImages
 from covidxr.data.preprocess import Preprocessor
 from covidxr.data.regions import BORDER_BAND, LUNG_COLUMNS, LUNG_ROWS, border_mask
 from covidxr.evaluation.evaluate import evaluation_rows
-from covidxr.lungs import LungSegmenter, lungs_of_prepared, preprocessor, shipped_segmenter
+from covidxr.lungs import LungSegmenter, lungs_of_prepared, preprocessor, shipped_segmenter, shows_only_lungs
 from covidxr.metrics import PatientBootstrap, auc_or_none
 from covidxr.models.loading import RunModel, load_run
 from covidxr.runs import AuditResult, AuditVerdicts, default_cache_root, read_json, softmax_with_temperature, write_json
@@ -268,10 +268,10 @@ def audit_run(run_dir: str | Path, data: str | Path | None = None, cache_root: s
                                   "verdict": source_verdict(source_auc, site_auc)},
         "occlusion": occlusion_results(truth, passed.scores, passed.lungs_hidden, passed.lungs_only,
                                        passed.borders_only, rows["patient_id"], bootstrap,
-                                       only_lungs_shown=run.preprocessing.lungs == "mask"),
+                                       only_lungs_shown=shows_only_lungs(run.preprocessing)),
         "leave_one_site_out": leave_one_site_out(embeddings, rows, truth, run.positive_class),
         "lungs": {"masks": "per image, the region its preprocessing kept (lungs: mask)"
-                           if run.preprocessing.lungs == "mask" else
+                           if shows_only_lungs(run.preprocessing) else
                            f"per image, from the lung segmenter {segmenter.name} (weights sha256 "
                            f"{segmenter.weights_sha256[:12]}...) on the prepared pixels",
                   "fallback_rectangle": {"images": passed.fallbacks, "rows": LUNG_ROWS, "columns": LUNG_COLUMNS},

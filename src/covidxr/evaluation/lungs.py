@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from onnxruntime import __version__ as onnxruntime_version
 
 from covidxr.commandline import option, out_option
 from covidxr.data.imageio import read_grayscale
@@ -174,12 +175,12 @@ def contact_sheet(segmenter: LungSegmenter, shares: pd.DataFrame, out: Path, see
     return out / "contact-sheet.png"
 
 
-def median_ms(run, per: int = 1) -> float:
-    """Median wall-clock milliseconds of `run()` over TIMED_RUNS runs (after two unmeasured ones), per item."""
+def median_ms(run, per: int = 1, runs: int = TIMED_RUNS) -> float:
+    """Median wall-clock milliseconds of `run()` over `runs` runs (after two unmeasured ones), per item."""
     for _ in range(2):
         run()
     times = []
-    for _ in range(TIMED_RUNS):
+    for _ in range(runs):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
@@ -189,8 +190,6 @@ def median_ms(run, per: int = 1) -> float:
 def segmenter_speed(segmenter: LungSegmenter, grays: list[np.ndarray]) -> SegmenterSpeed:
     """Milliseconds per image of the network alone (batch of 1 and 16 letterboxed images) and of `segment()` of
     each image at its own size, on this machine."""
-    from onnxruntime import __version__ as onnxruntime_version  # lazy: only where the speed is measured
-
     squares = np.stack([letterbox(gray, segmenter.size)[0] for gray in (grays * 16)[:16]])
     return SegmenterSpeed(
         machine=f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "

@@ -19,10 +19,11 @@ from covidxr.lungs.segment import (
     segment_lungs,
     shipped_lung_model,
     shipped_segmenter,
+    shows_only_lungs,
 )
 
 __all__ = ["LungMask", "LungSegmenter", "lungs_of_prepared", "preprocessor", "segment_lungs", "shipped_lung_model",
-           "shipped_segmenter"]
+           "shipped_segmenter", "shows_only_lungs"]
 
 
 def preprocessor(settings: Preprocessing) -> Preprocessor:

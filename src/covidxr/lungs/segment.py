@@ -180,6 +180,12 @@ DARK_FILL = 8
 (CLAHE) turns a black fill into 2-3, and lung pixels are rarely that dark."""
 
 
+def shows_only_lungs(settings: Preprocessing) -> bool:
+    """Whether `settings` black out all but the lungs (`lungs: mask` with a dark `lung_fill`): a model so prepared
+    sees nothing else, and its lungs can be read off its prepared pixels."""
+    return settings.lungs == "mask" and settings.lung_fill <= DARK_FILL
+
+
 def lungs_of_prepared(images: Sequence[np.ndarray], settings: Preprocessing,
                       segmenter: LungSegmenter | None = None) -> list[LungMask]:
     """The lungs of images as `settings` prepared them (2-D uint8). Where it blacked out all but the lungs
@@ -187,7 +193,7 @@ def lungs_of_prepared(images: Sequence[np.ndarray], settings: Preprocessing,
     holes filled (IoU 0.96 with the exact region on 120 test images). A segmenter run again on an image that is
     only lungs leaves a fifth to a quarter of them out. Otherwise `segmenter`'s (default: the shipped one) checked
     mask of each image."""
-    if settings.lungs == "mask" and settings.lung_fill <= DARK_FILL:
+    if shows_only_lungs(settings):
         return [LungMask(*largest_regions(np.asarray(image) > DARK_FILL)) for image in images]
     return (segmenter or shipped_segmenter()).segment_many(list(images))
 
