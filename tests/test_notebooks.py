@@ -74,7 +74,9 @@ class Executed:
 async def _execute(name: str, env: dict[str, str], out: Path) -> Executed:
     """Run examples/NAME.py as a notebook; the executed notebook is written to OUT/NAME.ipynb (to read a failure)."""
     notebook = jupytext.read(EXAMPLES / f"{name}.py")
-    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+    # coalesce_streams: a cell's stdout is one text. Under load the kernel's output thread can flush between the
+    # arguments of one print, and two stream outputs joined line by line would split that printed line in two.
+    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", coalesce_streams=True,
                             resources={"metadata": {"path": str(EXAMPLES)}})
     started, error = time.perf_counter(), None
     try:
