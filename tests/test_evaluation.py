@@ -243,8 +243,8 @@ def test_the_audit_hides_all_a_lung_masked_model_sees_and_names_the_silhouette()
     hidden = np.full(40, 0.3)
     patients = pd.Series(range(40))
     bootstrap = PatientBootstrap(resamples=20)
-    masked = occlusion_results(truth, scores, hidden, scores, hidden, patients, bootstrap, only_lungs_shown=True)
-    assert not masked["shortcut_suspected"] and "silhouette" in masked["verdict"]
+    silhouette = occlusion_results(truth, scores, hidden, scores, hidden, patients, bootstrap, only_lungs_shown=True)
+    assert not silhouette["shortcut_suspected"] and "silhouette" in silhouette["verdict"]
     read_shape = occlusion_results(truth, scores, scores, scores, hidden, patients, bootstrap, only_lungs_shown=True)
     assert read_shape["shortcut_suspected"] and "mask's shape" in read_shape["verdict"]
     plain = occlusion_results(truth, scores, hidden, scores, hidden, patients, bootstrap)

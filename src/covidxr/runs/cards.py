@@ -127,9 +127,9 @@ class CardEvaluation(Figures):
     operating_points: dict[str, OperatingPointFigures] | None = None
 
     @classmethod
-    def of(cls, result: EvaluationResult, keys: tuple[str, ...] = EVALUATION_KEYS) -> CardEvaluation:
-        """The entry of an evaluation: its `keys`."""
-        return cls.model_validate(result.model_dump(mode="json", include=set(keys)))
+    def of(cls, result: EvaluationResult) -> CardEvaluation:
+        """The entry of an evaluation: its EVALUATION_KEYS."""
+        return cls.model_validate(result.model_dump(mode="json", include=set(EVALUATION_KEYS)))
 
     def merged(self, newer: CardEvaluation) -> CardEvaluation:
         """This entry with the keys `newer` has replaced by its values."""

@@ -141,11 +141,12 @@ def model_card(config: TrainConfig, contract: InferenceContract | dict, validati
 
 
 def calibration_summary(contract: InferenceContract) -> CardCalibration:
-    """The model card's view of model.json's calibration and operating points."""
+    """The model card's view of model.json's calibration and operating points (each point validated again from its
+    full dump, so every field counts as set and the card, written without unset fields, shows them all)."""
     calibration = contract.calibration
     return CardCalibration(method=calibration.method, fitted_on=calibration.fitted_on,
                            prevalence=calibration.prevalence, compared=calibration.compared,
-                           operating_points={name: OperatingPoint.model_validate(point.model_dump())  # every field
+                           operating_points={name: OperatingPoint.model_validate(point.model_dump())
                                              for name, point in contract.operating_points.items()},
                            default_operating_point=contract.default_operating_point)
 
