@@ -7,9 +7,7 @@ eager. Last line: the ratio."""
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +17,12 @@ from _common import RECIPE, machine, shared_manifests
 from covidxr.config import load_recipe
 from covidxr.data.imageio import read_grayscale
 from covidxr.data.preprocess import preprocess
+from covidxr.evaluation.lungs import median_ms
 from covidxr.export import write_onnx
 from covidxr.models.classifier import create_model
 from covidxr.models.onnx_runtime import OnnxModel
 
 CALLS, BATCH = 200, 32
-
-
-def median_seconds(function, calls: int) -> float:
-    function()
-    timings = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
 
 
 def main() -> None:
@@ -48,15 +37,15 @@ def main() -> None:
         runtime = OnnxModel(write_onnx(model, size, Path(folder) / "model.onnx"))
         one = pixels[:1]
         with torch.no_grad():
-            eager_single = median_seconds(lambda: model(torch.from_numpy(one)), CALLS)
-            eager_batch = median_seconds(lambda: model(torch.from_numpy(pixels)), 10)
+            eager_single = median_ms(lambda: model(torch.from_numpy(one)), runs=CALLS)
+            eager_batch = median_ms(lambda: model(torch.from_numpy(pixels)), BATCH, 10)
             difference = float(np.abs(runtime.logits(pixels) - model(torch.from_numpy(pixels)).numpy()).max())
-        onnx_single = median_seconds(lambda: runtime.logits(one), CALLS)
-        onnx_batch = median_seconds(lambda: runtime.logits(pixels), 10)
+        onnx_single = median_ms(lambda: runtime.logits(one), runs=CALLS)
+        onnx_batch = median_ms(lambda: runtime.logits(pixels), BATCH, 10)
     print(f"machine: {machine()}; {config.model.name} {size}px; torch threads {torch.get_num_threads()}; "
           f"max |logit difference| {difference:.1e}")
-    print(f"single image: eager {eager_single * 1000:.2f} ms, ONNX Runtime {onnx_single * 1000:.2f} ms")
-    print(f"batch of {BATCH}: eager {BATCH / eager_batch:.0f} img/s, ONNX Runtime {BATCH / onnx_batch:.0f} img/s")
+    print(f"single image: eager {eager_single:.2f} ms, ONNX Runtime {onnx_single:.2f} ms")
+    print(f"batch of {BATCH}: eager {1000 / eager_batch:.0f} img/s, ONNX Runtime {1000 / onnx_batch:.0f} img/s")
     print(f"inference latency: ONNX Runtime / eager = {onnx_single / eager_single:.2f} (target <= 0.6)")
 
 

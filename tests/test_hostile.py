@@ -434,6 +434,29 @@ def test_gradcam_in_closed_form_equals_pytorch_grad_cam(name):
     assert np.abs(got - expected).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_an_exported_classifier_with_gradcam_takes_any_batch_size(name, tmp_path):
+    """The export traces a batch of 2: a batch size read as a Python int (`len`) would fix the file's batch to 2,
+    and predict's batches of 32 would fail."""
+    import torch
+
+    from covidxr.export import write_onnx
+    from covidxr.models.gradcam import analytic_gradcam
+    from covidxr.models.onnx_runtime import OnnxModel
+
+    model = _random_classifier(name)
+    onnx_model = OnnxModel(write_onnx(model, 64, tmp_path / "model.onnx"))
+    for count in (1, 3, 5):
+        pixels = np.stack([lesion_image(seed, covid=seed % 2 == 0) for seed in range(count)])[:, None]
+        pixels = pixels.astype(np.float32)
+        with torch.no_grad():
+            expected_logits, _, expected_maps = analytic_gradcam(model, 64)(torch.from_numpy(pixels))
+        logits, maps = onnx_model.session.run(["logits", "gradcam"], {"pixels": pixels})
+        assert logits.shape == (count, 2) and maps.shape[:2] == (count, 2)
+        assert np.abs(logits - expected_logits.numpy()).max() < 1e-3
+        assert np.abs(maps - expected_maps.numpy()).max() < 1e-3
+
+
 def test_heads_and_tails_without_a_closed_form_keep_the_pytorch_path():
     from covidxr.models.gradcam import analytic_gradcam
 

@@ -67,7 +67,7 @@ class WithGradCam(nn.Module):
         logits = self.classifier.head(features)
         positions = features.shape[2] * features.shape[3]
         if self.tail is None:
-            alpha = self.alpha_weight[None].expand(len(features), -1, -1) / positions  # (B, classes, K)
+            alpha = self.alpha_weight[None].expand(features.shape[0], -1, -1) / positions  # (B, classes, K)
         else:
             if self.linear:
                 passed = torch.ones_like(features)
